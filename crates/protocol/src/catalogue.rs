@@ -30,7 +30,10 @@ pub const CHECKS: &[Check] = &[
         "fault.selftest",
         "raises #UD, #GP, #DE and #PF and recovers from each through the exception table",
     ),
-    check("selftest.hang", "never finishes (exercises the runner's timeout)"),
+    check(
+        "selftest.hang",
+        "never finishes (exercises the runner's timeout)",
+    ),
     check(
         "selftest.triple-fault",
         "triple-faults (exercises the runner's reset detection)",
@@ -50,11 +53,7 @@ pub fn find(name: &str) -> Option<&'static Check> {
 pub const CHECKS_KEY: &str = "checks";
 
 /// Writes `checks=a,b key=value ...`. Values must not contain spaces.
-pub fn write_cmdline(
-    w: &mut impl Write,
-    checks: &[&str],
-    args: &[(&str, &str)],
-) -> fmt::Result {
+pub fn write_cmdline(w: &mut impl Write, checks: &[&str], args: &[(&str, &str)]) -> fmt::Result {
     write!(w, "{CHECKS_KEY}=")?;
     for (i, c) in checks.iter().enumerate() {
         if i > 0 {
@@ -75,11 +74,13 @@ pub struct Cmdline<'a>(pub &'a str);
 impl<'a> Cmdline<'a> {
     /// The value of `key=value`, or `Some("")` for a bare `key`.
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.0.split_ascii_whitespace().find_map(|w| match w.split_once('=') {
-            Some((k, v)) if k == key => Some(v),
-            None if w == key => Some(""),
-            _ => None,
-        })
+        self.0
+            .split_ascii_whitespace()
+            .find_map(|w| match w.split_once('=') {
+                Some((k, v)) if k == key => Some(v),
+                None if w == key => Some(""),
+                _ => None,
+            })
     }
 
     pub fn checks(&self) -> impl Iterator<Item = &'a str> {
@@ -106,7 +107,12 @@ mod tests {
     #[test]
     fn cmdline_round_trips() {
         let mut text = std::string::String::new();
-        write_cmdline(&mut text, &["boot.smoke", "nvme.rw"], &[("nvme.blocks", "0x10")]).unwrap();
+        write_cmdline(
+            &mut text,
+            &["boot.smoke", "nvme.rw"],
+            &[("nvme.blocks", "0x10")],
+        )
+        .unwrap();
         assert_eq!(text, "checks=boot.smoke,nvme.rw nvme.blocks=0x10");
         let c = Cmdline(&text);
         assert!(c.checks().eq(["boot.smoke", "nvme.rw"]));
@@ -117,7 +123,11 @@ mod tests {
     #[test]
     fn names_are_unique() {
         for (i, a) in CHECKS.iter().enumerate() {
-            assert!(CHECKS[i + 1..].iter().all(|b| b.name != a.name), "{}", a.name);
+            assert!(
+                CHECKS[i + 1..].iter().all(|b| b.name != a.name),
+                "{}",
+                a.name
+            );
         }
     }
 }

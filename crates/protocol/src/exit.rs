@@ -64,7 +64,12 @@ mod tests {
         assert_eq!(Verdict::Fail.status(), 3);
         assert_eq!(Verdict::AllSkipped.status(), 77);
         assert_eq!(Verdict::Abort.status(), 127);
-        for v in [Verdict::Pass, Verdict::Fail, Verdict::AllSkipped, Verdict::Abort] {
+        for v in [
+            Verdict::Pass,
+            Verdict::Fail,
+            Verdict::AllSkipped,
+            Verdict::Abort,
+        ] {
             assert_eq!(Verdict::from_status(v.status()), Some(v));
         }
         assert_eq!(Verdict::from_status(0), None);

@@ -14,8 +14,15 @@ fn reporter_output_parses_back() {
     let mut r = Reporter::new(String::new());
     r.push("cr.arch");
     r.info(format_args!("cr4={:#x}", 0x6a0));
-    r.check(true, "cr4-reserved: bit 40", format_args!("vector=13 error=0x0"));
-    r.skip("umip", format_args!("CPUID.7.0:ECX.UMIP[bit 2] is clear (no (nested) support)"));
+    r.check(
+        true,
+        "cr4-reserved: bit 40",
+        format_args!("vector=13 error=0x0"),
+    );
+    r.skip(
+        "umip",
+        format_args!("CPUID.7.0:ECX.UMIP[bit 2] is clear (no (nested) support)"),
+    );
     r.pop();
     let verdict = r.finish();
     assert_eq!(verdict, Verdict::Pass);
@@ -25,7 +32,11 @@ fn reporter_output_parses_back() {
         lines,
         vec![
             Line::Info("cr.arch: cr4=0x6a0"),
-            Line::Result { status: Status::Pass, name: "cr.arch: cr4-reserved: bit 40", reason: None },
+            Line::Result {
+                status: Status::Pass,
+                name: "cr.arch: cr4-reserved: bit 40",
+                reason: None
+            },
             Line::Detail("vector=13 error=0x0"),
             Line::Result {
                 status: Status::Skip,
@@ -44,9 +55,23 @@ fn kvm_unit_tests_output_is_understood() {
                SUMMARY: 3 tests, 1 unexpected failures, 1 skipped\r\nEXIT: STATUS=3\r\n";
     let lines = parse_all(kut);
     assert_eq!(lines.len(), 5);
-    assert_eq!(lines[0], Line::Result { status: Status::Pass, name: "cr_pin_high: cr0_wp pinned", reason: None });
+    assert_eq!(
+        lines[0],
+        Line::Result {
+            status: Status::Pass,
+            name: "cr_pin_high: cr0_wp pinned",
+            reason: None
+        }
+    );
     // A KUT skip without parentheses keeps its whole text as the name.
-    assert_eq!(lines[1], Line::Result { status: Status::Skip, name: "pku: PKU not enabled", reason: None });
+    assert_eq!(
+        lines[1],
+        Line::Result {
+            status: Status::Skip,
+            name: "pku: PKU not enabled",
+            reason: None
+        }
+    );
     assert_eq!(lines[4], Line::Exit(3));
 }
 
@@ -70,7 +95,11 @@ fn abort_reports_a_failure_and_status_127() {
     r.abort(format_args!("vector=14 error=0x2 rip=0x1000 cr2=0x0"));
     let out = r.out().clone();
     let lines = parse_all(&out);
-    assert!(lines.contains(&Line::Result { status: Status::Fail, name: "fault.selftest: aborted", reason: None }));
+    assert!(lines.contains(&Line::Result {
+        status: Status::Fail,
+        name: "fault.selftest: aborted",
+        reason: None
+    }));
     assert_eq!(lines.last(), Some(&Line::Exit(127)));
 }
 

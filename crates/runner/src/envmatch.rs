@@ -1,0 +1,278 @@
+//! Environments and the conditions manifests put on them: requirements
+//! (`requires`) and the environments an expectation applies in (`when`).
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+
+/// Everything a result depends on, as recorded in reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Environment {
+    /// The accelerator the VMs actually run under: `kvm` or `tcg`.
+    pub accel: String,
+    /// Why `auto` chose this accelerator.
+    pub accel_reason: String,
+    pub qemu_version: Version,
+    /// `uname -r` of the host the VMs run on.
+    pub host_kernel: String,
+    /// `kvm_intel`, `kvm_amd`, `kvm_pvm`, or none.
+    pub kvm_module: Option<String>,
+    pub cpu_model: String,
+}
+
+impl Environment {
+    /// The short label used in suite names.
+    pub fn label(&self) -> String {
+        self.accel.clone()
+    }
+
+    /// The fingerprint written as report properties.
+    pub fn properties(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("accel", self.accel.clone()),
+            ("accel.reason", self.accel_reason.clone()),
+            ("qemu.version", self.qemu_version.to_string()),
+            ("host.kernel", self.host_kernel.clone()),
+            (
+                "kvm.module",
+                self.kvm_module.clone().unwrap_or_else(|| "none".into()),
+            ),
+            ("cpu.model", self.cpu_model.clone()),
+        ]
+    }
+}
+
+/// A dotted version such as `10.0.2` or `6.12.95`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub Vec<u32>);
+
+impl Version {
+    /// Reads the leading dotted number of `s` (`6.1.0-28-amd64` → 6.1.0).
+    pub fn parse_prefix(s: &str) -> Option<Version> {
+        let head: String = s
+            .trim()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let parts: Option<Vec<u32>> = head
+            .split('.')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse().ok())
+            .collect();
+        parts.filter(|p| !p.is_empty()).map(Version)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|p| p.to_string()).collect();
+        f.write_str(&parts.join("."))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Ge,
+    Gt,
+    Le,
+    Lt,
+    /// Same leading components: `=6.1` matches 6.1.192.
+    Eq,
+}
+
+/// `>=6.1, <6.13` and the like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionReq {
+    text: String,
+    terms: Vec<(Op, Version)>,
+}
+
+impl VersionReq {
+    pub fn parse(s: &str) -> Result<VersionReq, String> {
+        let mut terms = Vec::new();
+        for term in s.split(',') {
+            let t = term.trim();
+            let (op, rest) = [
+                (">=", Op::Ge),
+                ("<=", Op::Le),
+                (">", Op::Gt),
+                ("<", Op::Lt),
+                ("=", Op::Eq),
+            ]
+            .iter()
+            .find_map(|(p, op)| t.strip_prefix(p).map(|r| (*op, r)))
+            .unwrap_or((Op::Eq, t));
+            let rest = rest.trim();
+            let v = Version::parse_prefix(rest)
+                .filter(|v| v.to_string() == rest)
+                .ok_or_else(|| {
+                    format!("`{s}` is not a version requirement; write e.g. \">=10.0\" or \">=6.1, <6.13\"")
+                })?;
+            terms.push((op, v));
+        }
+        Ok(VersionReq {
+            text: s.trim().to_string(),
+            terms,
+        })
+    }
+
+    pub fn matches(&self, v: &Version) -> bool {
+        self.terms.iter().all(|(op, want)| {
+            let n = want.0.len();
+            let have = Version(v.0.iter().copied().take(n).collect());
+            match op {
+                Op::Eq => have == *want,
+                Op::Ge => have >= *want,
+                Op::Gt => have > *want,
+                Op::Le => have <= *want,
+                Op::Lt => have < *want,
+            }
+        })
+    }
+}
+
+impl fmt::Display for VersionReq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for VersionReq {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        VersionReq::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One value or a list of alternatives.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn contains(&self, v: &str) -> bool {
+        match self {
+            OneOrMany::One(s) => s == v,
+            OneOrMany::Many(l) => l.iter().any(|s| s == v),
+        }
+    }
+}
+
+impl fmt::Display for OneOrMany {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OneOrMany::One(s) => f.write_str(s),
+            OneOrMany::Many(l) => f.write_str(&l.join(" or ")),
+        }
+    }
+}
+
+/// Conditions on an environment; every given field must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvMatch {
+    /// `kvm` or `tcg`.
+    pub accel: Option<OneOrMany>,
+    pub qemu: Option<VersionReq>,
+    pub host_kernel: Option<VersionReq>,
+    /// `kvm_intel`, `kvm_amd`, `kvm_pvm` or `none`.
+    pub kvm_module: Option<OneOrMany>,
+}
+
+impl EnvMatch {
+    pub fn is_empty(&self) -> bool {
+        *self == EnvMatch::default()
+    }
+
+    /// `Ok` when the environment matches, else the first mismatch in words.
+    pub fn check(&self, env: &Environment) -> Result<(), String> {
+        if let Some(a) = &self.accel {
+            if !a.contains(&env.accel) {
+                return Err(format!(
+                    "needs accel {a}, this run uses {} ({})",
+                    env.accel, env.accel_reason
+                ));
+            }
+        }
+        if let Some(q) = &self.qemu {
+            if !q.matches(&env.qemu_version) {
+                return Err(format!(
+                    "needs QEMU {q}, this host has {}",
+                    env.qemu_version
+                ));
+            }
+        }
+        if let Some(k) = &self.host_kernel {
+            let v = Version::parse_prefix(&env.host_kernel).unwrap_or_default();
+            if !k.matches(&v) {
+                return Err(format!(
+                    "needs host kernel {k}, this host runs {}",
+                    env.host_kernel
+                ));
+            }
+        }
+        if let Some(m) = &self.kvm_module {
+            let have = env.kvm_module.as_deref().unwrap_or("none");
+            if !m.contains(have) {
+                return Err(format!("needs KVM module {m}, this host has {have}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Environment {
+        Environment {
+            accel: "tcg".into(),
+            accel_reason: "requested".into(),
+            qemu_version: Version(vec![10, 0, 2]),
+            host_kernel: "6.1.0-28-amd64".into(),
+            kvm_module: Some("kvm_pvm".into()),
+            cpu_model: "AMD EPYC".into(),
+        }
+    }
+
+    #[test]
+    fn version_requirements() {
+        let v = Version::parse_prefix("6.12.95+deb12-amd64").unwrap();
+        assert_eq!(v, Version(vec![6, 12, 95]));
+        assert!(VersionReq::parse(">=6.1, <6.13").unwrap().matches(&v));
+        assert!(VersionReq::parse("6.12").unwrap().matches(&v));
+        assert!(!VersionReq::parse("6.1").unwrap().matches(&v));
+        assert!(VersionReq::parse("6.x").is_err());
+        assert!(VersionReq::parse(">= ten").is_err());
+    }
+
+    #[test]
+    fn mismatches_are_explained() {
+        let m = EnvMatch {
+            accel: Some(OneOrMany::One("kvm".into())),
+            ..Default::default()
+        };
+        assert_eq!(
+            m.check(&env()).unwrap_err(),
+            "needs accel kvm, this run uses tcg (requested)"
+        );
+        let m = EnvMatch {
+            kvm_module: Some(OneOrMany::Many(vec!["kvm_intel".into(), "kvm_amd".into()])),
+            ..Default::default()
+        };
+        assert!(
+            m.check(&env())
+                .unwrap_err()
+                .contains("kvm_intel or kvm_amd")
+        );
+        let m = EnvMatch {
+            qemu: Some(VersionReq::parse(">=10.0").unwrap()),
+            host_kernel: Some(VersionReq::parse("6.1").unwrap()),
+            ..Default::default()
+        };
+        assert!(m.check(&env()).is_ok());
+    }
+}

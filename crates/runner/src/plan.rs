@@ -1,0 +1,341 @@
+//! The plan: which test runs where and how, or is skipped and why —
+//! decided before anything executes (`cargo xtask list` prints it).
+
+use crate::envmatch::Environment;
+use crate::host::{AccelChoice, HostFacts};
+use crate::manifest::{Accel, DeviceKind, ExpectedOutcome, MachineType, Manifest};
+use crate::outcome::glob;
+use crate::qemu::{self, VmConfig, VmDevice};
+use crate::units::ByteSize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use ukci_protocol::catalogue;
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MEMORY: ByteSize = ByteSize::mib(128);
+
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// Glob (or substring) over `suite.test`.
+    pub filter: Option<String>,
+    /// Overrides every manifest's accelerator.
+    pub accel: Option<Accel>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Run,
+    Skip(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedExpect {
+    pub result: String,
+    pub known_bug: bool,
+    pub reason: String,
+}
+
+/// A scratch disk image the executor creates before the VM starts and
+/// removes after it stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScratchImage {
+    pub path: PathBuf,
+    pub size: ByteSize,
+}
+
+#[derive(Clone, Debug)]
+pub struct PlannedTest {
+    pub suite: String,
+    pub test: String,
+    pub manifest: PathBuf,
+    pub checks: Vec<String>,
+    pub vm: VmConfig,
+    pub timeout: Duration,
+    pub env: Environment,
+    pub decision: Decision,
+    pub expects: Vec<PlannedExpect>,
+    pub scratch: Vec<ScratchImage>,
+}
+
+impl PlannedTest {
+    /// `suite.test`, the JUnit classname.
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.suite, self.test)
+    }
+}
+
+fn selected(filter: &Option<String>, id: &str) -> bool {
+    match filter {
+        None => true,
+        Some(f) if f.contains(['*', '?']) => glob(f, id),
+        Some(f) => id.contains(f.as_str()),
+    }
+}
+
+pub fn plan(
+    manifests: &[Manifest],
+    host: &HostFacts,
+    auto: &AccelChoice,
+    guest: &Path,
+    scratch_dir: &Path,
+    opts: &PlanOptions,
+) -> Vec<PlannedTest> {
+    let mut out = Vec::new();
+    for m in manifests {
+        let suite = m.suite_name();
+        for t in &m.tests {
+            let id = format!("{suite}.{}", t.name.get_ref());
+            if !selected(&opts.filter, &id) {
+                continue;
+            }
+            let d = &m.defaults;
+            let requested = opts.accel.or(t.accel).or(d.accel).unwrap_or(Accel::Auto);
+            let (accel, accel_reason) = match requested {
+                Accel::Auto => (auto.accel.clone(), auto.reason.clone()),
+                Accel::Kvm => ("kvm".to_string(), "requested".to_string()),
+                Accel::Tcg => ("tcg".to_string(), "requested".to_string()),
+            };
+            let env = Environment {
+                accel: accel.clone(),
+                accel_reason,
+                qemu_version: host.qemu_version.clone().unwrap_or_default(),
+                host_kernel: host.host_kernel.clone(),
+                kvm_module: host.kvm_module.clone(),
+                cpu_model: host.cpu_model.clone(),
+            };
+            let machine = t.machine.or(d.machine).unwrap_or(MachineType::Q35);
+            let cpu = t
+                .cpu
+                .as_ref()
+                .or(d.cpu.as_ref())
+                .map(|c| c.get_ref().clone())
+                .unwrap_or_else(|| qemu::default_cpu(&accel, host.kvm_module.as_deref()));
+            let checks: Vec<String> = t
+                .checks
+                .get_ref()
+                .iter()
+                .map(|c| c.get_ref().clone())
+                .collect();
+            let args: Vec<(String, String)> = t
+                .args
+                .iter()
+                .map(|(k, v)| (k.get_ref().clone(), v.get_ref().to_string()))
+                .collect();
+            let mut append = String::new();
+            let check_refs: Vec<&str> = checks.iter().map(String::as_str).collect();
+            let arg_refs: Vec<(&str, &str)> =
+                args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let _ = catalogue::write_cmdline(&mut append, &check_refs, &arg_refs);
+
+            let mut scratch = Vec::new();
+            let mut devices = Vec::new();
+            for (i, dev) in t.devices.iter().enumerate() {
+                match dev.kind.get_ref() {
+                    DeviceKind::Nvme => {
+                        let path = scratch_dir.join(format!("{id}.{i}.img"));
+                        scratch.push(ScratchImage {
+                            path: path.clone(),
+                            size: dev
+                                .size
+                                .as_ref()
+                                .map(|s| *s.get_ref())
+                                .unwrap_or(ByteSize::mib(16)),
+                        });
+                        devices.push(VmDevice::Nvme {
+                            serial: dev.serial.clone().unwrap_or_else(|| format!("ukci-{i}")),
+                            image: path,
+                            sriov_max_vfs: dev
+                                .sriov_max_vfs
+                                .as_ref()
+                                .map(|v| *v.get_ref())
+                                .unwrap_or(0),
+                        });
+                    }
+                }
+            }
+
+            let vm = VmConfig {
+                machine,
+                accel: accel.clone(),
+                cpu,
+                memory: t
+                    .memory
+                    .as_ref()
+                    .or(d.memory.as_ref())
+                    .map(|m| *m.get_ref())
+                    .unwrap_or(DEFAULT_MEMORY),
+                smp: t
+                    .smp
+                    .as_ref()
+                    .or(d.smp.as_ref())
+                    .map(|s| *s.get_ref())
+                    .unwrap_or(1),
+                kernel: guest.to_path_buf(),
+                append,
+                devices,
+            };
+            let decision = decide(m, t, &env, host);
+            let expects = m
+                .expectations
+                .iter()
+                .filter(|e| glob(&e.test, t.name.get_ref()) && e.when.check(&env).is_ok())
+                .map(|e| PlannedExpect {
+                    result: e.result.clone(),
+                    known_bug: *e.outcome.get_ref() == ExpectedOutcome::Kfail,
+                    reason: e.reason.get_ref().clone(),
+                })
+                .collect();
+            out.push(PlannedTest {
+                suite: suite.clone(),
+                test: t.name.get_ref().clone(),
+                manifest: m.path.clone(),
+                checks,
+                vm,
+                timeout: t
+                    .timeout
+                    .or(d.timeout)
+                    .map(|t| t.0)
+                    .unwrap_or(DEFAULT_TIMEOUT),
+                env,
+                decision,
+                expects,
+                scratch,
+            });
+        }
+    }
+    out
+}
+
+fn decide(
+    m: &Manifest,
+    t: &crate::manifest::Test,
+    env: &Environment,
+    host: &HostFacts,
+) -> Decision {
+    if env.accel == "kvm" {
+        if let Err(e) = &host.dev_kvm {
+            return Decision::Skip(format!("needs KVM: {e}"));
+        }
+    }
+    for req in [&m.requires, &t.requires] {
+        if let Err(why) = req.check(env) {
+            return Decision::Skip(why);
+        }
+    }
+    Decision::Run
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envmatch::Version;
+    use crate::manifest;
+
+    fn host() -> HostFacts {
+        HostFacts {
+            qemu_version: Some(Version(vec![10, 0, 2])),
+            host_kernel: "6.18.44".into(),
+            kvm_module: Some("kvm_pvm".into()),
+            cpu_model: "EPYC".into(),
+            dev_kvm: Ok(()),
+        }
+    }
+
+    fn auto() -> AccelChoice {
+        AccelChoice {
+            accel: "tcg".into(),
+            reason: "auto: probe timed out".into(),
+        }
+    }
+
+    fn plan_of(text: &str, opts: PlanOptions) -> Vec<PlannedTest> {
+        let m = manifest::parse(Path::new("manifests/s.toml"), text).unwrap();
+        plan(
+            &[m],
+            &host(),
+            &auto(),
+            Path::new("/g"),
+            Path::new("/scratch"),
+            &opts,
+        )
+    }
+
+    const TEXT: &str = r#"
+[defaults]
+machine = "pc"
+timeout = "3s"
+
+[[test]]
+name = "a"
+checks = ["boot.smoke"]
+
+[[test]]
+name = "b"
+machine = "microvm"
+accel = "kvm"
+checks = ["boot.smoke", "fault.selftest"]
+requires = { qemu = ">=11.0" }
+
+[[expect]]
+test = "a"
+result = "boot.smoke: *"
+when = { accel = "tcg" }
+outcome = "kfail"
+reason = "why"
+"#;
+
+    #[test]
+    fn defaults_auto_and_requirements_resolve() {
+        let p = plan_of(TEXT, PlanOptions::default());
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].vm.machine, MachineType::Pc);
+        assert_eq!(p[0].vm.accel, "tcg");
+        assert_eq!(p[0].env.accel_reason, "auto: probe timed out");
+        assert_eq!(p[0].vm.cpu, "max");
+        assert_eq!(p[0].timeout, Duration::from_secs(3));
+        assert_eq!(p[0].vm.append, "checks=boot.smoke");
+        assert_eq!(p[0].decision, Decision::Run);
+        assert_eq!(p[0].expects.len(), 1);
+        assert_eq!(p[1].vm.cpu, "host,-arch-capabilities");
+        assert_eq!(
+            p[1].decision,
+            Decision::Skip("needs QEMU >=11.0, this host has 10.0.2".into())
+        );
+        assert!(p[1].expects.is_empty());
+    }
+
+    #[test]
+    fn filter_and_accel_override() {
+        let p = plan_of(
+            TEXT,
+            PlanOptions {
+                filter: Some("s.b".into()),
+                accel: Some(Accel::Tcg),
+            },
+        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].vm.accel, "tcg");
+        assert_eq!(p[0].env.accel_reason, "requested");
+    }
+
+    #[test]
+    fn kvm_without_dev_kvm_is_skipped_with_the_reason() {
+        let m = manifest::parse(Path::new("s.toml"), TEXT).unwrap();
+        let mut h = host();
+        h.dev_kvm = Err("/dev/kvm cannot be opened: No such file or directory".into());
+        let p = plan(
+            &[m],
+            &h,
+            &auto(),
+            Path::new("/g"),
+            Path::new("/s"),
+            &PlanOptions::default(),
+        );
+        assert_eq!(
+            p[1].decision,
+            Decision::Skip(
+                "needs KVM: /dev/kvm cannot be opened: No such file or directory".into()
+            )
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Typed QEMU command lines. Every flag ukci passes to QEMU is added here,
+//! as separate arguments (never a shell string).
+
+use crate::manifest::MachineType;
+use crate::units::ByteSize;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use ukci_protocol::exit::{ISA_DEBUG_EXIT_PORT, ISA_DEBUG_EXIT_SIZE};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// A fully resolved VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    pub machine: MachineType,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    pub cpu: String,
+    pub memory: ByteSize,
+    pub smp: u32,
+    pub kernel: PathBuf,
+    pub append: String,
+    pub devices: Vec<VmDevice>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmDevice {
+    Nvme {
+        serial: String,
+        image: PathBuf,
+        sriov_max_vfs: u16,
+    },
+}
+
+/// The `-cpu` model used when a manifest names none.
+pub fn default_cpu(accel: &str, kvm_module: Option<&str>) -> String {
+    match (accel, kvm_module) {
+        // kvm_pvm cannot set MSR_IA32_ARCH_CAPABILITIES, which `host` asks for.
+        ("kvm", Some("kvm_pvm")) => "host,-arch-capabilities".into(),
+        ("kvm", _) => "host".into(),
+        _ => "max".into(),
+    }
+}
+
+impl VmConfig {
+    /// The arguments after the QEMU binary.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut a = Args::default();
+        let machine = match self.machine {
+            // No legacy devices the guest does not use: faster start.
+            MachineType::Microvm => "microvm,pit=off,pic=off,rtc=off".to_string(),
+            m => m.qemu_name().to_string(),
+        };
+        a.pair("-machine", machine);
+        a.pair("-accel", &self.accel);
+        a.pair("-cpu", &self.cpu);
+        a.pair("-m", format!("{}M", self.memory.mebibytes()));
+        a.pair("-smp", self.smp.to_string());
+        a.flag("-nodefaults");
+        a.pair("-display", "none");
+        a.flag("-no-reboot");
+        a.pair("-serial", "stdio");
+        a.pair("-monitor", "none");
+        a.pair(
+            "-device",
+            format!(
+                "isa-debug-exit,iobase={ISA_DEBUG_EXIT_PORT:#x},iosize={ISA_DEBUG_EXIT_SIZE:#x}"
+            ),
+        );
+        for (i, d) in self.devices.iter().enumerate() {
+            d.push_args(i, &mut a);
+        }
+        a.pair("-kernel", &self.kernel);
+        a.pair("-append", &self.append);
+        a.0
+    }
+}
+
+impl VmDevice {
+    fn push_args(&self, i: usize, a: &mut Args) {
+        match self {
+            VmDevice::Nvme {
+                serial,
+                image,
+                sriov_max_vfs,
+            } => {
+                a.pair(
+                    "-drive",
+                    format!("file={},if=none,id=nvm{i},format=raw", drive_path(image)),
+                );
+                if *sriov_max_vfs == 0 {
+                    a.pair("-device", format!("nvme,serial={serial},drive=nvm{i}"));
+                } else {
+                    // QEMU 10.0 maps an SR-IOV PF's VF BARs wrongly on the root
+                    // bus; behind a root port the VF BARs work.
+                    let vfs = u32::from(*sriov_max_vfs);
+                    a.pair(
+                        "-device",
+                        format!("pcie-root-port,id=rp{i},chassis={},slot={i}", i + 1),
+                    );
+                    a.pair("-device", format!("nvme-subsys,id=subsys{i}"));
+                    a.pair(
+                        "-device",
+                        format!(
+                            "nvme,id=nvme{i},serial={serial},subsys=subsys{i},bus=rp{i},\
+                             sriov_max_vfs={vfs},sriov_vq_flexible={vq},sriov_vi_flexible={vfs},\
+                             max_ioqpairs={qp},msix_qsize={msix}",
+                            vq = 2 * vfs,
+                            qp = 2 * vfs + 4,
+                            msix = vfs + 8,
+                        ),
+                    );
+                    a.pair("-device", format!("nvme-ns,drive=nvm{i},nsid=1"));
+                }
+            }
+        }
+    }
+}
+
+/// A path for a `-drive file=` value, where a comma must be doubled.
+fn drive_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn flag(&mut self, f: &str) {
+        self.0.push(f.into());
+    }
+    fn pair(&mut self, f: &str, v: impl AsRef<std::ffi::OsStr>) {
+        self.0.push(f.into());
+        self.0.push(v.as_ref().to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm() -> VmConfig {
+        VmConfig {
+            machine: MachineType::Q35,
+            accel: "tcg".into(),
+            cpu: "max".into(),
+            memory: ByteSize::mib(128),
+            smp: 1,
+            kernel: "/g/ukci-guest".into(),
+            append: "checks=boot.smoke".into(),
+            devices: vec![],
+        }
+    }
+
+    fn text(v: &VmConfig) -> String {
+        v.args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn every_vm_has_the_safety_flags_and_the_exit_device() {
+        let t = text(&vm());
+        for want in [
+            "-no-reboot",
+            "-nodefaults",
+            "-display none",
+            "-monitor none",
+            "-device isa-debug-exit,iobase=0xf4,iosize=0x4",
+            "-kernel /g/ukci-guest",
+        ] {
+            assert!(t.contains(want), "{want} missing in {t}");
+        }
+    }
+
+    #[test]
+    fn the_append_string_stays_one_argument() {
+        let mut v = vm();
+        v.append = "checks=a,b nvme.blocks=8".into();
+        let args = v.args();
+        let i = args.iter().position(|a| a == "-append").unwrap();
+        assert_eq!(args[i + 1], "checks=a,b nvme.blocks=8");
+    }
+
+    #[test]
+    fn an_sriov_nvme_sits_behind_a_root_port_in_a_subsystem() {
+        let mut v = vm();
+        v.devices.push(VmDevice::Nvme {
+            serial: "s".into(),
+            image: "/tmp/a,b.img".into(),
+            sriov_max_vfs: 2,
+        });
+        let t = text(&v);
+        assert!(t.contains("file=/tmp/a,,b.img"), "{t}");
+        assert!(t.contains("-device pcie-root-port,id=rp0"), "{t}");
+        assert!(
+            t.contains(
+                "subsys=subsys0,bus=rp0,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn kvm_pvm_gets_a_cpu_model_it_can_start() {
+        assert_eq!(
+            default_cpu("kvm", Some("kvm_pvm")),
+            "host,-arch-capabilities"
+        );
+        assert_eq!(default_cpu("kvm", Some("kvm_intel")), "host");
+        assert_eq!(default_cpu("tcg", Some("kvm_pvm")), "max");
+    }
+}

@@ -1,0 +1,260 @@
+//! One `cargo xtask test` run: manifests → plan → execute → reports.
+
+use crate::diag::Diagnostics;
+use crate::exec::{self, Event, TestRun};
+use crate::host::{self, AccelChoice, HostFacts};
+use crate::manifest::{self, Accel, Manifest};
+use crate::outcome::Outcome;
+use crate::plan::{self, Decision, PlanOptions, PlannedTest};
+use crate::{exitcode, junit, terminal};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+/// Where things live in a checkout.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn manifests(&self) -> PathBuf {
+        self.root.join("manifests")
+    }
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+    pub fn reports(&self) -> PathBuf {
+        self.root.join("reports")
+    }
+    /// The guest image a run boots (copied there after a build).
+    pub fn guest_image(&self) -> PathBuf {
+        self.images().join("ukci-guest")
+    }
+}
+
+/// Every `*.toml` in `dir`, sorted.
+pub fn all_manifests(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Loads every manifest; all problems of all files are returned together.
+pub fn load_manifests(paths: &[PathBuf]) -> Result<Vec<Manifest>, Diagnostics> {
+    let mut out = Vec::new();
+    let mut diags = Diagnostics::default();
+    for p in paths {
+        match manifest::load(p) {
+            Ok(m) => out.push(m),
+            Err(d) => diags.extend(d),
+        }
+    }
+    diags.into_result(out)
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TestOptions {
+    pub manifests: Vec<PathBuf>,
+    pub filter: Option<String>,
+    pub accel: Option<Accel>,
+    pub jobs: usize,
+    /// Unexpected skips (not declared by an expectation) count as failures.
+    pub strict: bool,
+}
+
+/// Resolves `auto` once per run, only when some test needs it.
+pub fn auto_accel(
+    layout: &Layout,
+    facts: &HostFacts,
+    manifests: &[Manifest],
+    opts: &PlanOptions,
+) -> AccelChoice {
+    let needs_auto = opts.accel.is_none_or(|a| a == Accel::Auto)
+        && manifests.iter().any(|m| {
+            m.tests
+                .iter()
+                .any(|t| t.accel.or(m.defaults.accel).unwrap_or(Accel::Auto) == Accel::Auto)
+        });
+    if opts.accel == Some(Accel::Auto) || needs_auto {
+        host::resolve_auto(
+            facts,
+            &layout.guest_image(),
+            &layout.images().join("accel-probe.txt"),
+        )
+    } else {
+        AccelChoice {
+            accel: "tcg".into(),
+            reason: "not used".into(),
+        }
+    }
+}
+
+pub fn make_plan(layout: &Layout, manifests: &[Manifest], opts: &PlanOptions) -> Vec<PlannedTest> {
+    let facts = host::detect();
+    let auto = auto_accel(layout, &facts, manifests, opts);
+    let scratch = layout
+        .images()
+        .join("scratch")
+        .join(std::process::id().to_string());
+    plan::plan(
+        manifests,
+        &facts,
+        &auto,
+        &layout.guest_image(),
+        &scratch,
+        opts,
+    )
+}
+
+/// Runs the tests and writes the reports; returns the exit status.
+pub fn run_tests(layout: &Layout, opts: &TestOptions) -> i32 {
+    let manifests = match load_manifests(&opts.manifests) {
+        Ok(m) => m,
+        Err(d) => {
+            eprint!("{d}");
+            return exitcode::MANIFEST;
+        }
+    };
+    let popts = PlanOptions {
+        filter: opts.filter.clone(),
+        accel: opts.accel,
+    };
+    let plan = make_plan(layout, &manifests, &popts);
+    if plan.is_empty() {
+        eprintln!("error: no test matches; `cargo xtask list` shows the plan");
+        return exitcode::USAGE;
+    }
+    let run_name = run_name();
+    let dir = layout.reports().join(&run_name);
+    let mut runs: Vec<Option<TestRun>> = vec![None; plan.len()];
+    let mut term = terminal::Terminal::new(&plan);
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| exec::execute(&plan, opts.jobs, tx));
+        for e in rx {
+            term.event(&e);
+            if let Event::Finished { idx, run } = e {
+                runs[idx] = Some(*run);
+            }
+        }
+    });
+    term.finish();
+    if opts.strict {
+        for (t, run) in plan.iter().zip(runs.iter_mut()) {
+            mark_strict(t, run.as_mut());
+        }
+    }
+    eprint!("\n{}", terminal::summary(&plan, &runs));
+    match write_reports(layout, &dir, &run_name, &plan, &runs) {
+        Ok(p) => eprintln!("report: {}", p.display()),
+        Err(e) => {
+            eprintln!("error: cannot write the report in {}: {e}", dir.display());
+            return exitcode::ERROR;
+        }
+    }
+    exit_status(&runs)
+}
+
+/// Under `--strict` a skip counts as a failure unless the manifest's plan
+/// decided it (a requirement not met is still a skip).
+fn mark_strict(t: &PlannedTest, run: Option<&mut TestRun>) {
+    if t.decision != Decision::Run {
+        return;
+    }
+    if let Some(run) = run {
+        for r in &mut run.judged.results {
+            if let Outcome::Skip(m) = &r.outcome {
+                r.outcome = Outcome::Fail(format!("skipped under --strict: {m}"));
+            }
+        }
+    }
+}
+
+pub fn exit_status(runs: &[Option<TestRun>]) -> i32 {
+    let all = runs.iter().flatten().flat_map(|r| &r.judged.results);
+    let mut status = exitcode::OK;
+    for r in all {
+        match r.outcome {
+            Outcome::Error(_) => return exitcode::ERROR,
+            Outcome::Fail(_) | Outcome::Xpass(_) => status = exitcode::FAILED,
+            _ => {}
+        }
+    }
+    status
+}
+
+fn write_reports(
+    layout: &Layout,
+    dir: &Path,
+    run_name: &str,
+    plan: &[PlannedTest],
+    runs: &[Option<TestRun>],
+) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("logs"))?;
+    for (t, run) in plan.iter().zip(runs) {
+        let Some(run) = run else { continue };
+        let mut log = run.log.clone();
+        if !run.stderr.is_empty() {
+            log.push_str("\n--- QEMU stderr ---\n");
+            log.push_str(&run.stderr);
+        }
+        std::fs::write(dir.join("logs").join(format!("{}.log", t.id())), log)?;
+    }
+    let report = junit::report(run_name, plan, runs);
+    let xml = report
+        .to_string()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let path = dir.join("junit.xml");
+    std::fs::write(&path, xml)?;
+    let latest = layout.reports().join("latest");
+    let _ = std::fs::remove_file(&latest);
+    std::os::unix::fs::symlink(run_name, &latest)?;
+    Ok(path)
+}
+
+/// `20261124-131502-12345`: sortable, unique per process.
+fn run_name() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
+    let t = secs % 86_400;
+    format!(
+        "{y:04}{mo:02}{d:02}-{:02}{:02}{:02}-{}",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        std::process::id()
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_416), (2025, 11, 24));
+    }
+}

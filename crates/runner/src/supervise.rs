@@ -1,0 +1,289 @@
+//! Running a child process (QEMU) under supervision: its own process group,
+//! a hard timeout, killed and reaped on every path — normal exit, timeout,
+//! a panic in the caller (drop guard), Ctrl-C (the interrupt handler kills
+//! every live group) and the runner's own death (the kernel's parent-death
+//! signal).
+
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How a supervised process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    Exited(i32),
+    /// Killed by a signal ukci did not send.
+    Signaled(i32),
+    /// ukci killed it at the deadline.
+    TimedOut(Duration),
+    /// It never started.
+    SpawnFailed(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub end: End,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Process groups alive right now, for the interrupt handler.
+static LIVE: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+fn kill_group(pgid: i32) {
+    // SAFETY: killpg only sends a signal; a stale group id at worst hits
+    // nothing (ESRCH), and ids come from children this process spawned.
+    unsafe {
+        libc::killpg(pgid, libc::SIGKILL);
+    }
+}
+
+/// Kills every supervised process group. Safe to call from a signal-handling
+/// thread.
+pub fn kill_all() {
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    for &pgid in live.iter() {
+        kill_group(pgid);
+    }
+}
+
+/// Installs the Ctrl-C / SIGTERM handler: kill every VM, then exit 130.
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        kill_all();
+        eprintln!("\ninterrupted: every VM was killed");
+        std::process::exit(130);
+    });
+}
+
+/// Owns a running child: dropping it kills the group and reaps the child.
+struct Guard {
+    child: Child,
+    pgid: i32,
+    reaped: bool,
+}
+
+impl Guard {
+    fn reap(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let st = self.child.wait();
+        self.reaped = true;
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.pgid);
+        st
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.reaped {
+            kill_group(self.pgid);
+            let _ = self.reap();
+        }
+    }
+}
+
+/// Runs `program args`, calls `on_line` for every stdout line as it arrives,
+/// and returns when the process has exited and been reaped, or has been
+/// killed at `timeout`.
+pub fn run(
+    program: &OsStr,
+    args: &[OsString],
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+) -> Finished {
+    let start = Instant::now();
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: the closure runs between fork and exec and only calls prctl,
+    // which is async-signal-safe. PR_SET_PDEATHSIG makes the kernel kill
+    // the child if the spawning thread dies (even by SIGKILL), so no VM
+    // outlives the runner.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Finished {
+                end: End::SpawnFailed(format!("cannot run {}: {e}", program.to_string_lossy())),
+                stdout: String::new(),
+                stderr: String::new(),
+                elapsed: start.elapsed(),
+            };
+        }
+    };
+    // The child leads its own group: its pid is the group id.
+    let pgid = child.id() as i32;
+    live.insert(pgid);
+    drop(live);
+    let mut guard = Guard {
+        child,
+        pgid,
+        reaped: false,
+    };
+
+    let stdout = guard.child.stdout.take().expect("stdout is piped");
+    let mut stderr = guard.child.stderr.take().expect("stderr is piped");
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let (tx, rx) = mpsc::channel::<String>();
+    let out_thread = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while let Ok(n) = r.read_until(b'\n', &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let line = String::from_utf8_lossy(&buf).into_owned();
+            buf.clear();
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let deadline = start + timeout;
+    let mut out = String::new();
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                on_line(line.trim_end_matches(['\r', '\n']));
+                out.push_str(&line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                break;
+            }
+        }
+    }
+    // stdout closed: the process is exiting. Wait for it, still bounded.
+    let status = loop {
+        if timed_out {
+            kill_group(pgid);
+        }
+        match guard.child.try_wait() {
+            Ok(Some(_)) => break guard.reap(),
+            Ok(None) if Instant::now() >= deadline => timed_out = true,
+            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = out_thread.join();
+    // Anything still queued arrived before the end.
+    for line in rx.try_iter() {
+        on_line(line.trim_end_matches(['\r', '\n']));
+        out.push_str(&line);
+    }
+    let stderr = err_thread.join().unwrap_or_default();
+    let end = match status {
+        _ if timed_out => End::TimedOut(timeout),
+        Ok(st) => match (st.code(), st.signal()) {
+            (Some(c), _) => End::Exited(c),
+            (None, Some(s)) => End::Signaled(s),
+            _ => End::Exited(-1),
+        },
+        Err(e) => End::SpawnFailed(format!("waiting for the process failed: {e}")),
+    };
+    Finished {
+        end,
+        stdout: out,
+        stderr,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Whether any process of group `pgid` is still running (zombies, which
+/// only wait to be reaped by their new parent, do not count).
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            return false;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, timeout_ms: u64) -> Finished {
+        run(
+            OsStr::new("sh"),
+            &["-c".into(), script.into()],
+            Duration::from_millis(timeout_ms),
+            |_| {},
+        )
+    }
+
+    #[test]
+    fn exit_codes_and_output_are_kept() {
+        let f = sh("echo one; echo two >&2; exit 3", 5000);
+        assert_eq!(f.end, End::Exited(3));
+        assert_eq!(f.stdout, "one\n");
+        assert_eq!(f.stderr, "two\n");
+    }
+
+    #[test]
+    fn a_hung_process_group_is_killed_at_the_deadline() {
+        // The grandchild keeps stdout open: the whole group must die.
+        let mut pid = 0i32;
+        let f = run(
+            OsStr::new("sh"),
+            &["-c".into(), "echo $$; sleep 30 & sleep 30".into()],
+            Duration::from_millis(300),
+            |l| pid = l.parse().unwrap_or(0),
+        );
+        assert!(matches!(f.end, End::TimedOut(_)), "{:?}", f.end);
+        assert!(f.elapsed < Duration::from_secs(5));
+        assert!(pid > 0 && !group_alive(pid), "group {pid} survived");
+    }
+
+    #[test]
+    fn death_by_signal_is_reported() {
+        let f = sh("kill -SEGV $$", 5000);
+        assert_eq!(f.end, End::Signaled(libc::SIGSEGV));
+    }
+
+    #[test]
+    fn a_missing_program_is_a_spawn_failure() {
+        let f = run(
+            OsStr::new("/nonexistent/qemu"),
+            &[],
+            Duration::from_secs(1),
+            |_| {},
+        );
+        assert!(matches!(f.end, End::SpawnFailed(ref m) if m.contains("/nonexistent/qemu")));
+    }
+}

@@ -1,0 +1,173 @@
+//! The terminal reporter: progress bars on a TTY (an overall bar and one
+//! line per running VM), plain lines otherwise, and a summary table.
+
+use crate::exec::{Event, TestRun};
+use crate::outcome::Outcome;
+use crate::plan::PlannedTest;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+pub struct Terminal<'a> {
+    plan: &'a [PlannedTest],
+    multi: Option<MultiProgress>,
+    overall: Option<ProgressBar>,
+    running: HashMap<usize, ProgressBar>,
+}
+
+impl<'a> Terminal<'a> {
+    pub fn new(plan: &'a [PlannedTest]) -> Self {
+        let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        let (multi, overall) = if tty {
+            let m = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let bar = m.add(ProgressBar::new(plan.len() as u64));
+            bar.set_style(
+                ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            (Some(m), Some(bar))
+        } else {
+            (None, None)
+        };
+        Terminal {
+            plan,
+            multi,
+            overall,
+            running: HashMap::new(),
+        }
+    }
+
+    fn println(&self, line: String) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn event(&mut self, e: &Event) {
+        match e {
+            Event::Started { idx } => {
+                if let Some(m) = &self.multi {
+                    let bar = m.add(ProgressBar::new_spinner());
+                    bar.set_style(
+                        ProgressStyle::with_template("  {spinner} {prefix}: {wide_msg}")
+                            .expect("valid template"),
+                    );
+                    bar.set_prefix(self.plan[*idx].id());
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                    self.running.insert(*idx, bar);
+                }
+            }
+            Event::Output { idx, line } => {
+                if let Some(bar) = self.running.get(idx) {
+                    bar.set_message(line.clone());
+                }
+            }
+            Event::Finished { idx, run } => {
+                if let Some(bar) = self.running.remove(idx) {
+                    bar.finish_and_clear();
+                    if let Some(m) = &self.multi {
+                        m.remove(&bar);
+                    }
+                }
+                self.println(finished_lines(&self.plan[*idx], run));
+                if let Some(o) = &self.overall {
+                    o.inc(1);
+                }
+            }
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(o) = &self.overall {
+            o.finish_and_clear();
+        }
+    }
+}
+
+/// The worst outcome of a test's results, for its one-line status.
+fn test_word(run: &TestRun) -> &'static str {
+    let rs = &run.judged.results;
+    let has = |f: fn(&Outcome) -> bool| rs.iter().any(|r| f(&r.outcome));
+    if has(|o| matches!(o, Outcome::Error(_))) {
+        "ERROR"
+    } else if has(|o| matches!(o, Outcome::Fail(_) | Outcome::Xpass(_))) {
+        "FAIL"
+    } else if !rs.is_empty() && rs.iter().all(|r| matches!(r.outcome, Outcome::Skip(_))) {
+        "SKIP"
+    } else {
+        "ok"
+    }
+}
+
+fn finished_lines(t: &PlannedTest, run: &TestRun) -> String {
+    let mut s = format!(
+        "{:>5}  {} [{}] ({} results, {:.2} s)",
+        test_word(run),
+        t.id(),
+        t.env.label(),
+        run.judged.results.len(),
+        run.elapsed.as_secs_f64()
+    );
+    for r in &run.judged.results {
+        if let Outcome::Pass = r.outcome {
+            continue;
+        }
+        let msg = r.outcome.message().unwrap_or("");
+        s.push_str(&format!(
+            "\n         {:<5} {}: {msg}",
+            r.outcome.word(),
+            r.name
+        ));
+    }
+    s
+}
+
+#[derive(Default)]
+struct Counts([usize; 6]);
+
+impl Counts {
+    fn add(&mut self, o: &Outcome) {
+        let i = match o {
+            Outcome::Pass => 0,
+            Outcome::Fail(_) => 1,
+            Outcome::Skip(_) => 2,
+            Outcome::Xfail(_) => 3,
+            Outcome::Xpass(_) => 4,
+            Outcome::Error(_) => 5,
+        };
+        self.0[i] += 1;
+    }
+}
+
+/// The table at the end of a run.
+pub fn summary(plan: &[PlannedTest], runs: &[Option<TestRun>]) -> String {
+    let mut by_suite: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut total = Counts::default();
+    for (t, run) in plan.iter().zip(runs) {
+        let Some(run) = run else { continue };
+        let c = by_suite
+            .entry(format!("{} [{}]", t.suite, t.env.label()))
+            .or_default();
+        for r in &run.judged.results {
+            c.add(&r.outcome);
+            total.add(&r.outcome);
+        }
+    }
+    let width = by_suite.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
+    let mut s = format!(
+        "{:<width$} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5}\n",
+        "suite", "pass", "fail", "skip", "xfail", "xpass", "error"
+    );
+    for (name, c) in by_suite.iter().chain([(&"total".to_string(), &total)]) {
+        let [p, f, sk, xf, xp, e] = c.0;
+        s.push_str(&format!(
+            "{name:<width$} {p:>5} {f:>5} {sk:>5} {xf:>5} {xp:>5} {e:>5}\n"
+        ));
+    }
+    s
+}
