@@ -1,0 +1,65 @@
+#!/bin/sh
+# /init of the ukci virtual host (busybox sh, PID 1).
+# Loads the modules listed in /etc/ukci/modules, mounts the host root (9p tag
+# hostroot, read-only) at /host and the results folder (9p tag results) at
+# /results, reads the agent settings from /results/ukci-agent.conf, runs the
+# agent and powers off. Every outcome ends in a UKCI-VHOST: marker line and a
+# power-off; the supervisor on the host reads the markers.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+up() { read -r t _ < /proc/uptime; echo "$t"; }
+halt() { sync; poweroff -f; sleep 60; }
+fail() {
+	echo "UKCI-VHOST: init-error $*"
+	mountpoint -q /results && echo "init-error $*" > /results/agent-exit
+	halt
+}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+echo "UKCI-VHOST: init kernel=$(uname -r) uptime=$(up)"
+
+while read -r name params; do
+	[ -n "$name" ] || continue
+	# shellcheck disable=SC2086 # params are separate key=value words
+	insmod "/lib/modules/$name.ko" $params || fail "insmod $name $params failed"
+done < /etc/ukci/modules
+
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host ||
+	fail "cannot mount the host root (9p tag hostroot)"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 results /results ||
+	fail "cannot mount the results folder (9p tag results)"
+[ -f /results/ukci-agent.conf ] || fail "no ukci-agent.conf in the results folder"
+# Sets UKCI_CHROOT, UKCI_RESULTS_HOST and the agent's argv ("set -- ...").
+. /results/ukci-agent.conf
+
+if [ "$UKCI_CHROOT" = 1 ]; then
+	# The agent sees the host's own filesystem at its usual paths (read-only),
+	# with this kernel's /dev, /proc, /sys, fresh /tmp and /run, and the
+	# results folder writable at its host path.
+	for d in dev dev/pts proc sys; do
+		mount --bind "/$d" "/host/$d" || fail "cannot bind /$d into the host root"
+	done
+	for d in tmp run; do
+		[ -d "/host/$d" ] && { mount -t tmpfs tmpfs "/host/$d" || fail "cannot mount tmpfs on /$d"; }
+	done
+	mkdir -p "/host$UKCI_RESULTS_HOST" && mount --bind /results "/host$UKCI_RESULTS_HOST" ||
+		fail "cannot bind the results folder at $UKCI_RESULTS_HOST"
+	export UKCI_RESULTS="$UKCI_RESULTS_HOST"
+	echo "UKCI-VHOST: agent-ready uptime=$(up)"
+	chroot /host "$@"
+	status=$?
+else
+	# The agent runs in the initramfs; host paths are under /host.
+	export UKCI_RESULTS=/results
+	prog="/host$1"
+	shift
+	echo "UKCI-VHOST: agent-ready uptime=$(up)"
+	"$prog" "$@"
+	status=$?
+fi
+echo "$status" > /results/agent-exit
+echo "UKCI-VHOST: agent-exit status=$status uptime=$(up)"
+halt
