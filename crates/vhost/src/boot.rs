@@ -1,0 +1,1036 @@
+//! Booting the virtual host: the QEMU command line (q35, intel-iommu, the
+//! SR-IOV NVMe behind a root port, 9p shares), the per-run agent settings
+//! written into the results folder, and a supervisor that runs QEMU under a
+//! hard timeout and turns its serial log into a verdict.
+//!
+//! One boot runs one agent; the agent is expected to run all of a kernel's
+//! tests. A host that panics, hangs, or never starts the agent is a
+//! [`BootError`] carrying the serial log, never a result.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::marker;
+
+/// The file in the results folder that `/init` reads the agent settings from.
+pub const AGENT_CONF: &str = "ukci-agent.conf";
+/// The file in the results folder where `/init` records the agent's exit status.
+pub const AGENT_EXIT_FILE: &str = "agent-exit";
+
+/// How QEMU executes the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Portable and the only choice where KVM cannot run Debian kernels.
+    Tcg,
+    /// Only where KVM really works for this guest (detected by the caller).
+    Kvm,
+}
+
+/// The emulated SR-IOV NVMe controller (QEMU's `nvme` with `sriov_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// `sriov_max_vfs`: TotalVFs of the PF.
+    pub vfs: u16,
+    /// `sriov_vq_flexible`: queue resources the PF can hand to its VFs.
+    pub vq_flexible: u32,
+    /// `sriov_vi_flexible`: interrupt resources the PF can hand to its VFs.
+    pub vi_flexible: u32,
+    /// `max_ioqpairs` (QEMU default 64).
+    pub max_ioqpairs: u32,
+    /// `msix_qsize` (QEMU default 65).
+    pub msix_qsize: u32,
+    /// Shared namespaces in the subsystem (attached to every controller).
+    pub namespaces: u32,
+    /// Size of each namespace's backing file (sparse, in the scratch folder).
+    pub namespace_bytes: u64,
+}
+
+impl Topology {
+    /// Enough flexible resources for `vfs` VFs with one I/O queue pair and one
+    /// interrupt each (2 VQ, 1 VI per VF), one 64 MiB namespace.
+    pub fn with_vfs(vfs: u16) -> Self {
+        Topology {
+            vfs,
+            vq_flexible: 2 * u32::from(vfs),
+            vi_flexible: u32::from(vfs),
+            max_ioqpairs: 64,
+            msix_qsize: 65,
+            namespaces: 1,
+            namespace_bytes: 64 << 20,
+        }
+    }
+
+    /// QEMU's realize-time constraints, checked before QEMU is started so
+    /// the message says which field to change.
+    pub fn validate(&self) -> Result<(), String> {
+        let vfs = u32::from(self.vfs);
+        let checks = [
+            (vfs >= 1, "vfs must be at least 1".to_owned()),
+            (vfs <= 127, "vfs must be at most 127".to_owned()),
+            (
+                self.vq_flexible >= 2 * vfs,
+                format!(
+                    "vq_flexible ({}) must be at least 2 × vfs ({})",
+                    self.vq_flexible,
+                    2 * vfs
+                ),
+            ),
+            (
+                self.max_ioqpairs >= self.vq_flexible + 2,
+                format!(
+                    "max_ioqpairs ({}) must be at least vq_flexible + 2 ({})",
+                    self.max_ioqpairs,
+                    self.vq_flexible + 2
+                ),
+            ),
+            (
+                self.vi_flexible >= vfs,
+                format!(
+                    "vi_flexible ({}) must be at least vfs ({vfs})",
+                    self.vi_flexible
+                ),
+            ),
+            (
+                self.msix_qsize > self.vi_flexible,
+                format!(
+                    "msix_qsize ({}) must be at least vi_flexible + 1 ({})",
+                    self.msix_qsize,
+                    self.vi_flexible + 1
+                ),
+            ),
+            (
+                self.namespaces >= 1,
+                "namespaces must be at least 1".to_owned(),
+            ),
+            (
+                self.namespace_bytes >= 1 << 20 && self.namespace_bytes % 4096 == 0,
+                "namespace_bytes must be a multiple of 4096 and at least 1 MiB".to_owned(),
+            ),
+        ];
+        match checks.into_iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Err(format!("NVMe topology: {why}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The program the virtual host runs once it is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Absolute path on the host (the host root is shared read-only).
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Extra environment, besides `UKCI_RESULTS` (set by `/init`).
+    pub env: Vec<(String, String)>,
+    /// Run inside `chroot` of the host root, so a dynamically linked host
+    /// binary finds its libraries and host paths look as on the host. Without
+    /// it the agent runs in the busybox initramfs (program under `/host`).
+    pub chroot: bool,
+}
+
+/// Everything one boot of the virtual host needs.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// Shown in `-name` and error messages (the kernel name, e.g. `debian:6.12`).
+    pub name: String,
+    pub vmlinuz: PathBuf,
+    pub initramfs: PathBuf,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub topology: Topology,
+    /// Shared read-only as 9p tag `hostroot` (normally `/`).
+    pub host_root: PathBuf,
+    /// Shared read-write as 9p tag `results`; holds the agent settings and exit status.
+    pub results_dir: PathBuf,
+    /// Namespace backing files go here.
+    pub scratch_dir: PathBuf,
+    /// The serial console, kept as an artifact.
+    pub serial_log: PathBuf,
+    /// Extra kernel command-line words.
+    pub extra_append: Vec<String>,
+    pub agent: Agent,
+    /// The host must print the agent-ready marker within this time.
+    pub ready_timeout: Duration,
+    /// Hard limit for the whole boot, agent included.
+    pub timeout: Duration,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+}
+
+impl BootConfig {
+    /// Defaults for this project's virtual lane: TCG, 2 GiB, 2 CPUs, 2 VFs,
+    /// the host's `/` as host root.
+    pub fn new(
+        name: &str,
+        vmlinuz: &Path,
+        initramfs: &Path,
+        results_dir: &Path,
+        scratch_dir: &Path,
+        agent: Agent,
+    ) -> Self {
+        BootConfig {
+            name: name.to_owned(),
+            vmlinuz: vmlinuz.to_owned(),
+            initramfs: initramfs.to_owned(),
+            accel: Accel::Tcg,
+            memory_mib: 2048,
+            cpus: 2,
+            topology: Topology::with_vfs(2),
+            host_root: PathBuf::from("/"),
+            results_dir: results_dir.to_owned(),
+            scratch_dir: scratch_dir.to_owned(),
+            serial_log: results_dir.join("serial.log"),
+            extra_append: Vec::new(),
+            agent,
+            ready_timeout: Duration::from_secs(90),
+            timeout: Duration::from_secs(600),
+            qemu: PathBuf::from("qemu-system-x86_64"),
+        }
+    }
+
+    /// Path of namespace `n` (1-based) in the scratch folder.
+    pub fn namespace_image(&self, n: u32) -> PathBuf {
+        self.scratch_dir.join(format!("nvme-ns{n}.img"))
+    }
+}
+
+/// The kernel command line.
+pub fn kernel_cmdline(cfg: &BootConfig) -> String {
+    let mut words: Vec<&str> = vec![
+        "console=ttyS0",
+        "intel_iommu=on",
+        "iommu=pt",
+        // Any panic reboots at once, and -no-reboot turns that into a QEMU exit.
+        "panic=-1",
+        "loglevel=4",
+    ];
+    words.extend(cfg.extra_append.iter().map(String::as_str));
+    words.join(" ")
+}
+
+/// Escapes a value for a QEMU `key=value,...` option list.
+pub fn qemu_opt_value(v: &Path) -> String {
+    v.to_string_lossy().replace(',', ",,")
+}
+
+/// The QEMU arguments (without the program).
+pub fn qemu_args(cfg: &BootConfig) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    push(&["-name", &format!("ukci-vhost {}", cfg.name)]);
+    match cfg.accel {
+        Accel::Tcg => push(&[
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg,thread=multi,tb-size=512",
+            "-cpu",
+            "max",
+        ]),
+        // With KVM the interrupt remapping of intel-iommu needs a split irqchip.
+        Accel::Kvm => push(&[
+            "-machine",
+            "q35,kernel-irqchip=split",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+        ]),
+    }
+    push(&[
+        "-smp",
+        &cfg.cpus.to_string(),
+        "-m",
+        &format!("{}M", cfg.memory_mib),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&[
+        "-chardev",
+        "stdio,id=console,signal=off",
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&["-device", "intel-iommu,intremap=on,caching-mode=on"]);
+    push(&["-kernel"]);
+    a.push(cfg.vmlinuz.clone().into());
+    a.push("-initrd".into());
+    a.push(cfg.initramfs.clone().into());
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    push(&["-append", &kernel_cmdline(cfg)]);
+
+    // The PF sits behind a root port: on pcie.0 QEMU 10.0 maps the 64-bit VF
+    // BAR as 32-bit and the VFs' registers read 0.
+    let t = &cfg.topology;
+    push(&[
+        "-device",
+        "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
+    ]);
+    push(&["-device", "nvme-subsys,id=subsys0,nqn=ukci-vhost"]);
+    push(&[
+        "-device",
+        &format!(
+            "nvme,id=nvme0,bus=rp1,serial=ukci0001,subsys=subsys0,max_ioqpairs={},msix_qsize={},\
+             sriov_max_vfs={},sriov_vq_flexible={},sriov_vi_flexible={}",
+            t.max_ioqpairs, t.msix_qsize, t.vfs, t.vq_flexible, t.vi_flexible
+        ),
+    ]);
+    for n in 1..=t.namespaces {
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=ns{n},format=raw",
+                qemu_opt_value(&cfg.namespace_image(n))
+            ),
+            "-device",
+            &format!("nvme-ns,drive=ns{n},bus=nvme0,nsid={n}"),
+        ]);
+    }
+    push(&[
+        "-virtfs",
+        &format!(
+            "local,path={},mount_tag=hostroot,security_model=none,readonly=on",
+            qemu_opt_value(&cfg.host_root)
+        ),
+        "-virtfs",
+        &format!(
+            "local,path={},mount_tag=results,security_model=none",
+            qemu_opt_value(&cfg.results_dir)
+        ),
+    ]);
+    a
+}
+
+/// Quotes a word for POSIX sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The `ukci-agent.conf` that `/init` sources. `results_host` is the results
+/// folder's host path (where a chrooted agent finds it).
+pub fn agent_conf(agent: &Agent, results_host: &Path) -> Result<String, String> {
+    let program = agent.program.to_str().ok_or("agent path is not UTF-8")?;
+    if !agent.program.is_absolute() {
+        return Err(format!(
+            "agent program `{program}` must be an absolute host path"
+        ));
+    }
+    let results = results_host.to_str().ok_or("results path is not UTF-8")?;
+    let mut out = String::from("# Written by ukci-vhost for /init; sourced by busybox sh.\n");
+    out.push_str(&format!("UKCI_CHROOT={}\n", u8::from(agent.chroot)));
+    out.push_str(&format!("UKCI_RESULTS_HOST={}\n", shell_quote(results)));
+    for (k, v) in &agent.env {
+        let valid = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "agent environment name `{k}` is not a shell variable name"
+            ));
+        }
+        out.push_str(&format!("export {k}={}\n", shell_quote(v)));
+    }
+    out.push_str("set --");
+    for word in std::iter::once(program).chain(agent.args.iter().map(String::as_str)) {
+        out.push(' ');
+        out.push_str(&shell_quote(word));
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Verdict
+
+/// How QEMU ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Exited(ExitKind),
+    /// Killed by the supervisor at the deadline.
+    TimedOut {
+        after: Duration,
+        agent_started: bool,
+    },
+}
+
+/// QEMU's exit, as plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitKind {
+    Code(i32),
+    Signal(i32),
+}
+
+impl From<ExitStatus> for ExitKind {
+    fn from(s: ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (s.code(), s.signal()) {
+            (Some(c), _) => ExitKind::Code(c),
+            (None, Some(sig)) => ExitKind::Signal(sig),
+            (None, None) => ExitKind::Code(-1),
+        }
+    }
+}
+
+/// Why a boot did not give an agent result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    TimedOut {
+        after: Duration,
+        agent_started: bool,
+    },
+    Panic(String),
+    InitError(String),
+    QemuFailed(ExitKind),
+    NeverStartedAgent,
+    AgentVanished,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::TimedOut {
+                after,
+                agent_started: false,
+            } => {
+                write!(
+                    f,
+                    "hung: no agent-ready marker after {:.1} s",
+                    after.as_secs_f64()
+                )
+            }
+            Failure::TimedOut {
+                after,
+                agent_started: true,
+            } => {
+                write!(
+                    f,
+                    "the agent did not finish within {:.1} s",
+                    after.as_secs_f64()
+                )
+            }
+            Failure::Panic(line) => write!(f, "kernel panic: {line}"),
+            Failure::InitError(what) => write!(f, "/init failed: {what}"),
+            Failure::QemuFailed(ExitKind::Code(c)) => write!(f, "QEMU exited with status {c}"),
+            Failure::QemuFailed(ExitKind::Signal(s)) => write!(f, "QEMU died from signal {s}"),
+            Failure::NeverStartedAgent => {
+                write!(f, "the host powered off without starting the agent")
+            }
+            Failure::AgentVanished => {
+                write!(
+                    f,
+                    "the agent started but the host went down without an agent-exit marker"
+                )
+            }
+        }
+    }
+}
+
+/// What a finished boot means, from its serial log and QEMU's ending. The
+/// agent's own exit status is a result (`Ok`), not a failure of the host.
+pub fn judge(serial: &str, ending: &Ending) -> Result<i32, Failure> {
+    let lines = || serial.lines().map(|l| l.trim_end_matches('\r'));
+    if let Some(panic) = lines().find(|l| l.contains("Kernel panic - not syncing")) {
+        let at = panic.find("Kernel panic").unwrap_or(0);
+        return Err(Failure::Panic(panic[at..].to_owned()));
+    }
+    if let Ending::TimedOut {
+        after,
+        agent_started,
+    } = ending
+    {
+        return Err(Failure::TimedOut {
+            after: *after,
+            agent_started: *agent_started,
+        });
+    }
+    if let Some(what) = lines().find_map(|l| l.strip_prefix(marker::INIT_ERROR)) {
+        return Err(Failure::InitError(what.to_owned()));
+    }
+    let exit_status = lines().find_map(|l| {
+        let rest = l.strip_prefix(marker::AGENT_EXIT)?;
+        rest.split_whitespace().next()?.parse::<i32>().ok()
+    });
+    match ending {
+        Ending::Exited(ExitKind::Code(0)) => {}
+        Ending::Exited(other) => return Err(Failure::QemuFailed(other.clone())),
+        Ending::TimedOut { .. } => unreachable!("handled above"),
+    }
+    let started = lines().any(|l| l.starts_with(marker::AGENT_READY));
+    match (started, exit_status) {
+        (_, Some(status)) => Ok(status),
+        (true, None) => Err(Failure::AgentVanished),
+        (false, None) => Err(Failure::NeverStartedAgent),
+    }
+}
+
+/// A successful boot.
+#[derive(Debug, Clone)]
+pub struct BootReport {
+    /// QEMU start to the agent-ready marker.
+    pub agent_ready: Duration,
+    /// QEMU start to QEMU exit.
+    pub total: Duration,
+    /// The agent's exit status (0 = it succeeded).
+    pub agent_status: i32,
+    pub serial_log: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("virtual host `{name}`: {what}")]
+    Config { name: String, what: String },
+    #[error("virtual host `{name}`: {path}: {source}")]
+    Io {
+        name: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Failed(Box<BootFailure>),
+}
+
+/// A boot that ended without an agent result, with what to look at.
+#[derive(Debug)]
+pub struct BootFailure {
+    pub name: String,
+    pub failure: Failure,
+    /// The whole serial console, kept as an artifact.
+    pub serial_log: PathBuf,
+    /// The last serial lines, indented, for the message.
+    pub tail: String,
+    /// QEMU's own stderr lines, if any, indented.
+    pub stderr: String,
+}
+
+impl fmt::Display for BootFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "virtual host `{}`: {}\n  serial log: {}\n  last serial lines:\n{}",
+            self.name,
+            self.failure,
+            self.serial_log.display(),
+            self.tail
+        )?;
+        if !self.stderr.is_empty() {
+            write!(f, "  QEMU stderr:\n{}", self.stderr)?;
+        }
+        Ok(())
+    }
+}
+
+/// The last `n` lines of a log, indented for an error message.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    lines[from..]
+        .iter()
+        .map(|l| format!("    | {}\n", l.trim_end_matches('\r')))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Supervisor
+
+/// Kills QEMU's whole process group and reaps it, whatever path drops it.
+struct GroupGuard {
+    child: Child,
+    reaped: Option<ExitStatus>,
+}
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        if self.reaped.is_some() {
+            return;
+        }
+        let pgid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) with a negative pid signals the process group that
+        // `spawn` created for this child (process_group(0) makes its pid the
+        // pgid); it touches no memory of ours.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+        let _ = self.child.kill();
+        self.reaped = self.child.wait().ok();
+    }
+
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if let Some(s) = self.reaped {
+            return Ok(Some(s));
+        }
+        let s = self.child.try_wait()?;
+        if s.is_some() {
+            self.reaped = s;
+        }
+        Ok(s)
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Prepares the scratch and results folders, boots the virtual host, waits
+/// for it to power off (or kills it at a deadline), and judges the serial log.
+/// `on_line` sees each serial line as it arrives, with the time since start.
+pub fn run(
+    cfg: &BootConfig,
+    mut on_line: impl FnMut(Duration, &str) + Send,
+) -> Result<BootReport, BootError> {
+    let config_err = |what: String| BootError::Config {
+        name: cfg.name.clone(),
+        what,
+    };
+    let io_err = |path: &Path| {
+        let name = cfg.name.clone();
+        let path = path.to_owned();
+        move |source| BootError::Io { name, path, source }
+    };
+    cfg.topology.validate().map_err(config_err)?;
+    for (what, p) in [
+        ("kernel image", &cfg.vmlinuz),
+        ("initramfs", &cfg.initramfs),
+    ] {
+        if !p.is_file() {
+            return Err(config_err(format!("{what} {} does not exist", p.display())));
+        }
+    }
+
+    fs::create_dir_all(&cfg.results_dir).map_err(io_err(&cfg.results_dir))?;
+    fs::create_dir_all(&cfg.scratch_dir).map_err(io_err(&cfg.scratch_dir))?;
+    let results_host = fs::canonicalize(&cfg.results_dir).map_err(io_err(&cfg.results_dir))?;
+    let conf = agent_conf(&cfg.agent, &results_host).map_err(config_err)?;
+    let conf_path = results_host.join(AGENT_CONF);
+    fs::write(&conf_path, conf).map_err(io_err(&conf_path))?;
+    let exit_path = results_host.join(AGENT_EXIT_FILE);
+    match fs::remove_file(&exit_path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&exit_path)(e)),
+        _ => {}
+    }
+    for n in 1..=cfg.topology.namespaces {
+        let img = cfg.namespace_image(n);
+        let f = fs::File::create(&img).map_err(io_err(&img))?;
+        f.set_len(cfg.topology.namespace_bytes)
+            .map_err(io_err(&img))?;
+    }
+    if let Some(dir) = cfg.serial_log.parent() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let mut log =
+        io::BufWriter::new(fs::File::create(&cfg.serial_log).map_err(io_err(&cfg.serial_log))?);
+
+    let mut cmd = Command::new(&cfg.qemu);
+    cmd.args(qemu_args(cfg))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let start = Instant::now();
+    let child = cmd.spawn().map_err(|e| {
+        config_err(format!(
+            "cannot start {}: {e} (install qemu-system-x86 10.0 from bookworm-backports)",
+            cfg.qemu.display()
+        ))
+    })?;
+    let mut guard = GroupGuard {
+        child,
+        reaped: None,
+    };
+    let stdout = guard.child.stdout.take().expect("stdout is piped");
+    let mut stderr_pipe = guard.child.stderr.take().expect("stderr is piped");
+
+    let (ready_tx, ready_rx) = mpsc::channel::<Duration>();
+    let (serial, stderr, ending) = std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut text = String::new();
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                let _ = log.write_all(&buf);
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end_matches(['\n', '\r']);
+                let at = start.elapsed();
+                if line.starts_with(marker::AGENT_READY) {
+                    let _ = ready_tx.send(at);
+                }
+                on_line(at, line);
+                text.push_str(line);
+                text.push('\n');
+                buf.clear();
+            }
+            let _ = log.flush();
+            text
+        });
+        let err_reader = s.spawn(move || {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text);
+            text
+        });
+
+        let mut ready: Option<Duration> = None;
+        let ending = loop {
+            if ready.is_none() {
+                ready = ready_rx.try_recv().ok();
+            }
+            match guard.try_wait() {
+                Ok(Some(status)) => break Ending::Exited(status.into()),
+                Ok(None) => {}
+                Err(_) => {
+                    guard.kill();
+                    break Ending::Exited(ExitKind::Signal(libc::SIGKILL));
+                }
+            }
+            let elapsed = start.elapsed();
+            let limit = if ready.is_some() {
+                cfg.timeout
+            } else {
+                cfg.ready_timeout.min(cfg.timeout)
+            };
+            if elapsed >= limit {
+                guard.kill();
+                break Ending::TimedOut {
+                    after: elapsed,
+                    agent_started: ready.is_some(),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let serial = reader.join().unwrap_or_default();
+        let stderr = err_reader.join().unwrap_or_default();
+        (serial, stderr, ending)
+    });
+    let total = start.elapsed();
+    let ready = ready_rx.try_recv().ok();
+    drop(guard);
+
+    match judge(&serial, &ending) {
+        Ok(agent_status) => Ok(BootReport {
+            agent_ready: ready.unwrap_or(total),
+            total,
+            agent_status,
+            serial_log: cfg.serial_log.clone(),
+        }),
+        Err(failure) => Err(BootError::Failed(Box::new(BootFailure {
+            name: cfg.name.clone(),
+            failure,
+            serial_log: cfg.serial_log.clone(),
+            tail: tail(&serial, 25),
+            stderr: if stderr.trim().is_empty() {
+                String::new()
+            } else {
+                tail(&stderr, 10)
+            },
+        }))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BootConfig {
+        BootConfig::new(
+            "debian:6.12",
+            Path::new("/k/vmlinuz"),
+            Path::new("/k/initrd.cpio"),
+            Path::new("/r,1"),
+            Path::new("/s"),
+            Agent {
+                program: "/work/a.sh".into(),
+                args: vec![],
+                env: vec![],
+                chroot: true,
+            },
+        )
+    }
+
+    fn args_of(c: &BootConfig) -> Vec<String> {
+        qemu_args(c)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    fn value_after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn qemu_command_has_the_lane_devices() {
+        let a = args_of(&cfg());
+        assert!(a.contains(&"-no-reboot".to_string()));
+        assert!(a.contains(&"-nodefaults".to_string()));
+        assert_eq!(value_after(&a, "-machine"), ["q35"]);
+        assert_eq!(value_after(&a, "-accel"), ["tcg,thread=multi,tb-size=512"]);
+        let devices = value_after(&a, "-device");
+        assert_eq!(devices[0], "intel-iommu,intremap=on,caching-mode=on");
+        let rp = devices
+            .iter()
+            .position(|d| d.starts_with("pcie-root-port,id=rp1"))
+            .unwrap();
+        let nvme = devices.iter().position(|d| d.starts_with("nvme,")).unwrap();
+        assert!(
+            rp < nvme,
+            "the root port exists before the NVMe is plugged into it"
+        );
+        assert!(devices[nvme].contains("bus=rp1"));
+        assert!(devices[nvme].contains("subsys=subsys0"));
+        assert!(devices[nvme].contains("sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2"));
+        assert_eq!(
+            value_after(&a, "-drive"),
+            ["file=/s/nvme-ns1.img,if=none,id=ns1,format=raw"]
+        );
+        let fs = value_after(&a, "-virtfs");
+        assert_eq!(
+            fs[0],
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on"
+        );
+        assert_eq!(
+            fs[1], "local,path=/r,,1,mount_tag=results,security_model=none",
+            "comma escaped"
+        );
+        let append = value_after(&a, "-append")[0];
+        for w in ["console=ttyS0", "intel_iommu=on", "panic=-1"] {
+            assert!(append.split(' ').any(|x| x == w), "{append}");
+        }
+        assert_eq!(value_after(&a, "-serial"), ["chardev:console"]);
+    }
+
+    #[test]
+    fn kvm_uses_a_split_irqchip_for_interrupt_remapping() {
+        let mut c = cfg();
+        c.accel = Accel::Kvm;
+        let a = args_of(&c);
+        assert_eq!(value_after(&a, "-machine"), ["q35,kernel-irqchip=split"]);
+        assert_eq!(value_after(&a, "-accel"), ["kvm"]);
+    }
+
+    #[test]
+    fn namespaces_each_get_a_drive_and_an_nsid() {
+        let mut c = cfg();
+        c.topology.namespaces = 2;
+        let a = args_of(&c);
+        let ns: Vec<_> = value_after(&a, "-device")
+            .into_iter()
+            .filter(|d| d.starts_with("nvme-ns"))
+            .collect();
+        assert_eq!(
+            ns,
+            [
+                "nvme-ns,drive=ns1,bus=nvme0,nsid=1",
+                "nvme-ns,drive=ns2,bus=nvme0,nsid=2"
+            ]
+        );
+    }
+
+    #[test]
+    fn topology_constraints_match_qemu() {
+        assert!(Topology::with_vfs(2).validate().is_ok());
+        assert!(Topology::with_vfs(30).validate().is_ok());
+        let mut t = Topology::with_vfs(2);
+        t.vq_flexible = 3;
+        assert!(
+            t.validate()
+                .unwrap_err()
+                .contains("vq_flexible (3) must be at least 2 × vfs (4)")
+        );
+        let mut t = Topology::with_vfs(2);
+        t.max_ioqpairs = 5;
+        assert!(t.validate().unwrap_err().contains("max_ioqpairs"));
+        let mut t = Topology::with_vfs(2);
+        t.vi_flexible = 1;
+        assert!(t.validate().unwrap_err().contains("vi_flexible"));
+        let mut t = Topology::with_vfs(2);
+        t.msix_qsize = 2;
+        assert!(t.validate().unwrap_err().contains("msix_qsize"));
+        assert!(Topology::with_vfs(0).validate().is_err());
+    }
+
+    #[test]
+    fn agent_conf_quotes_every_word() {
+        let agent = Agent {
+            program: "/opt/ukci/bin/ukci".into(),
+            args: vec!["agent".into(), "it's a $test".into()],
+            env: vec![("UKCI_KERNEL".into(), "debian:6.12".into())],
+            chroot: false,
+        };
+        let conf = agent_conf(&agent, Path::new("/work/r")).unwrap();
+        assert_eq!(
+            conf.lines().skip(1).collect::<Vec<_>>(),
+            [
+                "UKCI_CHROOT=0",
+                "UKCI_RESULTS_HOST='/work/r'",
+                "export UKCI_KERNEL='debian:6.12'",
+                r"set -- '/opt/ukci/bin/ukci' 'agent' 'it'\''s a $test'",
+            ]
+        );
+        let bad_env = Agent {
+            env: vec![("A-B".into(), "x".into())],
+            ..agent.clone()
+        };
+        assert!(
+            agent_conf(&bad_env, Path::new("/r"))
+                .unwrap_err()
+                .contains("`A-B`")
+        );
+        let relative = Agent {
+            program: "ukci".into(),
+            ..agent
+        };
+        assert!(
+            agent_conf(&relative, Path::new("/r"))
+                .unwrap_err()
+                .contains("absolute")
+        );
+    }
+
+    const GOOD: &str = "SeaBIOS\r\nUKCI-VHOST: init kernel=6.12\r\nUKCI-VHOST: agent-ready uptime=3.1\r\nhello\r\nUKCI-VHOST: agent-exit status=3 uptime=4.0\r\n";
+
+    #[test]
+    fn judge_returns_the_agent_status() {
+        assert_eq!(judge(GOOD, &Ending::Exited(ExitKind::Code(0))), Ok(3));
+    }
+
+    #[test]
+    fn judge_never_passes_a_broken_host() {
+        let exited = Ending::Exited(ExitKind::Code(0));
+        let panic = "UKCI-VHOST: agent-ready\n[    3.2] Kernel panic - not syncing: Attempted to kill init!\n";
+        assert_eq!(
+            judge(panic, &exited),
+            Err(Failure::Panic(
+                "Kernel panic - not syncing: Attempted to kill init!".into()
+            ))
+        );
+        assert_eq!(
+            judge("UKCI-VHOST: init-error insmod 9p failed\n", &exited),
+            Err(Failure::InitError("insmod 9p failed".into()))
+        );
+        assert_eq!(judge("booting\n", &exited), Err(Failure::NeverStartedAgent));
+        assert_eq!(
+            judge("UKCI-VHOST: agent-ready\n", &exited),
+            Err(Failure::AgentVanished)
+        );
+        let hung = Ending::TimedOut {
+            after: Duration::from_secs(90),
+            agent_started: false,
+        };
+        assert!(matches!(
+            judge(GOOD, &hung),
+            Err(Failure::TimedOut {
+                agent_started: false,
+                ..
+            })
+        ));
+        assert_eq!(
+            judge("", &Ending::Exited(ExitKind::Code(1))),
+            Err(Failure::QemuFailed(ExitKind::Code(1)))
+        );
+        assert_eq!(
+            judge(GOOD, &Ending::Exited(ExitKind::Signal(9))),
+            Err(Failure::QemuFailed(ExitKind::Signal(9)))
+        );
+    }
+
+    #[test]
+    fn failure_messages_carry_the_log_tail() {
+        let e = BootError::Failed(Box::new(BootFailure {
+            name: "debian:6.1".into(),
+            failure: Failure::NeverStartedAgent,
+            serial_log: "/r/serial.log".into(),
+            tail: tail("a\nb\nc\n", 2),
+            stderr: tail("qemu-system-x86_64: -device nvme: bad\n", 10),
+        }));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("debian:6.1") && msg.contains("/r/serial.log"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("    | b\n    | c\n") && !msg.contains("| a"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn supervisor_kills_a_hung_qemu_at_the_deadline() {
+        // A stand-in for QEMU that never exits and prints nothing: the
+        // supervisor must stop it at ready_timeout and call it hung.
+        let dir = std::env::temp_dir().join(format!("ukci-vhost-hang-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("fake-qemu");
+        fs::write(&fake, "#!/bin/sh\necho 'SeaBIOS (fake)'\nexec sleep 600\n").unwrap();
+        fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd"));
+        fs::write(&kernel, b"").unwrap();
+        fs::write(&initrd, b"").unwrap();
+        let mut c = BootConfig::new(
+            "fake",
+            &kernel,
+            &initrd,
+            &dir.join("results"),
+            &dir.join("scratch"),
+            Agent {
+                program: "/bin/true".into(),
+                args: vec![],
+                env: vec![],
+                chroot: false,
+            },
+        );
+        c.qemu = fake;
+        c.ready_timeout = Duration::from_millis(500);
+        let t = Instant::now();
+        let err = run(&c, |_, _| {}).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        match &err {
+            BootError::Failed(f) => assert!(
+                matches!(
+                    f.failure,
+                    Failure::TimedOut {
+                        agent_started: false,
+                        ..
+                    }
+                ),
+                "{err}"
+            ),
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().contains("SeaBIOS (fake)"), "{err}");
+        assert_eq!(
+            fs::read_to_string(dir.join("results/serial.log")).unwrap(),
+            "SeaBIOS (fake)\n"
+        );
+        assert!(
+            fs::read_to_string(dir.join("results").join(AGENT_CONF))
+                .unwrap()
+                .contains("set -- '/bin/true'")
+        );
+        assert_eq!(
+            fs::metadata(dir.join("scratch/nvme-ns1.img"))
+                .unwrap()
+                .len(),
+            64 << 20
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
