@@ -1,6 +1,6 @@
 //! Times the virtual lane's steps for each kernel given:
-//! `cargo run -p ukci-vhost --example vhost_bench -- [--refresh] [--boots N] debian:6.12 debian:6.1`
-//! Kernels and initramfs images are cached under `<repo>/images/`.
+//! `cargo run -p ukci-vhost --example vhost_bench -- [--refresh] [--boots N] [--images DIR] debian:6.12 debian:6.1`
+//! Kernels and initramfs images are cached under `<repo>/images/` unless `--images` says otherwise.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,16 +13,17 @@ fn main() -> anyhow::Result<()> {
     let mut refresh = Refresh::IfMissing;
     let mut boots = 3;
     let mut specs = Vec::new();
+    let repo = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))?;
+    let mut images = repo.join("images");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--refresh" => refresh = Refresh::Always,
             "--boots" => boots = args.next().unwrap_or_default().parse()?,
+            "--images" => images = PathBuf::from(args.next().unwrap_or_default()),
             spec => specs.push(KernelSpec::parse(spec)?),
         }
     }
-    let repo = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))?;
-    let images = repo.join("images");
     let work = repo.join("target/vhost-bench");
     let store = KernelStore::new(&images);
     for spec in &specs {

@@ -657,7 +657,7 @@ pub fn run(
     let mut stderr_pipe = guard.child.stderr.take().expect("stderr is piped");
 
     let (ready_tx, ready_rx) = mpsc::channel::<Duration>();
-    let (serial, stderr, ending) = std::thread::scope(|s| {
+    let (serial, stderr, ending, ready) = std::thread::scope(|s| {
         let reader = s.spawn(move || {
             let mut text = String::new();
             let mut r = BufReader::new(stdout);
@@ -714,10 +714,10 @@ pub fn run(
         };
         let serial = reader.join().unwrap_or_default();
         let stderr = err_reader.join().unwrap_or_default();
-        (serial, stderr, ending)
+        let ready = ready.or_else(|| ready_rx.try_recv().ok());
+        (serial, stderr, ending, ready)
     });
     let total = start.elapsed();
-    let ready = ready_rx.try_recv().ok();
     drop(guard);
 
     match judge(&serial, &ending) {

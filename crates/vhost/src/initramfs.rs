@@ -503,10 +503,12 @@ pub fn build(
     let index = index_modules(&kernel.modules_dir)?;
     let bb_meta = fs::metadata(&spec.busybox).map_err(io_err(&spec.busybox))?;
 
+    // The same tree under another spelling of its path is the same tree.
+    let modules_dir = fs::canonicalize(&kernel.modules_dir).map_err(io_err(&kernel.modules_dir))?;
     let mut h = Fnv::new();
     h.bytes(FORMAT.as_bytes())
         .bytes(kernel.release.as_bytes())
-        .bytes(kernel.modules_dir.as_os_str().as_encoded_bytes())
+        .bytes(modules_dir.as_os_str().as_encoded_bytes())
         .bytes(INIT_SCRIPT.as_bytes())
         .bytes(spec.busybox.as_os_str().as_encoded_bytes())
         .bytes(&bb_meta.len().to_le_bytes())

@@ -7,13 +7,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ukci_vhost::boot::{self, Agent, BootConfig};
+use ukci_vhost::boot::{BootError, Failure};
 use ukci_vhost::initramfs::{self, InitramfsSpec};
-use ukci_vhost::kernel::{KernelSpec, KernelStore, Refresh};
+use ukci_vhost::kernel::{Kernel, KernelSpec, KernelStore, Refresh};
 
 /// The shared cache (git-ignored), as the runner uses it.
 fn images() -> PathBuf {
-    let crate_dir = fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
-    crate_dir.join("../../images")
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    fs::canonicalize(repo).unwrap().join("images")
 }
 
 fn have(program: &str) -> bool {
@@ -61,22 +62,29 @@ fn read(dir: &Path, name: &str) -> String {
         .to_owned()
 }
 
+/// The cached (or freshly fetched) debian:6.12, or why the test cannot run.
+fn debian_6_12() -> Result<Kernel, &'static str> {
+    if !have("qemu-system-x86_64") {
+        return Err(
+            "qemu-system-x86_64 not found (install qemu-system-x86 from bookworm-backports)",
+        );
+    }
+    if !images().join("kernels/debian-6.12.resolved").exists() && !have("apt-cache") {
+        return Err("debian:6.12 is not cached and apt is not available");
+    }
+    let spec = KernelSpec::parse("debian:6.12").unwrap();
+    Ok(KernelStore::new(&images())
+        .get(&spec, Refresh::IfMissing)
+        .unwrap())
+}
+
 #[test]
 fn debian_6_12_virtual_host_runs_the_agent() {
-    if !have("qemu-system-x86_64") {
-        eprintln!(
-            "SKIP: qemu-system-x86_64 not found (install qemu-system-x86 from bookworm-backports)"
-        );
-        return;
-    }
-    let store = KernelStore::new(&images());
-    let spec = KernelSpec::parse("debian:6.12").unwrap();
-    if !images().join("kernels/debian-6.12.resolved").exists() && !have("apt-cache") {
-        eprintln!("SKIP: debian:6.12 is not cached and apt is not available");
-        return;
-    }
     let t = Instant::now();
-    let kernel = store.get(&spec, Refresh::IfMissing).unwrap();
+    let kernel = match debian_6_12() {
+        Ok(k) => k,
+        Err(why) => return eprintln!("SKIP: {why}"),
+    };
     eprintln!(
         "kernel {} {:?} in {:?}",
         kernel.release,
@@ -163,5 +171,49 @@ fn debian_6_12_virtual_host_runs_the_agent() {
         serial.contains("agent on "),
         "agent output reaches the serial log"
     );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_host_without_a_working_init_is_an_error_with_its_log() {
+    let kernel = match debian_6_12() {
+        Ok(k) => k,
+        Err(why) => return eprintln!("SKIP: {why}"),
+    };
+    let initrd = initramfs::build(&images(), &kernel, &InitramfsSpec::default()).unwrap();
+    let dir = run_dir("panic");
+    let agent = Agent {
+        program: "/bin/true".into(),
+        args: vec![],
+        env: vec![],
+        chroot: true,
+    };
+    let mut cfg = BootConfig::new(
+        &kernel.name,
+        &kernel.vmlinuz,
+        &initrd.path,
+        &dir.join("results"),
+        &dir.join("scratch"),
+        agent,
+    );
+    cfg.extra_append = vec!["rdinit=/no-such-init".into(), "init=/no-such-init".into()];
+    cfg.timeout = Duration::from_secs(120);
+    let err = boot::run(&cfg, |_, _| {}).unwrap_err();
+    let BootError::Failed(f) = &err else {
+        panic!("{err}")
+    };
+    assert!(matches!(f.failure, Failure::Panic(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("kernel panic: Kernel panic - not syncing"),
+        "{msg}"
+    );
+    assert!(msg.contains(&f.serial_log.display().to_string()), "{msg}");
+    assert!(
+        fs::read_to_string(&f.serial_log)
+            .unwrap()
+            .contains("Kernel panic")
+    );
+    assert!(!dir.join("results/agent-exit").exists());
     fs::remove_dir_all(&dir).unwrap();
 }
