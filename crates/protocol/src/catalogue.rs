@@ -40,6 +40,58 @@ pub const CHECKS: &[Check] = &[
     ),
     check("selftest.panic", "panics (exercises the abort path)"),
     check(
+        "cr-pin.detect",
+        "reports which KVM CR-pinning ABI answers (RFC v1/v2, v3, v3 with FSGSBASE) by reading the allowed-mask MSRs, and what the CPUID bits say",
+    ),
+    check(
+        "cr-pin.v3.high",
+        "v3 ABI: pins CR0.WP and CR4.UMIP|SMEP high and CR4.SMAP low; violating MOVs must #GP and change nothing; the pin-MSR rules (fresh VM)",
+    ),
+    check(
+        "cr-pin.v3.low",
+        "v3 ABI: pins CR0.WP low; setting it must #GP and change nothing; the pin-MSR rules (fresh VM)",
+    ),
+    check(
+        "cr-pin.v1",
+        "RFC v1/v2 ABI: pins CR0.WP and CR4.UMIP|SMEP|SMAP; violating MOVs must #GP (fresh VM)",
+    ),
+    check(
+        "cr-pin.heki",
+        "Heki KVM_HC_LOCK_CR_UPDATE: version query, invalid arguments, lock CR0.WP and CR4.SMEP, violations must #GP (fresh VM)",
+    ),
+    check(
+        "cr.arch.cr0-reserved",
+        "setting CR0 bits 63:32 must #GP and leave CR0 unchanged",
+    ),
+    check(
+        "cr.arch.cr4-reserved",
+        "setting a reserved CR4 bit must #GP and leave CR4 unchanged",
+    ),
+    check(
+        "cr.arch.cr4-features",
+        "setting a CR4 bit whose CPUID feature is absent must #GP and leave CR4 unchanged",
+    ),
+    check(
+        "cr.arch.cr0-combinations",
+        "invalid CR0 combinations (NW without CD, PG without PE) must #GP and leave CR0 unchanged",
+    ),
+    check(
+        "cr.arch.cr0-wp",
+        "with CR0.WP set a supervisor write to a read-only page must #PF; with WP clear it succeeds",
+    ),
+    check(
+        "cr.arch.smep",
+        "with CR4.SMEP set a supervisor fetch from a user page must #PF",
+    ),
+    check(
+        "cr.arch.smap",
+        "with CR4.SMAP set a supervisor access to a user page must #PF unless EFLAGS.AC is set",
+    ),
+    check(
+        "cr.arch.umip",
+        "with CR4.UMIP set SGDT/SIDT/SLDT/SMSW/STR at CPL 3 must #GP",
+    ),
+    check(
         "selftest.no-exit",
         "stops without an EXIT line (exercises the runner's missing-verdict path)",
     ),
