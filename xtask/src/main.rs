@@ -1,1 +1,240 @@
-fn main() {}
+//! `cargo xtask`: ukci's command line. Thin: every decision lives in the
+//! runner library; this file parses arguments and dispatches.
+
+mod bench;
+mod ci;
+mod guest;
+mod prereq;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use ukci_runner::exitcode;
+use ukci_runner::manifest::Accel;
+use ukci_runner::session::{self, Layout, TestOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "ukci: host virtualization security tests from inside a unikernel guest"
+)]
+#[command(after_help = exit_table())]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl From<AccelArg> for Accel {
+    fn from(a: AccelArg) -> Accel {
+        match a {
+            AccelArg::Auto => Accel::Auto,
+            AccelArg::Kvm => Accel::Kvm,
+            AccelArg::Tcg => Accel::Tcg,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct Selection {
+    /// Manifests to use (default: every manifests/*.toml).
+    paths: Vec<PathBuf>,
+    /// Only tests whose `suite.test` contains this (or matches it as a glob).
+    #[arg(long)]
+    filter: Option<String>,
+    /// Accelerator for every test, overriding the manifests.
+    #[arg(long, value_enum)]
+    accel: Option<AccelArg>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the guest image into images/.
+    Build,
+    /// Build, set up what is missing, run the manifests, write JUnit.
+    Test {
+        #[command(flatten)]
+        sel: Selection,
+        /// VMs to run at once (default: the number of cores).
+        #[arg(long, short)]
+        jobs: Option<usize>,
+        /// Count skips that no requirement explains as failures.
+        #[arg(long)]
+        strict: bool,
+        /// Where reports go (default: reports/).
+        #[arg(long)]
+        reports: Option<PathBuf>,
+    },
+    /// Print the plan: what would run, where, and what is skipped and why.
+    List {
+        #[command(flatten)]
+        sel: Selection,
+        /// List the checks the guest knows instead.
+        #[arg(long)]
+        checks: bool,
+    },
+    /// Explain what this host lacks and how to fix it.
+    Doctor,
+    /// Install what is missing (QEMU from bookworm-backports, busybox-static,
+    /// the guest's Rust target).
+    Setup,
+    /// The project's own tests: fmt, clippy, unit and integration tests, and
+    /// every manifest.
+    Ci,
+    /// Measure boot-to-verdict times and the runner's overhead.
+    Bench {
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+}
+
+fn exit_table() -> String {
+    let mut s = String::from("Exit status of `test`:\n");
+    for (code, what) in exitcode::TABLE {
+        s.push_str(&format!("  {code:>3}  {what}\n"));
+    }
+    s
+}
+
+fn layout() -> Layout {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository")
+        .to_path_buf();
+    Layout {
+        root,
+        reports: None,
+    }
+}
+
+fn manifest_paths(layout: &Layout, paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    if paths.is_empty() {
+        session::all_manifests(&layout.manifests())
+    } else {
+        paths
+    }
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exitcode::USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    std::process::exit(run(cli));
+}
+
+fn run(cli: Cli) -> i32 {
+    let layout = layout();
+    let result = match cli.cmd {
+        Cmd::Build => guest::build(&layout).map(|_| exitcode::OK),
+        Cmd::Test {
+            sel,
+            jobs,
+            strict,
+            reports,
+        } => {
+            let paths = manifest_paths(&layout, sel.paths);
+            let manifests = match session::load_manifests(&paths) {
+                Ok(m) => m,
+                Err(d) => {
+                    eprint!("{d}");
+                    return exitcode::MANIFEST;
+                }
+            };
+            if let Err(code) = prereq::ensure(&layout) {
+                return code;
+            }
+            if let Err(e) = guest::build(&layout) {
+                eprintln!("error: {e:#}");
+                return exitcode::HOST;
+            }
+            ukci_runner::supervise::install_interrupt_handler();
+            let mut layout = layout;
+            if let Some(r) = reports {
+                layout.reports = Some(r);
+            }
+            let opts = TestOptions {
+                filter: sel.filter,
+                accel: sel.accel.map(Accel::from),
+                jobs: jobs.unwrap_or_else(cores),
+                strict,
+            };
+            Ok(session::run_tests(&layout, &manifests, &opts))
+        }
+        Cmd::List { sel, checks } => Ok(if checks {
+            list_checks()
+        } else {
+            list(&layout, sel)
+        }),
+        Cmd::Doctor => Ok(prereq::doctor(&layout)),
+        Cmd::Setup => prereq::setup().map(|_| exitcode::OK),
+        Cmd::Ci => ci::run(&layout),
+        Cmd::Bench { runs } => bench::run(&layout, runs),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        exitcode::HOST
+    })
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn list_checks() -> i32 {
+    for c in ukci_protocol::catalogue::CHECKS {
+        println!("{:<28} {}", c.name, c.summary);
+        if !c.args.is_empty() {
+            println!("{:<28} args: {}", "", c.args.join(", "));
+        }
+    }
+    exitcode::OK
+}
+
+fn list(layout: &Layout, sel: Selection) -> i32 {
+    let paths = manifest_paths(layout, sel.paths);
+    let manifests = match session::load_manifests(&paths) {
+        Ok(m) => m,
+        Err(d) => {
+            eprint!("{d}");
+            return exitcode::MANIFEST;
+        }
+    };
+    let opts = ukci_runner::plan::PlanOptions {
+        filter: sel.filter,
+        accel: sel.accel.map(Accel::from),
+    };
+    let plan = session::make_plan(layout, &manifests, &opts);
+    for t in &plan {
+        let what = match &t.decision {
+            ukci_runner::plan::Decision::Run => format!(
+                "run   {} {} cpu={} timeout={}s",
+                t.vm.machine.qemu_name(),
+                t.vm.accel,
+                t.vm.cpu,
+                t.timeout.as_secs_f64()
+            ),
+            ukci_runner::plan::Decision::Skip(why) => format!("skip  {why}"),
+        };
+        println!("{:<36} {what}", t.id());
+        println!("{:<36}   checks: {}", "", t.checks.join(", "));
+        for e in &t.expects {
+            let kind = if e.known_bug { "kfail" } else { "xfail" };
+            println!("{:<36}   {kind} {}: {}", "", e.result, e.reason);
+        }
+    }
+    if let Some(t) = plan.first() {
+        println!("\naccel auto: {} ({})", t.env.accel, t.env.accel_reason);
+    }
+    exitcode::OK
+}

@@ -14,6 +14,8 @@ use std::sync::mpsc;
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub root: PathBuf,
+    /// Overrides `<root>/reports`.
+    pub reports: Option<PathBuf>,
 }
 
 impl Layout {
@@ -24,7 +26,9 @@ impl Layout {
         self.root.join("images")
     }
     pub fn reports(&self) -> PathBuf {
-        self.root.join("reports")
+        self.reports
+            .clone()
+            .unwrap_or_else(|| self.root.join("reports"))
     }
     /// The guest image a run boots (copied there after a build).
     pub fn guest_image(&self) -> PathBuf {
@@ -60,7 +64,6 @@ pub fn load_manifests(paths: &[PathBuf]) -> Result<Vec<Manifest>, Diagnostics> {
 
 #[derive(Clone, Debug, Default)]
 pub struct TestOptions {
-    pub manifests: Vec<PathBuf>,
     pub filter: Option<String>,
     pub accel: Option<Accel>,
     pub jobs: usize,
@@ -113,19 +116,12 @@ pub fn make_plan(layout: &Layout, manifests: &[Manifest], opts: &PlanOptions) ->
 }
 
 /// Runs the tests and writes the reports; returns the exit status.
-pub fn run_tests(layout: &Layout, opts: &TestOptions) -> i32 {
-    let manifests = match load_manifests(&opts.manifests) {
-        Ok(m) => m,
-        Err(d) => {
-            eprint!("{d}");
-            return exitcode::MANIFEST;
-        }
-    };
+pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) -> i32 {
     let popts = PlanOptions {
         filter: opts.filter.clone(),
         accel: opts.accel,
     };
-    let plan = make_plan(layout, &manifests, &popts);
+    let plan = make_plan(layout, manifests, &popts);
     if plan.is_empty() {
         eprintln!("error: no test matches; `cargo xtask list` shows the plan");
         return exitcode::USAGE;

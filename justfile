@@ -1,0 +1,29 @@
+# Thin recipes over `cargo xtask`; see README.md.
+
+# Build the guest, set up what is missing, run every manifest, write JUnit.
+test *args:
+    cargo xtask test {{args}}
+
+# The project's own checks: fmt, clippy, unit and integration tests, manifests.
+ci:
+    cargo xtask ci
+
+# Print the plan: what runs where, what is skipped and why.
+list *args:
+    cargo xtask list {{args}}
+
+# Explain what this host lacks and how to fix it.
+doctor:
+    cargo xtask doctor
+
+# Install what is missing (QEMU from bookworm-backports, busybox-static, Rust target).
+setup:
+    cargo xtask setup
+
+# Boot-to-verdict times, the QEMU floor and the runner's overhead.
+bench *args:
+    cargo xtask bench {{args}}
+
+# Build the guest image into images/.
+build:
+    cargo xtask build

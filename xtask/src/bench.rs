@@ -1,0 +1,171 @@
+//! `cargo xtask bench`: boot-to-verdict times against the QEMU floor, and
+//! the runner's overhead over the same QEMU command launched by hand.
+
+use anyhow::Result;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use ukci_runner::host;
+use ukci_runner::manifest::MachineType;
+use ukci_runner::qemu::{self, VmConfig};
+use ukci_runner::session::Layout;
+use ukci_runner::supervise;
+use ukci_runner::units::ByteSize;
+use ukci_runner::{exitcode, outcome};
+
+struct Stats {
+    min: Duration,
+    median: Duration,
+}
+
+fn measure(runs: usize, mut f: impl FnMut() -> bool) -> Option<Stats> {
+    let mut v = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        if !f() {
+            return None;
+        }
+        v.push(t.elapsed());
+    }
+    v.sort();
+    Some(Stats {
+        min: v[0],
+        median: v[v.len() / 2],
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn row(name: &str, s: &Option<Stats>, floor: Option<&Stats>) {
+    match s {
+        Some(s) => {
+            let ratio = floor.map_or(String::new(), |f| {
+                format!("{:>6.2}x floor", ms(s.min) / ms(f.min))
+            });
+            println!(
+                "{name:<44} {:>8.1} {:>8.1}  {ratio}",
+                ms(s.min),
+                ms(s.median)
+            );
+        }
+        None => println!("{name:<44}   failed"),
+    }
+}
+
+/// The QEMU floor: start with no machine and quit at once.
+fn floor(accel: &str) -> bool {
+    let child = Command::new(qemu::QEMU)
+        .args([
+            "-M",
+            "none",
+            "-accel",
+            accel,
+            "-display",
+            "none",
+            "-nodefaults",
+            "-S",
+            "-monitor",
+            "stdio",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(b"quit\n");
+    }
+    child.wait().is_ok_and(|s| s.success())
+}
+
+fn vm(layout: &Layout, machine: MachineType, accel: &str, kvm_module: Option<&str>) -> VmConfig {
+    VmConfig {
+        machine,
+        accel: accel.into(),
+        cpu: qemu::default_cpu(accel, kvm_module),
+        memory: ByteSize::mib(128),
+        smp: 1,
+        kernel: layout.guest_image(),
+        append: "checks=boot.smoke".into(),
+        devices: vec![],
+    }
+}
+
+/// The command as a person would type it, output read to the end.
+fn by_hand(v: &VmConfig) -> bool {
+    Command::new(qemu::QEMU)
+        .args(v.args())
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.code() == Some(1))
+}
+
+/// The same VM through the runner: supervision, streaming, judging.
+fn through_runner(v: &VmConfig) -> bool {
+    let fin = supervise::run(
+        qemu::QEMU.as_ref(),
+        &v.args(),
+        Duration::from_secs(20),
+        |_| {},
+    );
+    let j = outcome::judge("bench", &["boot.smoke".to_string()], &fin);
+    j.results.iter().all(|r| r.outcome.as_expected())
+}
+
+pub fn run(layout: &Layout, runs: usize) -> Result<i32> {
+    if let Err(code) = crate::prereq::ensure(layout) {
+        return Ok(code);
+    }
+    crate::guest::build(layout)?;
+    let facts = host::detect();
+    let auto = host::resolve_auto(
+        &facts,
+        &layout.guest_image(),
+        &layout.images().join("accel-probe.txt"),
+    );
+    let module = facts.kvm_module.as_deref();
+    println!("accel auto: {} ({})", auto.accel, auto.reason);
+    println!("{runs} runs each, wall clock in ms\n");
+    println!("{:<44} {:>8} {:>8}", "", "min", "median");
+    let mut accels = vec!["tcg"];
+    if auto.accel == "kvm" {
+        accels.push("kvm");
+    }
+    for accel in accels {
+        let fl = measure(runs, || floor(accel));
+        row(
+            &format!("QEMU floor (-M none, quit at once) [{accel}]"),
+            &fl,
+            None,
+        );
+        for m in [MachineType::Microvm, MachineType::Q35, MachineType::Pc] {
+            let v = vm(layout, m, accel, module);
+            let s = measure(runs, || by_hand(&v));
+            row(
+                &format!("boot-to-verdict {} [{accel}]", m.qemu_name()),
+                &s,
+                fl.as_ref(),
+            );
+        }
+        let v = vm(layout, MachineType::Microvm, accel, module);
+        let hand = measure(runs, || by_hand(&v));
+        let runner = measure(runs, || through_runner(&v));
+        row(&format!("microvm by hand [{accel}]"), &hand, None);
+        row(
+            &format!("microvm through the runner [{accel}]"),
+            &runner,
+            None,
+        );
+        if let (Some(h), Some(r)) = (&hand, &runner) {
+            println!(
+                "{:<44} {:>+7.1}% (min) {:>+7.1}% (median)",
+                format!("runner overhead [{accel}]"),
+                (ms(r.min) / ms(h.min) - 1.0) * 100.0,
+                (ms(r.median) / ms(h.median) - 1.0) * 100.0
+            );
+        }
+    }
+    Ok(exitcode::OK)
+}

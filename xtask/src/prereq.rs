@@ -1,0 +1,227 @@
+//! What a host needs for ukci, how `doctor` explains it and how `setup`
+//! installs it. Each action is printed before it runs.
+
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+use ukci_runner::envmatch::Version;
+use ukci_runner::exitcode;
+use ukci_runner::session::Layout;
+use ukci_runner::{host, qemu};
+use xshell::{Shell, cmd};
+
+/// QEMU 10 is the first Debian-packaged QEMU with `vf-token` on vfio-pci.
+const MIN_QEMU: [u32; 2] = [10, 0];
+const BACKPORTS_FILE: &str = "/etc/apt/sources.list.d/ukci-bookworm-backports.sources";
+const BACKPORTS: &str = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+                         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
+
+/// One missing prerequisite.
+struct Lack {
+    what: String,
+    fix: &'static str,
+}
+
+fn lacks() -> Vec<Lack> {
+    let mut v = Vec::new();
+    match host::qemu_version() {
+        None => v.push(Lack {
+            what: format!("{} is not installed", qemu::QEMU),
+            fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
+        }),
+        Some(ver) if ver < Version(MIN_QEMU.to_vec()) => v.push(Lack {
+            what: format!("QEMU {ver} is too old: vfio-pci has no vf-token before the QEMU 10 of bookworm-backports"),
+            fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
+        }),
+        Some(_) => {}
+    }
+    if !rust_target_installed() {
+        v.push(Lack {
+            what:
+                "the Rust target x86_64-unknown-none is not installed (the guest is built for it)"
+                    .into(),
+            fix: "cargo xtask setup (runs rustup target add x86_64-unknown-none)",
+        });
+    }
+    if !Path::new("/bin/busybox").exists() {
+        v.push(Lack {
+            what: "busybox-static is not installed (the virtual test host's initramfs is built from it)".into(),
+            fix: "cargo xtask setup (installs busybox-static)",
+        });
+    }
+    v
+}
+
+fn rust_target_installed() -> bool {
+    std::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == crate::guest::TARGET)
+        })
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Before a test run: set up what is missing when allowed to (root or CI),
+/// else stop with the exact command to run.
+pub fn ensure(_layout: &Layout) -> Result<(), i32> {
+    let missing = lacks();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for l in &missing {
+        eprintln!("missing: {}", l.what);
+    }
+    if is_root() || std::env::var_os("CI").is_some() {
+        eprintln!("setting up what is missing:");
+        if let Err(e) = setup() {
+            eprintln!("error: set-up failed: {e:#}");
+            return Err(exitcode::HOST);
+        }
+        let still = lacks();
+        if still.is_empty() {
+            return Ok(());
+        }
+        for l in &still {
+            eprintln!("error: still missing after set-up: {}", l.what);
+        }
+        return Err(exitcode::HOST);
+    }
+    eprintln!("error: this host is not ready; run:\n    sudo cargo xtask setup");
+    Err(exitcode::HOST)
+}
+
+pub fn doctor(layout: &Layout) -> i32 {
+    let facts = host::detect();
+    let missing = lacks();
+    println!("host kernel   {}", facts.host_kernel);
+    println!("cpu           {}", facts.cpu_model);
+    println!(
+        "qemu          {}",
+        facts
+            .qemu_version
+            .as_ref()
+            .map_or("not installed".into(), |v| v.to_string())
+    );
+    println!(
+        "kvm module    {}",
+        facts.kvm_module.as_deref().unwrap_or("none")
+    );
+    match &facts.dev_kvm {
+        Ok(()) if layout.guest_image().exists() => {
+            let c = host::resolve_auto(
+                &facts,
+                &layout.guest_image(),
+                &layout.images().join("accel-probe.txt"),
+            );
+            println!("accel auto    {} ({})", c.accel, c.reason);
+            if c.accel == "tcg" {
+                println!(
+                    "              KVM is present but not usable for the guest: tests run under TCG."
+                );
+                println!(
+                    "              `--accel kvm` forces it; expect slow firmware boots under kvm_pvm."
+                );
+            }
+        }
+        Ok(()) => println!("accel auto    not probed yet (run `cargo xtask build` first)"),
+        Err(e) => println!(
+            "accel auto    tcg ({e}; load kvm_intel or kvm_amd, or add yourself to the kvm group)"
+        ),
+    }
+    if missing.is_empty() {
+        println!("\nready: nothing is missing");
+        exitcode::OK
+    } else {
+        println!();
+        for l in &missing {
+            println!("missing: {}\n    fix: {}", l.what, l.fix);
+        }
+        exitcode::HOST
+    }
+}
+
+fn os_codename() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|s| s.trim_matches('"').to_string())
+}
+
+/// Installs what `lacks` reports, printing each action.
+pub fn setup() -> Result<()> {
+    let sh = Shell::new()?;
+    let missing = lacks();
+    if missing
+        .iter()
+        .any(|l| l.what.contains("x86_64-unknown-none"))
+    {
+        println!("setup: rustup target add {}", crate::guest::TARGET);
+        let t = crate::guest::TARGET;
+        cmd!(sh, "rustup target add {t}")
+            .run()
+            .context("rustup target add failed")?;
+    }
+    let need_apt = missing
+        .iter()
+        .any(|l| !l.what.contains("x86_64-unknown-none"));
+    if !need_apt {
+        println!("setup: nothing else to install");
+        return Ok(());
+    }
+    if os_codename().as_deref() != Some("bookworm") {
+        bail!(
+            "automatic set-up knows Debian 12 (bookworm); on this system install QEMU >= {}.{} \
+             (qemu-system-x86_64) and a static busybox with your package manager",
+            MIN_QEMU[0],
+            MIN_QEMU[1]
+        );
+    }
+    if !is_root() {
+        bail!("installing packages needs root: run `sudo cargo xtask setup`");
+    }
+    if !has_backports()? {
+        println!("setup: adding bookworm-backports as {BACKPORTS_FILE}");
+        std::fs::write(BACKPORTS_FILE, BACKPORTS)
+            .with_context(|| format!("writing {BACKPORTS_FILE}"))?;
+    }
+    println!("setup: apt-get update");
+    cmd!(sh, "apt-get update -q").run()?;
+    println!("setup: apt-get install -t bookworm-backports qemu-system-x86");
+    cmd!(
+        sh,
+        "apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86"
+    )
+    .env("DEBIAN_FRONTEND", "noninteractive")
+    .run()?;
+    println!("setup: apt-get install busybox-static");
+    cmd!(sh, "apt-get install -y -q busybox-static")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()?;
+    Ok(())
+}
+
+fn has_backports() -> Result<bool> {
+    let mut files = vec![Path::new("/etc/apt/sources.list").to_path_buf()];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        files.extend(dir.flatten().map(|e| e.path()));
+    }
+    Ok(files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .any(|t| {
+            t.lines()
+                .any(|l| !l.trim_start().starts_with('#') && l.contains("bookworm-backports"))
+        }))
+}

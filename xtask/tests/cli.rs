@@ -1,0 +1,149 @@
+//! End-to-end: the real guest under real QEMU through `cargo xtask test`.
+//! Each run writes its reports to a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use ukci_runner::exitcode;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+struct Run {
+    code: i32,
+    stderr: String,
+    junit: String,
+}
+
+fn xtask_test(args: &[&str]) -> Run {
+    let reports = std::env::temp_dir().join(format!(
+        "ukci-it-{}-{}",
+        std::process::id(),
+        args.join("-").replace(['/', '*'], "_")
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root())
+        .arg("test")
+        .args(args)
+        .arg("--reports")
+        .arg(&reports)
+        .env("CI", "1")
+        .output()
+        .expect("xtask runs");
+    let junit = std::fs::read_to_string(reports.join("latest/junit.xml")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&reports);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        junit,
+    }
+}
+
+/// The `<testcase>` element named `name` (up to its end tag).
+fn testcase<'a>(junit: &'a str, name: &str) -> &'a str {
+    let start = junit
+        .find(&format!("<testcase name=\"{name}\""))
+        .unwrap_or_else(|| panic!("no testcase {name} in:\n{junit}"));
+    let rest = &junit[start..];
+    let end = rest
+        .find("</testcase>")
+        .map_or(rest.len(), |e| e + "</testcase>".len());
+    &rest[..end]
+}
+
+#[test]
+fn smoke_passes_on_every_machine_type() {
+    let r = xtask_test(&["manifests/smoke.toml", "--accel", "tcg"]);
+    assert_eq!(r.code, exitcode::OK, "{}", r.stderr);
+    for machine in ["q35", "pc", "microvm"] {
+        assert!(
+            r.junit.contains(&format!("classname=\"smoke.{machine}\"")),
+            "no smoke.{machine} testcases:\n{}",
+            r.junit
+        );
+    }
+    assert!(r.junit.contains("fault.selftest: #PF"), "{}", r.junit);
+    assert!(
+        r.junit.contains("<property name=\"accel\" value=\"tcg\"/>"),
+        "{}",
+        r.junit
+    );
+    assert!(
+        r.junit.contains("<property name=\"qemu.version\""),
+        "{}",
+        r.junit
+    );
+    assert!(!r.junit.contains("<failure"), "{}", r.junit);
+    assert!(!r.junit.contains("<error"), "{}", r.junit);
+}
+
+#[test]
+fn misbehaving_guests_are_errors_with_clear_messages() {
+    let r = xtask_test(&["tests/manifests/selftest.toml"]);
+    assert_eq!(r.code, exitcode::ERROR, "{}", r.stderr);
+    let hang = testcase(&r.junit, "hang");
+    assert!(
+        hang.contains("<error") && hang.contains("timed out after 3.0 s"),
+        "{hang}"
+    );
+    let tf = testcase(&r.junit, "triple-fault");
+    assert!(
+        tf.contains("<error") && tf.contains("without an EXIT line"),
+        "{tf}"
+    );
+    let ne = testcase(&r.junit, "no-exit");
+    assert!(
+        ne.contains("<error") && ne.contains("SUMMARY but no EXIT line"),
+        "{ne}"
+    );
+    let bad_cpu = testcase(&r.junit, "unknown-device");
+    assert!(
+        bad_cpu.contains("<error") && bad_cpu.contains("QEMU refused to start"),
+        "{bad_cpu}"
+    );
+    // A panic is the guest's own verdict: a failure line and the abort status.
+    let panic = testcase(&r.junit, "selftest.panic: aborted");
+    assert!(
+        panic.contains("<failure")
+            && panic.contains("deliberate panic")
+            && panic.contains("STATUS=127"),
+        "{panic}"
+    );
+    assert!(!r.junit.contains("classname=\"selftest.hang\" time=\"0") || hang.contains("<error"));
+}
+
+#[test]
+fn malformed_manifests_exit_with_the_manifest_code_and_a_position() {
+    for (file, pos, what) in [
+        ("syntax.toml", ":1:8:", "expected `]`"),
+        ("unknown-field.toml", ":4:1:", "unknown field `timout`"),
+        ("wrong-type.toml", ":4:7:", "invalid type"),
+        ("unknown-check.toml", ":3:25:", "unknown check `cr-pin.v9`"),
+    ] {
+        let path = format!("tests/manifests/bad/{file}");
+        let r = xtask_test(&[&path]);
+        assert_eq!(r.code, exitcode::MANIFEST, "{file}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("{path}{pos}")),
+            "{file}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains(what), "{file}: {}", r.stderr);
+    }
+    let r = xtask_test(&["tests/manifests/bad/missing.toml"]);
+    assert_eq!(r.code, exitcode::MANIFEST, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("missing.toml: cannot read manifest"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_filter_that_matches_nothing_is_a_usage_error() {
+    let r = xtask_test(&["manifests/smoke.toml", "--filter", "no-such-test"]);
+    assert_eq!(r.code, exitcode::USAGE, "{}", r.stderr);
+}
