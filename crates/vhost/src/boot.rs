@@ -6,6 +6,16 @@
 //! One boot runs one agent; the agent is expected to run all of a kernel's
 //! tests. A host that panics, hangs, or never starts the agent is a
 //! [`BootError`] carrying the serial log, never a result.
+//!
+//! The agent contract:
+//! - It is started after `UKCI-VHOST: agent-ready` with the environment
+//!   variable `UKCI_RESULTS` naming the writable results folder (its host
+//!   path when chrooted, `/results` otherwise) and the [`Agent::env`] pairs.
+//! - Its stdout and stderr go to the serial console (the `on_line` callback
+//!   of [`run`] and the serial log).
+//! - Its exit status is written to `<results>/agent-exit`, printed as
+//!   `UKCI-VHOST: agent-exit status=N`, and returned as
+//!   [`BootReport::agent_status`]; then the host powers off.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -488,6 +498,8 @@ pub struct BootReport {
     /// The agent's exit status (0 = it succeeded).
     pub agent_status: i32,
     pub serial_log: PathBuf,
+    /// Whatever QEMU wrote to stderr (warnings), for the artifacts.
+    pub qemu_stderr: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -726,6 +738,7 @@ pub fn run(
             total,
             agent_status,
             serial_log: cfg.serial_log.clone(),
+            qemu_stderr: stderr,
         }),
         Err(failure) => Err(BootError::Failed(Box::new(BootFailure {
             name: cfg.name.clone(),

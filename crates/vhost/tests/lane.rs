@@ -62,17 +62,23 @@ fn read(dir: &Path, name: &str) -> String {
         .to_owned()
 }
 
-/// The cached (or freshly fetched) debian:6.12, or why the test cannot run.
-fn debian_6_12() -> Result<Kernel, &'static str> {
+/// The cached (or freshly fetched) Debian kernel, or why the test cannot run.
+fn debian(series: &str) -> Result<Kernel, String> {
     if !have("qemu-system-x86_64") {
         return Err(
-            "qemu-system-x86_64 not found (install qemu-system-x86 from bookworm-backports)",
+            "qemu-system-x86_64 not found (install qemu-system-x86 from bookworm-backports)".into(),
         );
     }
-    if !images().join("kernels/debian-6.12.resolved").exists() && !have("apt-cache") {
-        return Err("debian:6.12 is not cached and apt is not available");
+    if !images()
+        .join(format!("kernels/debian-{series}.resolved"))
+        .exists()
+        && !have("apt-cache")
+    {
+        return Err(format!(
+            "debian:{series} is not cached and apt is not available"
+        ));
     }
-    let spec = KernelSpec::parse("debian:6.12").unwrap();
+    let spec = KernelSpec::parse(&format!("debian:{series}")).unwrap();
     Ok(KernelStore::new(&images())
         .get(&spec, Refresh::IfMissing)
         .unwrap())
@@ -80,8 +86,18 @@ fn debian_6_12() -> Result<Kernel, &'static str> {
 
 #[test]
 fn debian_6_12_virtual_host_runs_the_agent() {
+    lane_facts("6.12");
+}
+
+/// 6.1 names its packages differently (6.1.0-NN) and ships plain .ko modules.
+#[test]
+fn debian_6_1_virtual_host_runs_the_agent() {
+    lane_facts("6.1");
+}
+
+fn lane_facts(series: &str) {
     let t = Instant::now();
-    let kernel = match debian_6_12() {
+    let kernel = match debian(series) {
         Ok(k) => k,
         Err(why) => return eprintln!("SKIP: {why}"),
     };
@@ -108,7 +124,7 @@ fn debian_6_12_virtual_host_runs_the_agent() {
         );
     }
 
-    let dir = run_dir("lane");
+    let dir = run_dir(&format!("lane-{series}"));
     let results = dir.join("results");
     fs::create_dir_all(&results).unwrap();
     let script = results.join("agent.sh");
@@ -164,7 +180,7 @@ fn debian_6_12_virtual_host_runs_the_agent() {
         groups >= 3,
         "PF and both VFs each need an IOMMU group, got {groups}"
     );
-    // Debian's 6.12 is built without IOMMUFD: no VFIO cdev.
+    // Debian builds 6.12 without IOMMUFD, and 6.1 predates it: no VFIO cdev.
     assert_eq!(read(&results, "vfio_devices"), "no");
     let serial = fs::read_to_string(&report.serial_log).unwrap();
     assert!(
@@ -176,7 +192,7 @@ fn debian_6_12_virtual_host_runs_the_agent() {
 
 #[test]
 fn a_host_without_a_working_init_is_an_error_with_its_log() {
-    let kernel = match debian_6_12() {
+    let kernel = match debian("6.12") {
         Ok(k) => k,
         Err(why) => return eprintln!("SKIP: {why}"),
     };
