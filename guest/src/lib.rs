@@ -5,6 +5,7 @@
 //! (boot, descriptor tables, paging, the exception table, ring 3),
 //! `serial`, `exit`, `pci`. `report` is the one path for output.
 #![no_std]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod arch;
 pub mod bootinfo;

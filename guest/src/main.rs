@@ -6,6 +6,7 @@
 //! The machinery is in the library (`lib.rs`); this binary is the entry
 //! point and `checks/`, one file per check family.
 #![no_std]
+#![warn(clippy::undocumented_unsafe_blocks)]
 #![no_main]
 
 mod checks;

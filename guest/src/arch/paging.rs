@@ -199,7 +199,7 @@ fn split(virt: u64) -> Result<&'static mut [u64; ENTRIES], MapError> {
     }
     let base = entry & ADDR_MASK & !(PAGE_2M - 1);
     for (k, pte) in table.iter_mut().enumerate() {
-        *pte = base + k as u64 * PAGE_4K | attrs;
+        *pte = (base + k as u64 * PAGE_4K) | attrs;
     }
     // The table is reachable from every privilege level; each 4 KiB leaf
     // decides (the boot tables' upper levels are user-accessible too).
@@ -219,7 +219,7 @@ fn split(virt: u64) -> Result<&'static mut [u64; ENTRIES], MapError> {
 /// is written: only remap test pages ([`test_page`]), user pages, or pages
 /// the caller otherwise owns.
 pub unsafe fn map_4k(virt: u64, to: Mapping) -> Result<Mapping, MapError> {
-    if virt >= MAPPED_LIMIT || virt % PAGE_4K != 0 || to.phys % PAGE_4K != 0 {
+    if virt >= MAPPED_LIMIT || !virt.is_multiple_of(PAGE_4K) || !to.phys.is_multiple_of(PAGE_4K) {
         return Err(MapError::BadAddress(virt));
     }
     let old = translate(virt).ok_or(MapError::BadAddress(virt))?;

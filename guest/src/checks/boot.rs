@@ -200,6 +200,10 @@ fn pci_functions() {
         for (i, bar) in f.present_bars() {
             info!("pci {} BAR{i} {bar}", f.bdf);
         }
+        let config = f.config();
+        if config.capabilities().next().is_some() || config.ext_capabilities().next().is_some() {
+            info!("pci {} capabilities {}", f.bdf, CapList(config));
+        }
     }
     info!(
         "pci {count} functions{}",
@@ -247,4 +251,23 @@ fn ecam_agrees_with_cf8() {
             format_args!("bdf={bdf} ecam={e:#010x} cf8={c:#010x}"),
         ),
     };
+}
+
+/// `0x11@0x40 0x10@0x70 ext 0x10@0x100` (id@offset).
+struct CapList(pci::ConfigSpace);
+
+impl core::fmt::Display for CapList {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut sep = "";
+        for (id, at) in self.0.capabilities() {
+            write!(f, "{sep}{id:#04x}@{at:#x}")?;
+            sep = " ";
+        }
+        for (i, (id, _, at)) in self.0.ext_capabilities().enumerate() {
+            let ext = if i == 0 { "ext " } else { "" };
+            write!(f, "{sep}{ext}{id:#06x}@{at:#x}")?;
+            sep = " ";
+        }
+        Ok(())
+    }
 }

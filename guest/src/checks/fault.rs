@@ -8,7 +8,7 @@ use ukci_guest::arch::idt::vector;
 use ukci_guest::arch::paging::{self, PageTableFlags as Flags};
 use ukci_guest::arch::try_asm;
 use ukci_guest::arch::{regs, user};
-use ukci_guest::report::{self, info};
+use ukci_guest::report;
 
 pub fn selftest(_: &Env) {
     // SAFETY: ud2 only raises #UD.
@@ -33,7 +33,6 @@ pub fn selftest(_: &Env) {
     page_faults();
     msr_round_trip();
     ring3();
-    hypercall_info();
     // Reaching this line at all proves the recoveries resumed cleanly.
     let rflags = regs::rflags();
     report::check(
@@ -193,14 +192,4 @@ fn ring3() {
         "ring-3 read of a user page",
         format_args!("result={r:?}"),
     );
-}
-
-/// What the hypercall instruction does here (KVM answers, TCG raises #UD):
-/// information for the log, not a result.
-fn hypercall_info() {
-    // SAFETY: hypercall 0 is not a KVM hypercall: KVM returns -KVM_ENOSYS.
-    match unsafe { fault::try_hypercall(0, 0, 0, 0, 0) } {
-        Ok(ret) => info!("hypercall 0 returned {:#x}", ret),
-        Err(f) => info!("hypercall 0 raised {f}"),
-    }
 }
