@@ -63,6 +63,7 @@ fn expect_gp0(got: Result<(), Fault>, name: &str) -> bool {
 const PF_PRESENT: u64 = 1 << 0;
 const PF_WRITE: u64 = 1 << 1;
 const PF_USER: u64 = 1 << 2;
+const PF_FETCH: u64 = 1 << 4;
 
 fn page_faults() {
     let page = paging::test_page(2);
@@ -91,6 +92,28 @@ fn page_faults() {
         "#PF on a write to a read-only page",
         old.is_ok(),
     );
+
+    // SAFETY: not present again: the call faults on the instruction fetch
+    // at the page, before anything there runs.
+    let r = unsafe {
+        let _ = paging::set_flags_4k(page, Flags::empty());
+        fault::try_call(page)
+    };
+    // The fetch bit is reported only with EFER.NXE (or CR4.SMEP) on.
+    let fetch = if regs::efer() & regs::EFER_NXE != 0 {
+        PF_FETCH
+    } else {
+        0
+    };
+    pf_result(
+        r,
+        page,
+        fetch,
+        "#PF on a call into a not-present page",
+        old.is_ok(),
+    );
+    // SAFETY: back to present and read-only.
+    let _ = unsafe { paging::set_flags_4k(page, Flags::PRESENT) };
 
     // SAFETY: the page is readable: the read succeeds.
     let read = unsafe { fault::try_read_u64(addr) };
@@ -163,7 +186,7 @@ fn ring3() {
     report::check(
         r == Ok(42 << 8 | 3),
         "ring 3 round trip",
-        format_args!("result={r:?} expected=Ok({:#x})", 42 << 8 | 3),
+        format_args!("result={r:x?} expected=Ok({:#x})", 42 << 8 | 3),
     );
 
     // SAFETY: hlt in ring 3 raises #GP(0).
