@@ -117,6 +117,11 @@ boot_pd:
 
 .section .bss.boot_stack, "aw", @nobits
 .balign 4096
+/* Unmapped by paging::init, so an overflowing stack faults instead of
+ * silently overwriting whatever lies below it. */
+.global boot_stack_guard
+boot_stack_guard:
+    .skip 4096
 boot_stack:
     .skip 65536
 .global boot_stack_top

@@ -9,7 +9,7 @@
 //! which tries, in order: a ring-3 run (`user`), the exception table
 //! (`extable`), and otherwise reports an abort.
 
-use super::{extable, gdt, regs, user};
+use super::{extable, gdt, paging, regs, user};
 use crate::sync::Global;
 use crate::{exit, report};
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -195,8 +195,14 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
 fn unexpected(f: &TrapFrame) -> ! {
     let v = f.vector();
     let cr2 = if v == vector::PF { regs::cr2() } else { 0 };
+    let guard = paging::stack_guard();
+    let what = if v == vector::PF && (guard..guard + paging::PAGE_4K).contains(&cr2) {
+        "kernel stack overflow: "
+    } else {
+        ""
+    };
     report::abort(format_args!(
-        "unexpected {} vector={} error={:#x} rip={:#x} cs={:#x} rsp={:#x} rflags={:#x} cr2={:#x}",
+        "{what}unexpected {} vector={} error={:#x} rip={:#x} cs={:#x} rsp={:#x} rflags={:#x} cr2={:#x}",
         mnemonic(v),
         v,
         f.error_code,

@@ -104,6 +104,18 @@ pub fn init(boot: &BootInfo) {
         unsafe { regs::wrmsr(regs::MSR_EFER, regs::efer() | regs::EFER_NXE) };
     }
     flush_all();
+    // SAFETY: the guard page is reserved in boot.s for exactly this and
+    // nothing is stored in it.
+    unsafe { set_flags_4k(stack_guard(), Flags::empty()) }.expect("the guard page is mapped");
+}
+
+unsafe extern "C" {
+    static boot_stack_guard: u8;
+}
+
+/// The unmapped page below the boot stack: a #PF there is a stack overflow.
+pub fn stack_guard() -> u64 {
+    (&raw const boot_stack_guard) as u64
 }
 
 /// Counts of 2 MiB pages mapped write-back and uncached (for boot.smoke).
