@@ -103,7 +103,7 @@ pub fn check_cr4_reserved<C: Cpu + ?Sized, W: Write>(cpu: &mut C, r: &mut Report
 /// `pke`, `cet`, `pks`, `uintr`, `lam-sup`, `la57`) with `fault|unchanged`,
 /// or a SKIP of that name when the feature is present (the rule does not
 /// apply), the bit is already set, or another rule would raise the same
-/// #GP (PCIDE with CR3[11:0] != 0, CET with CR0.WP clear).
+/// #GP (PCIDE with `CR3[11:0] != 0`, CET with CR0.WP clear).
 pub fn check_cr4_features<C: Cpu + ?Sized, W: Write>(cpu: &mut C, r: &mut Reporter<W>) {
     r.push(crate::CR4_FEATURES);
     let mut run = Run { cpu, r };

@@ -91,7 +91,7 @@ impl fmt::Display for Absent {
 /// to run before any check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Detection {
-    /// CPUID.1:ECX[31], the hypervisor-present bit.
+    /// `CPUID.1:ECX[31]`, the hypervisor-present bit.
     pub hypervisor: bool,
     /// CPUID 0x40000000 EBX, ECX, EDX, when a hypervisor is present.
     pub signature: [u8; 12],

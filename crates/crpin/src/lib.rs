@@ -7,10 +7,10 @@
 //! * [`detect`] decides which CR-pinning ABI, if any, the hypervisor speaks,
 //!   by behaviour rather than by CPUID.
 //! * The `check_*` functions are the guest checks named in
-//!   `ukci_protocol::catalogue`. Each reports through a
-//!   [`Reporter`](ukci_protocol::Reporter): one sub-result per thing
-//!   observed, with stable names (`cr-pin.v3.high: cr0: clear-wp: fault`)
-//!   and the values in the detail (`vector=13 error=0x0 cr0.before=...`).
+//!   `ukci_protocol::catalogue`. Each reports through a [`Reporter`]: one
+//!   sub-result per thing observed, with stable names
+//!   (`cr-pin.v3.high: cr0: clear-wp: fault`) and the values in the detail
+//!   (`vector=13 error=0x0 cr0.before=...`).
 //!   [`run`] dispatches on a check name.
 //!
 //! A check that pins needs a fresh VM: pins cannot be undone by the guest.

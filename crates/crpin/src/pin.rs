@@ -156,8 +156,8 @@ pub fn check_v3_high<C: Cpu + ?Sized, W: Write>(cpu: &mut C, r: &mut Reporter<W>
 /// Sub-results, under `cr-pin.v3.low: `: `cr0: allowed-mask`,
 /// `cr0: clear-wp: accepted|applied`, `cr0: pin-low: accepted|read-back`,
 /// `cr0: rewrite: accepted`, `cr0: set-wp: fault|unchanged`, then
-/// `cr0-msr: overlap`, `cr0-msr: pin-outside-allowed`, `cr0-msr: unpin`
-/// (fault|unchanged).
+/// `cr0-msr: allowed-write-other`, `cr0-msr: overlap`,
+/// `cr0-msr: pin-outside-allowed`, `cr0-msr: unpin` (fault|unchanged).
 pub fn check_v3_low<C: Cpu + ?Sized, W: Write>(cpu: &mut C, r: &mut Reporter<W>) {
     let abi = match detect(cpu).v3() {
         Ok(abi) => abi,
@@ -179,6 +179,7 @@ pub fn check_v3_low<C: Cpu + ?Sized, W: Write>(cpu: &mut C, r: &mut Reporter<W>)
 
     // NW stays clear in a running guest: pinning it low is harmless.
     run.r.push("cr0-msr");
+    run.msr_rejects("allowed-write-other", msr::CR0_PIN_ALLOWED, 0);
     run.msr_rejects("overlap", msr::CR0_PINNED_HIGH, WP);
     run.msr_rejects("pin-outside-allowed", msr::CR0_PINNED_LOW, WP | cr0::NW);
     run.msr_rejects("unpin", msr::CR0_PINNED_LOW, 0);
