@@ -39,6 +39,26 @@ pub const CHECKS: &[Check] = &[
         "triple-faults (exercises the runner's reset detection)",
     ),
     check("selftest.panic", "panics (exercises the abort path)"),
+    Check {
+        name: "nvme.identify",
+        summary: "reports the NVMe controller's identity (PF or VF) and checks its controller and namespace data agree",
+        args: &["nvme.bdf", "nvme.nsid"],
+    },
+    Check {
+        name: "nvme.rw",
+        summary: "writes distinct patterns from one block up to MDTS (PRP1, PRP2, PRP lists), flushes, reads back and compares",
+        args: &["nvme.bdf", "nvme.nsid", "nvme.max-bytes"],
+    },
+    Check {
+        name: "nvme.queues",
+        summary: "creates every I/O queue pair the controller grants, does I/O on each, deletes them",
+        args: &["nvme.bdf", "nvme.nsid", "nvme.queues"],
+    },
+    Check {
+        name: "nvme.errors",
+        summary: "invalid opcodes, reads past the end and queue misuse fail with the right status; the controller keeps working",
+        args: &["nvme.bdf", "nvme.nsid"],
+    },
     check(
         "cr-pin.detect",
         "reports which KVM CR-pinning ABI answers (RFC v1/v2, v3, v3 with FSGSBASE) by reading the allowed-mask MSRs, and what the CPUID bits say",
