@@ -306,3 +306,30 @@ proptest! {
         prop_assert_eq!(failures == 0, accel == Accel::Kvm);
     }
 }
+
+#[test]
+fn faults_and_cpuid_bits_print_as_the_sdm_writes_them() {
+    use ukci_crpin::Fault;
+    use ukci_crpin::regs::feature;
+    assert_eq!(Fault::gp(0).to_string(), "#GP(0)");
+    assert_eq!(Fault::ud().to_string(), "#UD");
+    assert_eq!(
+        Fault {
+            vector: 14,
+            error_code: 2
+        }
+        .to_string(),
+        "#PF(0x2)"
+    );
+    assert_eq!(
+        Fault {
+            vector: 32,
+            error_code: 0
+        }
+        .to_string(),
+        "vector 32"
+    );
+    assert_eq!(feature::SMEP.to_string(), "CPUID.7.0:EBX.SMEP[bit 7]");
+    assert_eq!(feature::VMX.to_string(), "CPUID.1:ECX.VMX[bit 5]");
+    assert_eq!(feature::LAM.to_string(), "CPUID.7.1:EAX.LAM[bit 26]");
+}
