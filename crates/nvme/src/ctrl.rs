@@ -226,6 +226,8 @@ pub struct Controller<M, D, C> {
     scratch: DmaBuf,
     data: ControllerData,
     io_pairs: u16,
+    /// What the controller granted, before the driver's own limit.
+    io_pairs_offered: u32,
     max_transfer: usize,
 }
 
@@ -282,6 +284,7 @@ impl<M: Mmio, D: Dma, C: Clock> Controller<M, D, C> {
             scratch,
             data: ControllerData::parse(&[0; 1024]),
             io_pairs: 0,
+            io_pairs_offered: 0,
             max_transfer: PAGE_SIZE,
         };
         c.bring_up()?;
@@ -325,7 +328,8 @@ impl<M: Mmio, D: Dma, C: Clock> Controller<M, D, C> {
             Err(e) => return Err(e),
         };
         let (sqs, cqs) = cmd::queues_granted(grant);
-        self.io_pairs = sqs.min(cqs).min(want as u32) as u16;
+        self.io_pairs_offered = sqs.min(cqs);
+        self.io_pairs = self.io_pairs_offered.min(want as u32) as u16;
         Ok(())
     }
 
@@ -366,6 +370,12 @@ impl<M: Mmio, D: Dma, C: Clock> Controller<M, D, C> {
     /// I/O queue pairs granted (and asked for): qids 1..=this are usable.
     pub fn io_pairs_granted(&self) -> u16 {
         self.io_pairs
+    }
+
+    /// I/O queue pairs the controller granted, which may exceed what was
+    /// asked for.
+    pub fn io_pairs_offered(&self) -> u32 {
+        self.io_pairs_offered
     }
 
     /// The largest transfer one command may carry: MDTS, the driver's

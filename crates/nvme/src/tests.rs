@@ -441,6 +441,34 @@ fn queues_respects_the_configured_limit() {
 }
 
 #[test]
+fn queues_does_not_probe_beyond_a_grant_larger_than_the_request() {
+    let (m, mmio, dma, clock) = model::new(
+        ModelConfig {
+            max_io_pairs: 6,
+            ..ModelConfig::default()
+        },
+        MEM,
+    );
+    let cfg = Config {
+        io_pairs: 4,
+        ..Config::default()
+    };
+    let mut ctrl = Controller::init(mmio, dma, clock, cfg).unwrap();
+    assert_eq!((ctrl.io_pairs_granted(), ctrl.io_pairs_offered()), (4, 6));
+    let (results, _, out) = run(&mut ctrl, &["nvme.queues"], &Function::default(), &opts());
+    assert!(
+        find(&results, "nvme.queues: create")
+            .2
+            .contains("pairs=4 granted=4"),
+        "{out}"
+    );
+    let (s, _, reason) = find(&results, "nvme.queues: beyond the grant");
+    assert_eq!(*s, Status::Skip);
+    assert!(reason.contains("offered 6"), "{reason}");
+    assert_eq!(m.borrow().max_live_io_sqs, 4);
+}
+
+#[test]
 fn queues_reports_a_controller_that_exceeds_its_grant() {
     let (m, mut ctrl) = up(ModelConfig {
         max_io_pairs: 4,

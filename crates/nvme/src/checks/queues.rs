@@ -108,8 +108,11 @@ fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
         status::INVALID_QUEUE_IDENTIFIER,
     );
 
-    // The grant is a limit: one more completion queue is refused.
-    if n == granted && granted < u16::MAX {
+    // The grant is a limit: one more completion queue is refused. Only
+    // when every granted pair is in use, and the controller granted no more
+    // than the driver asked for.
+    let offered = ctrl.io_pairs_offered();
+    if n == granted && offered == granted as u32 && granted < u16::MAX {
         let Some(page) = ctrl.dma().alloc(1) else {
             r.check(false, "beyond the grant", format_args!("out of DMA memory"));
             return Err(Stop);
@@ -125,7 +128,7 @@ fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
     } else {
         r.skip(
             "beyond the grant",
-            format_args!("only {n} of {granted} granted pairs used"),
+            format_args!("{n} pairs used, the controller offered {offered}"),
         );
     }
     Ok(())
