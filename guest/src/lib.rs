@@ -10,6 +10,7 @@
 pub mod arch;
 pub mod bootinfo;
 pub mod exit;
+pub mod fwcfg;
 pub mod pci;
 pub mod report;
 pub mod serial;

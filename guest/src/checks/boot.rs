@@ -4,6 +4,7 @@
 use super::Env;
 use ukci_guest::arch::paging::{self, Mapping};
 use ukci_guest::arch::{cpuid, extable, regs};
+use ukci_guest::bootinfo::Protocol;
 use ukci_guest::pci;
 use ukci_guest::report::{self, info};
 
@@ -18,30 +19,41 @@ pub fn smoke(env: &Env) {
 
 fn platform(env: &Env) {
     let b = env.boot;
-    match b.pvh_version {
-        Some(v) => info!(
+    match (b.protocol, b.pvh_version) {
+        (Protocol::Pvh, Some(v)) => info!(
             "boot protocol PVH (hvm_start_info v{v} at {:#x})",
             b.start_info
         ),
-        None => info!(
+        (Protocol::Pvh, None) => info!(
             "boot protocol unknown (no PVH start info at {:#x})",
             b.start_info
         ),
+        (Protocol::Rom { dma: true }, _) => info!("boot protocol ROM (fw_cfg)"),
+        (Protocol::Rom { dma: false }, _) => {
+            info!("boot protocol ROM (no fw_cfg DMA: no command line, no memory map)")
+        }
     }
     info!("cmdline \"{}\"", b.cmdline);
     for r in b.regions() {
         info!("memory {:#012x}-{:#012x} {:?}", r.start, r.end(), r.kind);
     }
     info!("memory {} MiB of RAM", b.ram_bytes() >> 20);
-    report::check(
-        b.pvh_version.is_some() && b.ram().count() > 0,
-        "PVH start info with a memory map",
-        format_args!(
-            "start_info={:#x} regions={}",
-            b.start_info,
-            b.regions().len()
+    match b.protocol {
+        Protocol::Pvh => report::check(
+            b.pvh_version.is_some() && b.ram().count() > 0,
+            "PVH start info with a memory map",
+            format_args!(
+                "start_info={:#x} regions={}",
+                b.start_info,
+                b.regions().len()
+            ),
         ),
-    );
+        Protocol::Rom { dma } => report::check(
+            dma && b.ram().count() > 0,
+            "fw_cfg boot info with a memory map",
+            format_args!("dma={} regions={}", dma as u8, b.regions().len()),
+        ),
+    };
 }
 
 fn cpu() {
