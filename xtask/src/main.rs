@@ -50,6 +50,10 @@ struct Selection {
     /// Accelerator for every test, overriding the manifests.
     #[arg(long, value_enum)]
     accel: Option<AccelArg>,
+    /// Host kernel for the virtual suites (`debian:6.12`, `dir:PATH`);
+    /// repeatable; replaces the manifests' kernel lists.
+    #[arg(long = "kernel", value_name = "KERNEL")]
+    kernels: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +95,22 @@ enum Cmd {
         /// Runs per measurement.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+    },
+    /// Print the CI matrix (kernel × lane) derived from the manifests, as
+    /// JSON for a GitHub Actions `strategy.matrix`.
+    Matrix {
+        /// Manifests to use (default: every manifests/*.toml).
+        paths: Vec<PathBuf>,
+    },
+    /// Run inside a virtual host: the named tests of one manifest, reported
+    /// as event lines. Started by `test`, not by people.
+    #[command(hide = true)]
+    Agent {
+        manifest: PathBuf,
+        #[arg(long)]
+        results: PathBuf,
+        #[arg(long = "test")]
+        tests: Vec<String>,
     },
 }
 
@@ -164,6 +184,7 @@ fn run(cli: Cli) -> i32 {
                 layout.reports = Some(r);
             }
             let opts = TestOptions {
+                kernels: sel.kernels,
                 filter: sel.filter,
                 accel: sel.accel.map(Accel::from),
                 jobs: jobs.unwrap_or_else(cores),
@@ -180,11 +201,31 @@ fn run(cli: Cli) -> i32 {
         Cmd::Setup => prereq::setup().map(|_| exitcode::OK),
         Cmd::Ci => ci::run(&layout),
         Cmd::Bench { runs } => bench::run(&layout, runs),
+        Cmd::Matrix { paths } => Ok(matrix(&layout, paths)),
+        Cmd::Agent {
+            manifest,
+            results,
+            tests,
+        } => Ok(session::run_agent(&layout, &manifest, &tests, &results)),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         exitcode::HOST
     })
+}
+
+fn matrix(layout: &Layout, paths: Vec<PathBuf>) -> i32 {
+    let paths = manifest_paths(layout, paths);
+    match session::load_manifests(&paths) {
+        Ok(m) => {
+            println!("{}", ukci_runner::matrix::generate(&m, &layout.root));
+            exitcode::OK
+        }
+        Err(d) => {
+            eprint!("{d}");
+            exitcode::MANIFEST
+        }
+    }
 }
 
 fn cores() -> usize {
@@ -210,10 +251,19 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
             return exitcode::MANIFEST;
         }
     };
-    let opts = ukci_runner::plan::PlanOptions {
+    let mut opts = ukci_runner::plan::PlanOptions {
         filter: sel.filter,
         accel: sel.accel.map(Accel::from),
+        kernels: sel.kernels,
+        ..Default::default()
     };
+    match session::resolve_kernels(layout, &manifests, &opts) {
+        Ok(k) => opts.resolved = k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exitcode::USAGE;
+        }
+    }
     let plan = session::make_plan(layout, &manifests, &opts);
     for t in &plan {
         let what = match &t.decision {
@@ -226,7 +276,11 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
             ),
             ukci_runner::plan::Decision::Skip(why) => format!("skip  {why}"),
         };
-        println!("{:<36} {what}", t.id());
+        let lane = t
+            .boot
+            .as_ref()
+            .map_or(String::new(), |b| format!(" @ {}", b.kernel.name));
+        println!("{:<36} {what}", format!("{}{lane}", t.id()));
         println!("{:<36}   checks: {}", "", t.checks.join(", "));
         for e in &t.expects {
             let kind = if e.known_bug { "kfail" } else { "xfail" };

@@ -147,3 +147,78 @@ fn a_filter_that_matches_nothing_is_a_usage_error() {
     let r = xtask_test(&["manifests/smoke.toml", "--filter", "no-such-test"]);
     assert_eq!(r.code, exitcode::USAGE, "{}", r.stderr);
 }
+
+#[test]
+fn a_kernel_that_does_not_resolve_fails_before_anything_boots() {
+    for (kernel, what) in [
+        ("dir:/nonexistent/kernel", "/nonexistent/kernel"),
+        ("fedora:40", "unknown provider `fedora`"),
+        ("debian:5.99", "5.99"),
+    ] {
+        let t = std::time::Instant::now();
+        let r = xtask_test(&["manifests/vhost-smoke.toml", "--kernel", kernel]);
+        assert_eq!(r.code, exitcode::USAGE, "{kernel}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("--kernel") && r.stderr.contains(what),
+            "{kernel}: {}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("UKCI-VHOST"),
+            "{kernel} booted something: {}",
+            r.stderr
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "{kernel} took {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn the_ci_workflow_runs_the_generated_matrix() {
+    let workflow = std::fs::read_to_string(root().join(".github/workflows/ci.yml")).unwrap();
+    assert!(
+        workflow.contains("cargo xtask matrix"),
+        "the plan job must run the generator"
+    );
+    assert!(
+        workflow.contains("fromJSON(needs.plan.outputs.matrix)"),
+        "the test job must use its output"
+    );
+    // Every `matrix.<key>` the workflow reads is a key the generator emits.
+    let used: std::collections::BTreeSet<&str> = workflow
+        .match_indices("matrix.")
+        .filter(|(i, _)| !workflow[..*i].ends_with(|c: char| c == '.' || c.is_ascii_alphanumeric()))
+        .map(|(i, _)| {
+            let rest = &workflow[i + "matrix.".len()..];
+            let end = rest
+                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|k| !k.is_empty())
+        .collect();
+    for k in &used {
+        assert!(
+            ukci_runner::matrix::KEYS.contains(k),
+            "the workflow reads matrix.{k}, which the generator does not emit"
+        );
+    }
+    assert!(
+        used.contains("args"),
+        "the test job must pass the generated arguments"
+    );
+    // And the generator's output for this repository is a non-empty include list.
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root())
+        .arg("matrix")
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        json.starts_with("{\"include\":[") && json.contains("\"kernel\":\"debian:6.12\""),
+        "{json}"
+    );
+}

@@ -17,17 +17,50 @@ pub struct Environment {
     /// `kvm_intel`, `kvm_amd`, `kvm_pvm`, or none.
     pub kvm_module: Option<String>,
     pub cpu_model: String,
+    /// Set when the tests run inside a virtual test host.
+    pub virtual_host: Option<VirtualHost>,
+}
+
+/// The host kernel a virtual lane boots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualHost {
+    /// As the manifest or `--kernel` names it: `debian:6.12`.
+    pub kernel: String,
+    pub package: Option<String>,
+    pub version: Option<String>,
+    /// The emulated IOMMU and its mode.
+    pub iommu: String,
 }
 
 impl Environment {
-    /// The short label used in suite names.
+    /// The short label used in suite names: the accelerator on this host,
+    /// the kernel in a virtual lane.
     pub fn label(&self) -> String {
-        self.accel.clone()
+        match &self.virtual_host {
+            Some(v) => v.kernel.clone(),
+            None => self.accel.clone(),
+        }
     }
 
     /// The fingerprint written as report properties.
     pub fn properties(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut p = match &self.virtual_host {
+            None => vec![("lane", "local".to_string())],
+            Some(v) => vec![
+                ("lane", "virtual".to_string()),
+                ("kernel", v.kernel.clone()),
+                (
+                    "kernel.package",
+                    v.package.clone().unwrap_or_else(|| "none (dir:)".into()),
+                ),
+                (
+                    "kernel.version",
+                    v.version.clone().unwrap_or_else(|| "unknown".into()),
+                ),
+                ("iommu", v.iommu.clone()),
+            ],
+        };
+        p.extend(vec![
             ("accel", self.accel.clone()),
             ("accel.reason", self.accel_reason.clone()),
             ("qemu.version", self.qemu_version.to_string()),
@@ -37,7 +70,8 @@ impl Environment {
                 self.kvm_module.clone().unwrap_or_else(|| "none".into()),
             ),
             ("cpu.model", self.cpu_model.clone()),
-        ]
+        ]);
+        p
     }
 }
 
@@ -235,6 +269,7 @@ mod tests {
             host_kernel: "6.1.0-28-amd64".into(),
             kvm_module: Some("kvm_pvm".into()),
             cpu_model: "AMD EPYC".into(),
+            virtual_host: None,
         }
     }
 

@@ -1,13 +1,16 @@
 //! Execution: runs the plan's VMs, `jobs` at a time, and emits events.
 //! Executors never format output; reporters consume the events.
 
+use crate::hostcheck;
+use crate::lane::{self, LaneContext};
 use crate::outcome::{self, Expect, Judged, Outcome, SubResult};
 use crate::plan::{Decision, PlannedTest};
 use crate::qemu;
-use crate::supervise::{self, End};
+use crate::supervise::{self, End, Finished};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
+use ukci_protocol::line::{self, Line};
 
 #[derive(Clone, Debug)]
 pub struct TestRun {
@@ -36,28 +39,64 @@ pub enum Event {
     },
 }
 
+/// A unit of work for one worker: a test on this host, or one boot of a
+/// virtual host with every test that runs inside it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Work {
+    Local(usize),
+    Boot(Vec<usize>),
+}
+
+/// Groups the plan into work. Virtual boots come first: they take longest.
+pub fn work_items(plan: &[PlannedTest]) -> Vec<Work> {
+    let mut boots: Vec<Vec<usize>> = Vec::new();
+    let mut local = Vec::new();
+    for (i, t) in plan.iter().enumerate() {
+        match (&t.boot, &t.decision) {
+            (Some(b), Decision::Run) => {
+                match boots
+                    .iter_mut()
+                    .find(|g| plan[g[0]].boot.as_ref() == Some(b))
+                {
+                    Some(g) => g.push(i),
+                    None => boots.push(vec![i]),
+                }
+            }
+            _ => local.push(Work::Local(i)),
+        }
+    }
+    boots.into_iter().map(Work::Boot).chain(local).collect()
+}
+
 /// Runs every planned test and sends its events; returns when all are done.
-pub fn execute(plan: &[PlannedTest], jobs: usize, events: Sender<Event>) {
+pub fn execute(plan: &[PlannedTest], jobs: usize, lane: &LaneContext, events: Sender<Event>) {
+    let work = work_items(plan);
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             let events = events.clone();
-            let next = &next;
+            let (next, work) = (&next, &work);
             s.spawn(move || {
                 loop {
-                    let idx = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(t) = plan.get(idx) else { break };
-                    let _ = events.send(Event::Started { idx });
-                    let run = run_one(t, |line| {
-                        let _ = events.send(Event::Output {
-                            idx,
-                            line: line.to_string(),
-                        });
-                    });
-                    let _ = events.send(Event::Finished {
-                        idx,
-                        run: Box::new(run),
-                    });
+                    let w = next.fetch_add(1, Ordering::Relaxed);
+                    match work.get(w) {
+                        None => break,
+                        Some(Work::Boot(idxs)) => lane::run_boot(plan, idxs, lane, &events),
+                        Some(Work::Local(idx)) => {
+                            let idx = *idx;
+                            let _ = events.send(Event::Started { idx });
+                            let run = run_one(&plan[idx], |line| {
+                                let _ = events.send(Event::Output {
+                                    idx,
+                                    line: line.to_string(),
+                                });
+                            });
+                            let _ = events.send(Event::Finished {
+                                idx,
+                                run: Box::new(run),
+                            });
+                        }
+                    }
                 }
             });
         }
@@ -103,7 +142,11 @@ pub fn run_one(t: &PlannedTest, on_line: impl FnMut(&str)) -> TestRun {
             end: None,
         };
     }
-    let fin = supervise::run(qemu::QEMU.as_ref(), &t.vm.args(), t.timeout, on_line);
+    let fin = if t.host_checks {
+        host_checks(t)
+    } else {
+        supervise::run(qemu::QEMU.as_ref(), &t.vm.args(), t.timeout, on_line)
+    };
     for s in &t.scratch {
         let _ = std::fs::remove_file(&s.path);
     }
@@ -124,6 +167,25 @@ pub fn run_one(t: &PlannedTest, on_line: impl FnMut(&str)) -> TestRun {
         stderr: fin.stderr,
         elapsed: fin.elapsed,
         end: Some(fin.end),
+    }
+}
+
+/// Host checks run here, in the runner; their output reads like a guest's.
+fn host_checks(t: &PlannedTest) -> Finished {
+    let start = std::time::Instant::now();
+    let out = hostcheck::run(&t.checks);
+    let status = out
+        .lines()
+        .find_map(|l| match line::parse(l) {
+            Some(Line::Exit(s)) => Some(s as i32),
+            _ => None,
+        })
+        .unwrap_or(-1);
+    Finished {
+        end: End::Exited(status),
+        stdout: out,
+        stderr: String::new(),
+        elapsed: start.elapsed(),
     }
 }
 

@@ -139,7 +139,11 @@ fn probe_kvm(facts: &HostFacts, guest: &Path) -> AccelChoice {
         cpu: qemu::default_cpu("kvm", module),
         memory: ByteSize::mib(64),
         smp: 1,
-        kernel: PathBuf::from(guest),
+        // The boot the q35 and pc tests use: through the firmware, which
+        // is what makes KVM unusable under kvm_pvm.
+        boot: qemu::Boot::Pvh {
+            kernel: PathBuf::from(guest),
+        },
         append: "checks=boot.smoke".into(),
         devices: vec![],
     };

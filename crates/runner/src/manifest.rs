@@ -7,6 +7,7 @@
 
 use crate::diag::{Diagnostic, Diagnostics, SourceFile};
 use crate::envmatch::EnvMatch;
+use crate::hostcheck;
 use crate::units::{ByteSize, Timeout};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -24,6 +25,8 @@ pub struct Manifest {
     /// Requirements of the whole suite.
     #[serde(default)]
     pub requires: EnvMatch,
+    /// Where the suite runs (default: this host).
+    pub lane: Option<Lane>,
     #[serde(default, rename = "test")]
     pub tests: Vec<Test>,
     #[serde(default, rename = "expect")]
@@ -52,6 +55,68 @@ pub struct MachineSettings {
     pub memory: Option<Spanned<ByteSize>>,
     pub smp: Option<Spanned<u32>>,
     pub timeout: Option<Timeout>,
+}
+
+/// Where a suite runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lane {
+    pub kind: Spanned<LaneKind>,
+    /// Host kernels to boot (`debian:6.12`, `dir:PATH`); `--kernel`
+    /// replaces the list.
+    #[serde(default)]
+    pub kernels: Vec<Spanned<String>>,
+    /// The emulated SR-IOV NVMe of the virtual host.
+    pub topology: Option<Spanned<TopologySpec>>,
+    /// Hard limit for one boot of the virtual host, all its tests included.
+    pub timeout: Option<Timeout>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LaneKind {
+    /// This host.
+    Local,
+    /// A host kernel booted under QEMU with an emulated IOMMU and SR-IOV NVMe.
+    Virtual,
+}
+
+/// The virtual host's SR-IOV NVMe; unset fields take the defaults for `vfs`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySpec {
+    pub vfs: Option<u16>,
+    pub vq_flexible: Option<u32>,
+    pub vi_flexible: Option<u32>,
+    pub max_ioqpairs: Option<u32>,
+    pub msix_qsize: Option<u32>,
+    pub namespaces: Option<u32>,
+    pub namespace_size: Option<ByteSize>,
+}
+
+impl TopologySpec {
+    pub fn resolve(&self) -> ukci_vhost::boot::Topology {
+        let mut t = ukci_vhost::boot::Topology::with_vfs(self.vfs.unwrap_or(2));
+        if let Some(v) = self.vq_flexible {
+            t.vq_flexible = v;
+        }
+        if let Some(v) = self.vi_flexible {
+            t.vi_flexible = v;
+        }
+        if let Some(v) = self.max_ioqpairs {
+            t.max_ioqpairs = v;
+        }
+        if let Some(v) = self.msix_qsize {
+            t.msix_qsize = v;
+        }
+        if let Some(v) = self.namespaces {
+            t.namespaces = v;
+        }
+        if let Some(v) = self.namespace_size {
+            t.namespace_bytes = v.bytes();
+        }
+        t
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
@@ -188,6 +253,20 @@ impl Test {
 }
 
 impl Manifest {
+    pub fn is_virtual(&self) -> bool {
+        self.lane
+            .as_ref()
+            .is_some_and(|l| *l.kind.get_ref() == LaneKind::Virtual)
+    }
+
+    /// The kernels a virtual suite declares.
+    pub fn kernels(&self) -> Vec<String> {
+        self.lane
+            .as_ref()
+            .map(|l| l.kernels.iter().map(|k| k.get_ref().clone()).collect())
+            .unwrap_or_default()
+    }
+
     pub fn suite_name(&self) -> String {
         self.suite.name.clone().unwrap_or_else(|| {
             self.path
@@ -235,6 +314,9 @@ fn validate(m: &Manifest, src: &SourceFile, diags: &mut Diagnostics) {
         ));
     }
     validate_machine(&m.defaults, src, diags);
+    if let Some(lane) = &m.lane {
+        validate_lane(lane, src, diags);
+    }
     for (i, t) in m.tests.iter().enumerate() {
         if let Some(prev) = m.tests[..i]
             .iter()
@@ -265,6 +347,47 @@ fn validate(m: &Manifest, src: &SourceFile, diags: &mut Diagnostics) {
                 e.reason.span(),
                 "an expectation needs a reason".into(),
                 "say why this environment departs from the expected result",
+            ));
+        }
+    }
+}
+
+fn validate_lane(lane: &Lane, src: &SourceFile, diags: &mut Diagnostics) {
+    match lane.kind.get_ref() {
+        LaneKind::Local => {
+            if !lane.kernels.is_empty() || lane.topology.is_some() {
+                diags.push(src.at(
+                    lane.kind.span(),
+                    "a local lane runs on this host: `kernels` and `topology` belong to a virtual lane".into(),
+                    "use kind = \"virtual\" to boot host kernels",
+                ));
+            }
+        }
+        LaneKind::Virtual => {
+            if lane.kernels.is_empty() {
+                diags.push(src.at(
+                    lane.kind.span(),
+                    "a virtual lane needs at least one kernel".into(),
+                    "e.g. kernels = [\"debian:6.1\", \"debian:6.12\"]",
+                ));
+            }
+        }
+    }
+    for k in &lane.kernels {
+        if let Err(e) = ukci_vhost::kernel::KernelSpec::parse(k.get_ref()) {
+            diags.push(src.at(
+                k.span(),
+                e.to_string(),
+                "a kernel is `debian:<major.minor>` (e.g. debian:6.12) or `dir:<path>`",
+            ));
+        }
+    }
+    if let Some(t) = &lane.topology {
+        if let Err(e) = t.get_ref().resolve().validate() {
+            diags.push(src.at(
+                t.span(),
+                e,
+                "QEMU refuses such an SR-IOV NVMe; adjust the field named",
             ));
         }
     }
@@ -322,7 +445,23 @@ fn validate_test(t: &Test, src: &SourceFile, diags: &mut Diagnostics) {
         ));
     }
     let mut known_args: Vec<&str> = Vec::new();
+    let host = t
+        .checks
+        .get_ref()
+        .iter()
+        .filter(|c| hostcheck::find(c.get_ref()).is_some())
+        .count();
+    if host > 0 && host < t.checks.get_ref().len() {
+        diags.push(src.at(
+            t.checks.span(),
+            "a test runs either guest checks (in a VM) or host checks, not both".into(),
+            "split it into two [[test]] tables",
+        ));
+    }
     for c in t.checks.get_ref() {
+        if hostcheck::find(c.get_ref()).is_some() {
+            continue;
+        }
         match catalogue::find(c.get_ref()) {
             Some(check) => known_args.extend(check.args.iter().copied()),
             None => diags.push(src.at(
@@ -409,13 +548,14 @@ fn suggest_check(name: &str) -> String {
     let close: Vec<&str> = catalogue::CHECKS
         .iter()
         .map(|c| c.name)
+        .chain(hostcheck::HOST_CHECKS.iter().map(|c| c.name))
         .filter(|c| {
             let family = name.split('.').next().unwrap_or(name);
             c.starts_with(family) || strsim(c, name) <= 3
         })
         .collect();
     if close.is_empty() {
-        "`cargo xtask list --checks` lists the checks the guest knows".into()
+        "`cargo xtask list --checks` lists every check".into()
     } else {
         format!("did you mean one of: {}", close.join(", "))
     }
@@ -503,6 +643,35 @@ mod tests {
              [[test]]\nname = \"a\"\nchecks = []\n",
         );
         assert_eq!(e.len(), 4, "{e:?}");
+    }
+
+    #[test]
+    fn virtual_lanes_validate_kernels_and_topology() {
+        let e = errors(
+            "[lane]\nkind = \"virtual\"\nkernels = [\"debian:6.12\", \"fedora:40\"]\n\
+             topology = { vfs = 4, vq_flexible = 2 }\n[[test]]\nname = \"a\"\nchecks = [\"vhost.env\"]\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("m.toml:3:27:") && e[0].contains("fedora"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].starts_with("m.toml:4:12:") && e[1].contains("vq_flexible"),
+            "{}",
+            e[1]
+        );
+        let e = errors(
+            "[lane]\nkind = \"virtual\"\n[[test]]\nname = \"a\"\nchecks = [\"vhost.env\"]\n",
+        );
+        assert!(e[0].contains("at least one kernel"), "{e:?}");
+    }
+
+    #[test]
+    fn guest_and_host_checks_do_not_mix() {
+        let e = errors("[[test]]\nname = \"a\"\nchecks = [\"vhost.env\", \"boot.smoke\"]\n");
+        assert!(e[0].contains("not both"), "{e:?}");
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! The plan: which test runs where and how, or is skipped and why —
 //! decided before anything executes (`cargo xtask list` prints it).
 
-use crate::envmatch::Environment;
+use crate::envmatch::{Environment, VirtualHost};
 use crate::host::{AccelChoice, HostFacts};
+use crate::hostcheck;
 use crate::manifest::{Accel, DeviceKind, ExpectedOutcome, MachineType, Manifest};
 use crate::outcome::glob;
 use crate::qemu::{self, VmConfig, VmDevice};
 use crate::units::ByteSize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ukci_protocol::catalogue;
+use ukci_vhost::boot::Topology;
+use ukci_vhost::kernel::Kernel;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MEMORY: ByteSize = ByteSize::mib(128);
@@ -20,7 +24,45 @@ pub struct PlanOptions {
     pub filter: Option<String>,
     /// Overrides every manifest's accelerator.
     pub accel: Option<Accel>,
+    /// `--kernel`: replaces the kernel list of every virtual suite.
+    pub kernels: Vec<String>,
+    /// The kernels virtual suites boot, resolved before planning.
+    pub resolved: BTreeMap<String, Kernel>,
+    /// Planning inside a virtual host (the agent): virtual suites run here.
+    pub agent: bool,
 }
+
+impl PlanOptions {
+    /// The kernels a virtual suite boots in this run.
+    pub fn kernels_for(&self, m: &Manifest) -> Vec<String> {
+        if self.kernels.is_empty() {
+            m.kernels()
+        } else {
+            self.kernels.clone()
+        }
+    }
+}
+
+/// One boot of a virtual host; the tests that share it run inside it.
+#[derive(Clone, Debug)]
+pub struct VirtualBoot {
+    pub suite: String,
+    pub manifest: PathBuf,
+    pub kernel: Kernel,
+    pub topology: Topology,
+    pub timeout: Duration,
+}
+
+impl PartialEq for VirtualBoot {
+    fn eq(&self, o: &Self) -> bool {
+        self.suite == o.suite && self.kernel.name == o.kernel.name
+    }
+}
+
+/// A virtual host boot, all of its tests included, gets this long by default.
+pub const DEFAULT_LANE_TIMEOUT: Duration = Duration::from_secs(600);
+/// What the virtual host emulates.
+pub const IOMMU: &str = "intel-iommu,intremap=on,caching-mode=on";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -55,6 +97,10 @@ pub struct PlannedTest {
     pub decision: Decision,
     pub expects: Vec<PlannedExpect>,
     pub scratch: Vec<ScratchImage>,
+    /// Host checks run in the runner itself, not in a VM.
+    pub host_checks: bool,
+    /// Set for a test of a virtual lane: the boot it runs in.
+    pub boot: Option<VirtualBoot>,
 }
 
 impl PlannedTest {
@@ -83,127 +129,195 @@ pub fn plan(
     let mut out = Vec::new();
     for m in manifests {
         let suite = m.suite_name();
-        for t in &m.tests {
-            let id = format!("{suite}.{}", t.name.get_ref());
-            if !selected(&opts.filter, &id) {
-                continue;
-            }
-            let d = &m.defaults;
-            let requested = opts.accel.or(t.accel).or(d.accel).unwrap_or(Accel::Auto);
-            let (accel, accel_reason) = match requested {
-                Accel::Auto => (auto.accel.clone(), auto.reason.clone()),
-                Accel::Kvm => ("kvm".to_string(), "requested".to_string()),
-                Accel::Tcg => ("tcg".to_string(), "requested".to_string()),
-            };
-            let env = Environment {
-                accel: accel.clone(),
-                accel_reason,
-                qemu_version: host.qemu_version.clone().unwrap_or_default(),
-                host_kernel: host.host_kernel.clone(),
-                kvm_module: host.kvm_module.clone(),
-                cpu_model: host.cpu_model.clone(),
-            };
-            let machine = t.machine.or(d.machine).unwrap_or(MachineType::Q35);
-            let cpu = t
-                .cpu
-                .as_ref()
-                .or(d.cpu.as_ref())
-                .map(|c| c.get_ref().clone())
-                .unwrap_or_else(|| qemu::default_cpu(&accel, host.kvm_module.as_deref()));
-            let checks: Vec<String> = t
-                .checks
-                .get_ref()
+        let boots: Vec<Option<VirtualBoot>> = if m.is_virtual() && !opts.agent {
+            opts.kernels_for(m)
                 .iter()
-                .map(|c| c.get_ref().clone())
-                .collect();
-            let args: Vec<(String, String)> = t
-                .args
-                .iter()
-                .map(|(k, v)| (k.get_ref().clone(), v.get_ref().to_string()))
-                .collect();
-            let mut append = String::new();
-            let check_refs: Vec<&str> = checks.iter().map(String::as_str).collect();
-            let arg_refs: Vec<(&str, &str)> =
-                args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let _ = catalogue::write_cmdline(&mut append, &check_refs, &arg_refs);
+                .filter_map(|k| opts.resolved.get(k))
+                .map(|k| {
+                    let lane = m.lane.as_ref();
+                    Some(VirtualBoot {
+                        suite: suite.clone(),
+                        manifest: m.path.clone(),
+                        kernel: k.clone(),
+                        topology: lane
+                            .and_then(|l| l.topology.as_ref())
+                            .map(|t| t.get_ref().resolve())
+                            .unwrap_or_else(|| Topology::with_vfs(2)),
+                        timeout: lane
+                            .and_then(|l| l.timeout)
+                            .map_or(DEFAULT_LANE_TIMEOUT, |t| t.0),
+                    })
+                })
+                .collect()
+        } else {
+            vec![None]
+        };
+        for boot in &boots {
+            for t in &m.tests {
+                let id = format!("{suite}.{}", t.name.get_ref());
+                if !selected(&opts.filter, &id) {
+                    continue;
+                }
+                let d = &m.defaults;
+                let requested = opts.accel.or(t.accel).or(d.accel).unwrap_or(Accel::Auto);
+                let (accel, accel_reason) = match (boot, requested) {
+                    (Some(_), _) => (
+                        "tcg".to_string(),
+                        "the virtual host runs under TCG, and its guests under TCG inside it"
+                            .to_string(),
+                    ),
+                    (None, Accel::Auto) => (auto.accel.clone(), auto.reason.clone()),
+                    (None, Accel::Kvm) => ("kvm".to_string(), "requested".to_string()),
+                    (None, Accel::Tcg) => ("tcg".to_string(), "requested".to_string()),
+                };
+                let env = match boot {
+                    None => Environment {
+                        accel: accel.clone(),
+                        accel_reason,
+                        qemu_version: host.qemu_version.clone().unwrap_or_default(),
+                        host_kernel: host.host_kernel.clone(),
+                        kvm_module: host.kvm_module.clone(),
+                        cpu_model: host.cpu_model.clone(),
+                        virtual_host: None,
+                    },
+                    Some(b) => Environment {
+                        accel: accel.clone(),
+                        accel_reason,
+                        qemu_version: host.qemu_version.clone().unwrap_or_default(),
+                        host_kernel: b.kernel.release.clone(),
+                        kvm_module: None,
+                        cpu_model: "QEMU TCG max".into(),
+                        virtual_host: Some(VirtualHost {
+                            kernel: b.kernel.name.clone(),
+                            package: b.kernel.package.clone(),
+                            version: b.kernel.version.clone(),
+                            iommu: IOMMU.into(),
+                        }),
+                    },
+                };
+                let machine = t.machine.or(d.machine).unwrap_or(MachineType::Q35);
+                let cpu = t
+                    .cpu
+                    .as_ref()
+                    .or(d.cpu.as_ref())
+                    .map(|c| c.get_ref().clone())
+                    .unwrap_or_else(|| qemu::default_cpu(&accel, host.kvm_module.as_deref()));
+                let checks: Vec<String> = t
+                    .checks
+                    .get_ref()
+                    .iter()
+                    .map(|c| c.get_ref().clone())
+                    .collect();
+                let args: Vec<(String, String)> = t
+                    .args
+                    .iter()
+                    .map(|(k, v)| (k.get_ref().clone(), v.get_ref().to_string()))
+                    .collect();
+                let mut append = String::new();
+                let check_refs: Vec<&str> = checks.iter().map(String::as_str).collect();
+                let arg_refs: Vec<(&str, &str)> =
+                    args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let _ = catalogue::write_cmdline(&mut append, &check_refs, &arg_refs);
 
-            let mut scratch = Vec::new();
-            let mut devices = Vec::new();
-            for (i, dev) in t.devices.iter().enumerate() {
-                match dev.kind.get_ref() {
-                    DeviceKind::Nvme => {
-                        let path = scratch_dir.join(format!("{id}.{i}.img"));
-                        scratch.push(ScratchImage {
-                            path: path.clone(),
-                            size: dev
-                                .size
-                                .as_ref()
-                                .map(|s| *s.get_ref())
-                                .unwrap_or(ByteSize::mib(16)),
-                        });
-                        devices.push(VmDevice::Nvme {
-                            serial: dev.serial.clone().unwrap_or_else(|| format!("ukci-{i}")),
-                            image: path,
-                            sriov_max_vfs: dev
-                                .sriov_max_vfs
-                                .as_ref()
-                                .map(|v| *v.get_ref())
-                                .unwrap_or(0),
-                        });
+                let mut scratch = Vec::new();
+                let mut devices = Vec::new();
+                for (i, dev) in t.devices.iter().enumerate() {
+                    match dev.kind.get_ref() {
+                        DeviceKind::Nvme => {
+                            let path = scratch_dir.join(format!("{id}.{i}.img"));
+                            scratch.push(ScratchImage {
+                                path: path.clone(),
+                                size: dev
+                                    .size
+                                    .as_ref()
+                                    .map(|s| *s.get_ref())
+                                    .unwrap_or(ByteSize::mib(16)),
+                            });
+                            devices.push(VmDevice::Nvme {
+                                serial: dev.serial.clone().unwrap_or_else(|| format!("ukci-{i}")),
+                                image: path,
+                                sriov_max_vfs: dev
+                                    .sriov_max_vfs
+                                    .as_ref()
+                                    .map(|v| *v.get_ref())
+                                    .unwrap_or(0),
+                            });
+                        }
                     }
                 }
-            }
 
-            let vm = VmConfig {
-                machine,
-                accel: accel.clone(),
-                cpu,
-                memory: t
-                    .memory
-                    .as_ref()
-                    .or(d.memory.as_ref())
-                    .map(|m| *m.get_ref())
-                    .unwrap_or(DEFAULT_MEMORY),
-                smp: t
-                    .smp
-                    .as_ref()
-                    .or(d.smp.as_ref())
-                    .map(|s| *s.get_ref())
-                    .unwrap_or(1),
-                kernel: guest.to_path_buf(),
-                append,
-                devices,
-            };
-            let decision = decide(m, t, &env, host);
-            let expects = m
-                .expectations
-                .iter()
-                .filter(|e| glob(&e.test, t.name.get_ref()) && e.when.check(&env).is_ok())
-                .map(|e| PlannedExpect {
-                    result: e.result.clone(),
-                    known_bug: *e.outcome.get_ref() == ExpectedOutcome::Kfail,
-                    reason: e.reason.get_ref().clone(),
-                })
-                .collect();
-            out.push(PlannedTest {
-                suite: suite.clone(),
-                test: t.name.get_ref().clone(),
-                manifest: m.path.clone(),
-                checks,
-                vm,
-                timeout: t
-                    .timeout
-                    .or(d.timeout)
-                    .map(|t| t.0)
-                    .unwrap_or(DEFAULT_TIMEOUT),
-                env,
-                decision,
-                expects,
-                scratch,
-            });
+                let vm = VmConfig {
+                    machine,
+                    accel: accel.clone(),
+                    cpu,
+                    memory: t
+                        .memory
+                        .as_ref()
+                        .or(d.memory.as_ref())
+                        .map(|m| *m.get_ref())
+                        .unwrap_or(DEFAULT_MEMORY),
+                    smp: t
+                        .smp
+                        .as_ref()
+                        .or(d.smp.as_ref())
+                        .map(|s| *s.get_ref())
+                        .unwrap_or(1),
+                    boot: guest_boot(machine, guest),
+                    append,
+                    devices,
+                };
+                let decision = decide(m, t, &env, host);
+                let expects = m
+                    .expectations
+                    .iter()
+                    .filter(|e| glob(&e.test, t.name.get_ref()) && e.when.check(&env).is_ok())
+                    .map(|e| PlannedExpect {
+                        result: e.result.clone(),
+                        known_bug: *e.outcome.get_ref() == ExpectedOutcome::Kfail,
+                        reason: e.reason.get_ref().clone(),
+                    })
+                    .collect();
+                out.push(PlannedTest {
+                    suite: suite.clone(),
+                    test: t.name.get_ref().clone(),
+                    manifest: m.path.clone(),
+                    checks,
+                    vm,
+                    timeout: t
+                        .timeout
+                        .or(d.timeout)
+                        .map(|t| t.0)
+                        .unwrap_or(DEFAULT_TIMEOUT),
+                    env,
+                    decision,
+                    expects,
+                    scratch,
+                    host_checks: t
+                        .checks
+                        .get_ref()
+                        .iter()
+                        .all(|c| hostcheck::find(c.get_ref()).is_some()),
+                    boot: boot.clone(),
+                });
+            }
         }
     }
     out
+}
+
+/// How the guest boots on `machine`: on microvm straight from the ROM image
+/// beside `guest` when it was built (no firmware, so the boot costs little
+/// more than QEMU's own start), elsewhere the PVH ELF through the firmware,
+/// which also assigns the PCI resources checks on q35 and pc rely on.
+pub fn guest_boot(machine: MachineType, guest: &Path) -> qemu::Boot {
+    let rom = qemu::rom_image_for(guest);
+    if machine == MachineType::Microvm && rom.exists() {
+        qemu::Boot::Rom { image: rom }
+    } else {
+        qemu::Boot::Pvh {
+            kernel: guest.to_path_buf(),
+        }
+    }
 }
 
 fn decide(
@@ -212,7 +326,7 @@ fn decide(
     env: &Environment,
     host: &HostFacts,
 ) -> Decision {
-    if env.accel == "kvm" {
+    if env.accel == "kvm" && env.virtual_host.is_none() {
         if let Err(e) = &host.dev_kvm {
             return Decision::Skip(format!("needs KVM: {e}"));
         }
@@ -311,11 +425,131 @@ reason = "why"
             PlanOptions {
                 filter: Some("s.b".into()),
                 accel: Some(Accel::Tcg),
+                ..Default::default()
             },
         );
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].vm.accel, "tcg");
         assert_eq!(p[0].env.accel_reason, "requested");
+    }
+
+    fn kernel(name: &str, release: &str) -> Kernel {
+        Kernel {
+            name: name.into(),
+            package: Some(format!("linux-image-{release}")),
+            version: Some("1".into()),
+            release: release.into(),
+            vmlinuz: "/k/vmlinuz".into(),
+            modules_dir: "/k/modules".into(),
+        }
+    }
+
+    const VIRTUAL: &str = r#"
+[lane]
+kind = "virtual"
+kernels = ["debian:6.1", "debian:6.12"]
+topology = { vfs = 4 }
+
+[[test]]
+name = "env"
+checks = ["vhost.env"]
+
+[[test]]
+name = "nested"
+checks = ["boot.smoke"]
+requires = { host_kernel = ">=6.12" }
+"#;
+
+    #[test]
+    fn a_virtual_suite_plans_every_test_once_per_kernel() {
+        let m = manifest::parse(Path::new("v.toml"), VIRTUAL).unwrap();
+        let mut opts = PlanOptions::default();
+        opts.resolved
+            .insert("debian:6.1".into(), kernel("debian:6.1", "6.1.0-56-amd64"));
+        opts.resolved.insert(
+            "debian:6.12".into(),
+            kernel("debian:6.12", "6.12.117+deb12-amd64"),
+        );
+        let p = plan(
+            &[m],
+            &host(),
+            &auto(),
+            Path::new("/g"),
+            Path::new("/s"),
+            &opts,
+        );
+        let got: Vec<_> = p
+            .iter()
+            .map(|t| (t.id(), t.env.label(), t.host_checks))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("v.env".to_string(), "debian:6.1".to_string(), true),
+                ("v.nested".to_string(), "debian:6.1".to_string(), false),
+                ("v.env".to_string(), "debian:6.12".to_string(), true),
+                ("v.nested".to_string(), "debian:6.12".to_string(), false),
+            ]
+        );
+        assert_eq!(
+            p[1].decision,
+            Decision::Skip("needs host kernel >=6.12, this host runs 6.1.0-56-amd64".into())
+        );
+        assert_eq!(p[3].decision, Decision::Run);
+        assert_eq!(p[0].boot.as_ref().unwrap().topology.vfs, 4);
+        assert_eq!(p[0].env.accel, "tcg");
+        assert!(
+            p[0].env
+                .properties()
+                .contains(&("kernel.package", "linux-image-6.1.0-56-amd64".into()))
+        );
+
+        // --kernel replaces the list; the agent plans the suite where it runs.
+        let m = manifest::parse(Path::new("v.toml"), VIRTUAL).unwrap();
+        opts.kernels = vec!["debian:6.12".into()];
+        let p = plan(
+            std::slice::from_ref(&m),
+            &host(),
+            &auto(),
+            Path::new("/g"),
+            Path::new("/s"),
+            &opts,
+        );
+        assert_eq!(p.len(), 2);
+        opts.agent = true;
+        let p = plan(
+            &[m],
+            &host(),
+            &auto(),
+            Path::new("/g"),
+            Path::new("/s"),
+            &opts,
+        );
+        assert!(
+            p.iter()
+                .all(|t| t.boot.is_none() && t.env.virtual_host.is_none())
+        );
+    }
+
+    #[test]
+    fn microvm_boots_the_rom_image_when_there_is_one() {
+        let dir = std::env::temp_dir().join(format!("ukci-rom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let guest = dir.join("ukci-guest");
+        let pvh = qemu::Boot::Pvh {
+            kernel: guest.clone(),
+        };
+        assert_eq!(guest_boot(MachineType::Microvm, &guest), pvh);
+        std::fs::write(dir.join("ukci-guest.rom"), b"rom").unwrap();
+        assert_eq!(
+            guest_boot(MachineType::Microvm, &guest),
+            qemu::Boot::Rom {
+                image: dir.join("ukci-guest.rom")
+            }
+        );
+        assert_eq!(guest_boot(MachineType::Q35, &guest), pvh);
+        assert_eq!(guest_boot(MachineType::Pc, &guest), pvh);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -18,9 +18,31 @@ pub struct VmConfig {
     pub cpu: String,
     pub memory: ByteSize,
     pub smp: u32,
-    pub kernel: PathBuf,
+    pub boot: Boot,
+    /// The guest's command line, however `boot` passes it.
     pub append: String,
     pub devices: Vec<VmDevice>,
+}
+
+/// How QEMU starts the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Boot {
+    /// The PVH ELF through the machine's firmware: `-kernel`, the command
+    /// line in `-append`.
+    Pvh { kernel: PathBuf },
+    /// The firmware-less image as the BIOS: `-bios`, the command line in the
+    /// fw_cfg file [`FW_CFG_CMDLINE`].
+    Rom { image: PathBuf },
+}
+
+/// Where the guest reads its command line from on a ROM boot.
+pub const FW_CFG_CMDLINE: &str = "opt/ukci/cmdline";
+
+/// The ROM image installed beside the PVH guest `kernel` (`<kernel>.rom`).
+pub fn rom_image_for(kernel: &Path) -> PathBuf {
+    let mut name = kernel.as_os_str().to_owned();
+    name.push(".rom");
+    PathBuf::from(name)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,8 +92,22 @@ impl VmConfig {
         for (i, d) in self.devices.iter().enumerate() {
             d.push_args(i, &mut a);
         }
-        a.pair("-kernel", &self.kernel);
-        a.pair("-append", &self.append);
+        match &self.boot {
+            Boot::Pvh { kernel } => {
+                a.pair("-kernel", kernel);
+                a.pair("-append", &self.append);
+            }
+            Boot::Rom { image } => {
+                a.pair("-bios", image);
+                // QEMU refuses an empty string=; no file reads as no command line.
+                if !self.append.is_empty() {
+                    a.pair(
+                        "-fw_cfg",
+                        format!("name={FW_CFG_CMDLINE},string={}", opt_value(&self.append)),
+                    );
+                }
+            }
+        }
         a.0
     }
 }
@@ -119,7 +155,12 @@ impl VmDevice {
 
 /// A path for a `-drive file=` value, where a comma must be doubled.
 fn drive_path(p: &Path) -> String {
-    p.display().to_string().replace(',', ",,")
+    opt_value(&p.display().to_string())
+}
+
+/// A value inside a QEMU `key=value,...` option: a comma is doubled.
+fn opt_value(v: &str) -> String {
+    v.replace(',', ",,")
 }
 
 #[derive(Default)]
@@ -146,7 +187,9 @@ mod tests {
             cpu: "max".into(),
             memory: ByteSize::mib(128),
             smp: 1,
-            kernel: "/g/ukci-guest".into(),
+            boot: Boot::Pvh {
+                kernel: "/g/ukci-guest".into(),
+            },
             append: "checks=boot.smoke".into(),
             devices: vec![],
         }
@@ -182,6 +225,35 @@ mod tests {
         let args = v.args();
         let i = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[i + 1], "checks=a,b nvme.blocks=8");
+    }
+
+    #[test]
+    fn a_rom_boot_passes_the_command_line_in_fw_cfg_with_commas_doubled() {
+        let mut v = vm();
+        v.machine = MachineType::Microvm;
+        v.boot = Boot::Rom {
+            image: "/g/ukci-guest.rom".into(),
+        };
+        v.append = "checks=a,b nvme.blocks=8".into();
+        let args = v.args();
+        let t = text(&v);
+        assert!(t.contains("-bios /g/ukci-guest.rom"), "{t}");
+        assert!(!t.contains("-kernel") && !t.contains("-append"), "{t}");
+        let i = args.iter().position(|a| a == "-fw_cfg").unwrap();
+        assert_eq!(
+            args[i + 1],
+            "name=opt/ukci/cmdline,string=checks=a,,b nvme.blocks=8"
+        );
+        v.append.clear();
+        assert!(!text(&v).contains("-fw_cfg"));
+    }
+
+    #[test]
+    fn the_rom_image_sits_beside_the_kernel() {
+        assert_eq!(
+            rom_image_for(Path::new("/r/images/ukci-guest")),
+            Path::new("/r/images/ukci-guest.rom")
+        );
     }
 
     #[test]

@@ -3,12 +3,16 @@
 use crate::diag::Diagnostics;
 use crate::exec::{self, Event, TestRun};
 use crate::host::{self, AccelChoice, HostFacts};
+use crate::lane::{self, LaneContext, WireRun};
 use crate::manifest::{self, Accel, Manifest};
 use crate::outcome::Outcome;
 use crate::plan::{self, Decision, PlanOptions, PlannedTest};
 use crate::{exitcode, junit, terminal};
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use ukci_vhost::kernel::{Kernel, KernelSpec, KernelStore, Refresh};
 
 /// Where things live in a checkout.
 #[derive(Clone, Debug)]
@@ -64,6 +68,8 @@ pub fn load_manifests(paths: &[PathBuf]) -> Result<Vec<Manifest>, Diagnostics> {
 
 #[derive(Clone, Debug, Default)]
 pub struct TestOptions {
+    /// `--kernel`: the kernels of every virtual suite.
+    pub kernels: Vec<String>,
     pub filter: Option<String>,
     pub accel: Option<Accel>,
     pub jobs: usize,
@@ -98,6 +104,36 @@ pub fn auto_accel(
     }
 }
 
+/// Resolves (fetching once, then from the cache) every kernel the virtual
+/// suites of this run boot. Fails fast, before anything boots, with what is
+/// wrong and where it was named.
+pub fn resolve_kernels(
+    layout: &Layout,
+    manifests: &[Manifest],
+    opts: &PlanOptions,
+) -> Result<BTreeMap<String, Kernel>, String> {
+    let store = KernelStore::new(&layout.images());
+    let mut out = BTreeMap::new();
+    for m in manifests.iter().filter(|m| m.is_virtual()) {
+        for name in opts.kernels_for(m) {
+            if out.contains_key(&name) {
+                continue;
+            }
+            let whence = if opts.kernels.is_empty() {
+                format!("{} (lane.kernels)", m.path.display())
+            } else {
+                "--kernel".to_string()
+            };
+            let spec = KernelSpec::parse(&name).map_err(|e| format!("{whence}: {e}"))?;
+            let k = store
+                .get(&spec, Refresh::IfMissing)
+                .map_err(|e| format!("{whence}: kernel `{name}`: {e}"))?;
+            out.insert(name, k);
+        }
+    }
+    Ok(out)
+}
+
 pub fn make_plan(layout: &Layout, manifests: &[Manifest], opts: &PlanOptions) -> Vec<PlannedTest> {
     let facts = host::detect();
     let auto = auto_accel(layout, &facts, manifests, opts);
@@ -117,10 +153,23 @@ pub fn make_plan(layout: &Layout, manifests: &[Manifest], opts: &PlanOptions) ->
 
 /// Runs the tests and writes the reports; returns the exit status.
 pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) -> i32 {
-    let popts = PlanOptions {
+    let mut popts = PlanOptions {
         filter: opts.filter.clone(),
         accel: opts.accel,
+        kernels: opts.kernels.clone(),
+        ..Default::default()
     };
+    match resolve_kernels(layout, manifests, &popts) {
+        Ok(k) => popts.resolved = k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return if opts.kernels.is_empty() {
+                exitcode::MANIFEST
+            } else {
+                exitcode::USAGE
+            };
+        }
+    }
     let plan = make_plan(layout, manifests, &popts);
     if plan.is_empty() {
         eprintln!("error: no test matches; `cargo xtask list` shows the plan");
@@ -130,9 +179,14 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
     let dir = layout.reports().join(&run_name);
     let mut runs: Vec<Option<TestRun>> = vec![None; plan.len()];
     let mut term = terminal::Terminal::new(&plan);
+    let lane = LaneContext {
+        images: layout.images(),
+        results: dir.join("vhost"),
+        agent: std::env::current_exe().unwrap_or_else(|_| "xtask".into()),
+    };
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
-        s.spawn(|| exec::execute(&plan, opts.jobs, tx));
+        s.spawn(|| exec::execute(&plan, opts.jobs, &lane, tx));
         for e in rx {
             term.event(&e);
             if let Event::Finished { idx, run } = e {
@@ -155,6 +209,73 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
         }
     }
     exit_status(&runs)
+}
+
+/// Inside a virtual host: runs the named tests of one manifest here and
+/// reports each as an event line on stdout and in `results/events.jsonl`.
+pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &Path) -> i32 {
+    let manifests = match load_manifests(&[manifest.to_path_buf()]) {
+        Ok(m) => m,
+        Err(d) => {
+            eprint!("{d}");
+            return exitcode::MANIFEST;
+        }
+    };
+    let opts = PlanOptions {
+        accel: Some(Accel::Tcg),
+        agent: true,
+        ..Default::default()
+    };
+    let facts = host::detect();
+    let auto = AccelChoice {
+        accel: "tcg".into(),
+        reason: "inside the virtual host".into(),
+    };
+    let scratch = results.join("scratch");
+    let plan: Vec<PlannedTest> = plan::plan(
+        &manifests,
+        &facts,
+        &auto,
+        &layout.guest_image(),
+        &scratch,
+        &opts,
+    )
+    .into_iter()
+    .filter(|t| tests.is_empty() || tests.contains(&t.test))
+    .collect();
+    let events_path = results.join(lane::EVENTS_FILE);
+    let mut events = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&events_path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: cannot open {}: {e}", events_path.display());
+            return exitcode::ERROR;
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lane_ctx = LaneContext {
+        images: layout.images(),
+        results: results.to_path_buf(),
+        agent: PathBuf::new(),
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| exec::execute(&plan, cores, &lane_ctx, tx));
+        for e in rx {
+            if let Event::Finished { idx, run } = e {
+                let w = WireRun::new(&plan[idx].id(), &run);
+                if let Ok(json) = serde_json::to_string(&w) {
+                    let _ = writeln!(events, "{json}");
+                    let _ = events.sync_data();
+                }
+                println!("\n{}", w.to_line());
+            }
+        }
+    });
+    exitcode::OK
 }
 
 /// Under `--strict` a skip counts as a failure unless the manifest's plan

@@ -1,0 +1,307 @@
+//! The virtual lane: one boot of a host kernel under QEMU per (suite,
+//! kernel), with this runner inside it as the agent. The agent runs the
+//! suite's tests there and streams one event line per finished test on the
+//! serial console; the same events are kept in the results folder, which is
+//! what counts when the console interleaved them with kernel messages.
+
+use crate::exec::{Event, TestRun};
+use crate::outcome::{Judged, Outcome, SubResult};
+use crate::plan::PlannedTest;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+use ukci_vhost::boot::{self, Agent, BootConfig};
+use ukci_vhost::initramfs::{self, InitramfsSpec};
+
+/// Prefix of an event line on the agent's stdout.
+pub const EVENT: &str = "ukci-event: ";
+/// The file in the results folder that holds every event line.
+pub const EVENTS_FILE: &str = "events.jsonl";
+
+/// One finished test, as the agent reports it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireRun {
+    pub test: String,
+    pub results: Vec<WireResult>,
+    pub infos: Vec<String>,
+    pub log: String,
+    pub stderr: String,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireResult {
+    pub name: String,
+    pub outcome: String,
+    pub message: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl WireRun {
+    pub fn new(test: &str, run: &TestRun) -> Self {
+        WireRun {
+            test: test.to_string(),
+            results: run
+                .judged
+                .results
+                .iter()
+                .map(|r| WireResult {
+                    name: r.name.clone(),
+                    outcome: r.outcome.word().to_string(),
+                    message: r.outcome.message().map(str::to_string),
+                    detail: r.detail.clone(),
+                })
+                .collect(),
+            infos: run.judged.infos.clone(),
+            log: run.log.clone(),
+            stderr: run.stderr.clone(),
+            elapsed_ms: run.elapsed.as_millis() as u64,
+        }
+    }
+
+    pub fn into_run(self) -> TestRun {
+        let results = self
+            .results
+            .into_iter()
+            .map(|r| {
+                let m = r.message.unwrap_or_default();
+                let outcome = match r.outcome.as_str() {
+                    "pass" => Outcome::Pass,
+                    "fail" => Outcome::Fail(m),
+                    "skip" => Outcome::Skip(m),
+                    "xfail" => Outcome::Xfail(m),
+                    "xpass" => Outcome::Xpass(m),
+                    "error" => Outcome::Error(m),
+                    other => {
+                        Outcome::Error(format!("the agent sent an unknown outcome `{other}`: {m}"))
+                    }
+                };
+                SubResult {
+                    name: r.name,
+                    outcome,
+                    detail: r.detail,
+                }
+            })
+            .collect();
+        TestRun {
+            judged: Judged {
+                results,
+                infos: self.infos,
+            },
+            log: self.log,
+            stderr: self.stderr,
+            elapsed: Duration::from_millis(self.elapsed_ms),
+            end: None,
+        }
+    }
+
+    pub fn to_line(&self) -> String {
+        format!("{EVENT}{}", serde_json::to_string(self).unwrap_or_default())
+    }
+
+    pub fn from_line(line: &str) -> Option<WireRun> {
+        let json = line.trim_end_matches('\r').split_once(EVENT)?.1;
+        serde_json::from_str(json).ok()
+    }
+}
+
+/// What a virtual boot needs from the run.
+#[derive(Clone, Debug)]
+pub struct LaneContext {
+    pub images: PathBuf,
+    /// `reports/<run>/vhost`: one results folder per boot below it.
+    pub results: PathBuf,
+    /// This runner's own binary, started as the agent inside the host.
+    pub agent: PathBuf,
+}
+
+/// The folder name of one boot's results.
+pub fn boot_dir_name(suite: &str, kernel: &str) -> String {
+    let k: String = kernel
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{suite}@{k}")
+}
+
+/// Boots the virtual host for the tests `idxs` (one suite, one kernel) and
+/// sends their `Finished` events. A test the agent never reported ends as an
+/// error naming what happened to the host, with its serial log.
+pub fn run_boot(plan: &[PlannedTest], idxs: &[usize], ctx: &LaneContext, events: &Sender<Event>) {
+    let first = &plan[idxs[0]];
+    let boot = first.boot.as_ref().expect("a virtual test has a boot");
+    for &i in idxs {
+        let _ = events.send(Event::Started { idx: i });
+    }
+    let by_id: BTreeMap<String, usize> = idxs.iter().map(|&i| (plan[i].id(), i)).collect();
+    let mut pending = by_id.clone();
+    let finish = |id: &str, run: TestRun, pending: &mut BTreeMap<String, usize>| {
+        if let Some(idx) = pending.remove(id) {
+            let _ = events.send(Event::Finished {
+                idx,
+                run: Box::new(run),
+            });
+        }
+    };
+    let dir = ctx
+        .results
+        .join(boot_dir_name(&boot.suite, &boot.kernel.name));
+    let outcome = boot_and_run(plan, idxs, ctx, &dir, &mut |line| {
+        if let Some(w) = WireRun::from_line(line) {
+            let id = w.test.clone();
+            finish(&id, w.into_run(), &mut pending);
+        } else if let Some(&idx) = pending.values().next() {
+            let _ = events.send(Event::Output {
+                idx,
+                line: line.to_string(),
+            });
+        }
+    });
+    // The file is complete even where the console mangled a line.
+    if let Ok(text) = std::fs::read_to_string(dir.join(EVENTS_FILE)) {
+        for w in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<WireRun>(l).ok())
+        {
+            let id = w.test.clone();
+            finish(&id, w.into_run(), &mut pending);
+        }
+    }
+    let why = match outcome {
+        Ok(0) => "the agent finished without reporting this test".to_string(),
+        Ok(status) => format!("the agent exited with status {status} before reporting this test"),
+        Err(e) => e,
+    };
+    let serial = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
+    for (id, _) in pending.clone() {
+        let test = id
+            .rsplit_once('.')
+            .map_or(id.as_str(), |(_, t)| t)
+            .to_string();
+        let run = TestRun {
+            judged: Judged {
+                results: vec![SubResult {
+                    name: test,
+                    outcome: Outcome::Error(format!(
+                        "virtual host {}: {why}; serial log: {}",
+                        boot.kernel.name,
+                        dir.join("serial.log").display()
+                    )),
+                    detail: None,
+                }],
+                infos: vec![],
+            },
+            log: serial.clone(),
+            stderr: String::new(),
+            elapsed: Duration::ZERO,
+            end: None,
+        };
+        finish(&id, run, &mut pending);
+    }
+}
+
+/// Builds the initramfs, boots, runs the agent; the agent's exit status or
+/// why the host failed.
+fn boot_and_run(
+    plan: &[PlannedTest],
+    idxs: &[usize],
+    ctx: &LaneContext,
+    dir: &Path,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<i32, String> {
+    let first = &plan[idxs[0]];
+    let boot = first.boot.as_ref().expect("a virtual test has a boot");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let initrd = initramfs::build(&ctx.images, &boot.kernel, &InitramfsSpec::default())
+        .map_err(|e| format!("initramfs: {e}"))?;
+    // The agent starts in another working directory.
+    let manifest = std::fs::canonicalize(&boot.manifest)
+        .map_err(|e| format!("{}: {e}", boot.manifest.display()))?;
+    let mut args = vec![
+        "agent".to_string(),
+        manifest.display().to_string(),
+        "--results".to_string(),
+        dir.display().to_string(),
+    ];
+    for &i in idxs {
+        args.push("--test".into());
+        args.push(plan[i].test.clone());
+    }
+    let agent = Agent {
+        program: ctx.agent.clone(),
+        args,
+        env: vec![("CI".into(), "1".into())],
+        chroot: true,
+    };
+    let scratch = dir.join("scratch");
+    let mut cfg = BootConfig::new(
+        &boot.kernel.name,
+        &boot.kernel.vmlinuz,
+        &initrd.path,
+        dir,
+        &scratch,
+        agent,
+    );
+    cfg.topology = boot.topology.clone();
+    cfg.timeout = boot.timeout;
+    // Kernel messages would interleave with the agent's event lines.
+    cfg.extra_append.push("quiet".into());
+    let report = boot::run(&cfg, |_, line| on_line(line)).map_err(|e| e.to_string());
+    let _ = std::fs::remove_dir_all(&scratch);
+    report.map(|r| r.agent_status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_a_console_line() {
+        let run = TestRun {
+            judged: Judged {
+                results: vec![
+                    SubResult {
+                        name: "vhost.env: IOMMU groups present".into(),
+                        outcome: Outcome::Pass,
+                        detail: Some("iommu_groups=7".into()),
+                    },
+                    SubResult {
+                        name: "x".into(),
+                        outcome: Outcome::Skip("why (nested)".into()),
+                        detail: None,
+                    },
+                ],
+                infos: vec!["i".into()],
+            },
+            log: "PASS: a\r\n".into(),
+            stderr: String::new(),
+            elapsed: Duration::from_millis(12),
+            end: None,
+        };
+        let line = WireRun::new("vhost-smoke.env", &run).to_line();
+        assert!(!line.contains('\n'));
+        let noisy = format!("[   3.1] random: crng init done\r{line}\r");
+        let back = WireRun::from_line(&noisy).unwrap().into_run();
+        assert_eq!(back.judged, run.judged);
+        assert_eq!(back.log, run.log);
+        assert!(WireRun::from_line("ukci-event: {\"test\": trunc").is_none());
+    }
+
+    #[test]
+    fn boot_folders_are_named_for_suite_and_kernel() {
+        assert_eq!(
+            boot_dir_name("vhost-smoke", "debian:6.12"),
+            "vhost-smoke@debian-6.12"
+        );
+        assert_eq!(boot_dir_name("s", "dir:/a b"), "s@dir--a-b");
+    }
+}
