@@ -222,21 +222,21 @@ impl EnvMatch {
 
     /// `Ok` when the environment matches, else the first mismatch in words.
     pub fn check(&self, env: &Environment) -> Result<(), String> {
-        if let Some(a) = &self.accel {
-            if !a.contains(&env.accel) {
-                return Err(format!(
-                    "needs accel {a}, this run uses {} ({})",
-                    env.accel, env.accel_reason
-                ));
-            }
+        if let Some(a) = &self.accel
+            && !a.contains(&env.accel)
+        {
+            return Err(format!(
+                "needs accel {a}, this run uses {} ({})",
+                env.accel, env.accel_reason
+            ));
         }
-        if let Some(q) = &self.qemu {
-            if !q.matches(&env.qemu_version) {
-                return Err(format!(
-                    "needs QEMU {q}, this host has {}",
-                    env.qemu_version
-                ));
-            }
+        if let Some(q) = &self.qemu
+            && !q.matches(&env.qemu_version)
+        {
+            return Err(format!(
+                "needs QEMU {q}, this host has {}",
+                env.qemu_version
+            ));
         }
         if let Some(k) = &self.host_kernel {
             let v = Version::parse_prefix(&env.host_kernel).unwrap_or_default();

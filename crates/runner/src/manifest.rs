@@ -382,14 +382,14 @@ fn validate_lane(lane: &Lane, src: &SourceFile, diags: &mut Diagnostics) {
             ));
         }
     }
-    if let Some(t) = &lane.topology {
-        if let Err(e) = t.get_ref().resolve().validate() {
-            diags.push(src.at(
-                t.span(),
-                e,
-                "QEMU refuses such an SR-IOV NVMe; adjust the field named",
-            ));
-        }
+    if let Some(t) = &lane.topology
+        && let Err(e) = t.get_ref().resolve().validate()
+    {
+        diags.push(src.at(
+            t.span(),
+            e,
+            "QEMU refuses such an SR-IOV NVMe; adjust the field named",
+        ));
     }
 }
 
@@ -400,14 +400,14 @@ fn valid_name(s: &str) -> bool {
 }
 
 fn validate_machine(s: &MachineSettings, src: &SourceFile, diags: &mut Diagnostics) {
-    if let Some(smp) = &s.smp {
-        if !(1..=64).contains(smp.get_ref()) {
-            diags.push(src.at(
-                smp.span(),
-                format!("smp = {} is out of range", smp.get_ref()),
-                "allowed: 1 to 64",
-            ));
-        }
+    if let Some(smp) = &s.smp
+        && !(1..=64).contains(smp.get_ref())
+    {
+        diags.push(src.at(
+            smp.span(),
+            format!("smp = {} is out of range", smp.get_ref()),
+            "allowed: 1 to 64",
+        ));
     }
     if let Some(mem) = &s.memory {
         let bytes = mem.get_ref().bytes();

@@ -86,13 +86,13 @@ pub fn judge(test: &str, checks: &[String], fin: &Finished) -> Judged {
                 detail: None,
             }),
             Some(Line::Detail(d)) => {
-                if let Some(r) = j.results.last_mut() {
-                    if r.detail.is_none() {
-                        if let Outcome::Fail(m) = &mut r.outcome {
-                            *m = d.to_string();
-                        }
-                        r.detail = Some(d.to_string());
+                if let Some(r) = j.results.last_mut()
+                    && r.detail.is_none()
+                {
+                    if let Outcome::Fail(m) = &mut r.outcome {
+                        *m = d.to_string();
                     }
+                    r.detail = Some(d.to_string());
                 }
             }
             Some(Line::Info(i)) => j.infos.push(i.to_string()),

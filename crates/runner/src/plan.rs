@@ -326,10 +326,11 @@ fn decide(
     env: &Environment,
     host: &HostFacts,
 ) -> Decision {
-    if env.accel == "kvm" && env.virtual_host.is_none() {
-        if let Err(e) = &host.dev_kvm {
-            return Decision::Skip(format!("needs KVM: {e}"));
-        }
+    if env.accel == "kvm"
+        && env.virtual_host.is_none()
+        && let Err(e) = &host.dev_kvm
+    {
+        return Decision::Skip(format!("needs KVM: {e}"));
     }
     for req in [&m.requires, &t.requires] {
         if let Err(why) = req.check(env) {

@@ -120,7 +120,7 @@ impl Topology {
                 "namespaces must be at least 1".to_owned(),
             ),
             (
-                self.namespace_bytes >= 1 << 20 && self.namespace_bytes % 4096 == 0,
+                self.namespace_bytes >= 1 << 20 && self.namespace_bytes.is_multiple_of(4096),
                 "namespace_bytes must be a multiple of 4096 and at least 1 MiB".to_owned(),
             ),
         ];

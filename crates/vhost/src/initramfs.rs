@@ -653,7 +653,7 @@ pub fn read_cpio(mut archive: &[u8]) -> Result<Vec<CpioEntry>, String> {
     let mut entries = Vec::new();
     loop {
         let offset = total - archive.len();
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(format!("header at {offset} not 4-byte aligned"));
         }
         if archive.len() < 110 {
