@@ -697,3 +697,42 @@ fn all_four_checks_pass_together_on_a_good_controller() {
     assert!(results.len() > 20, "{out}");
     let _ = PAGE_SIZE;
 }
+
+#[test]
+fn bench_reports_throughput_for_both_shapes_and_checks_the_data() {
+    let (_, mut ctrl) = up(ModelConfig::default());
+    let o = Options {
+        max_bytes: 1 << 20,
+        ..opts()
+    };
+    let (results, infos, out) = run(&mut ctrl, &[checks::BENCH], &pf(), &o);
+    all_pass(&results, &out);
+    let names: Vec<&str> = results.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(names, ["nvme.bench: 4k", "nvme.bench: mdts"], "{out}");
+    let bench: Vec<&String> = infos.iter().filter(|i| i.contains(" op=")).collect();
+    assert_eq!(bench.len(), 4, "{out}");
+    // MDTS 7 with 4 KiB pages: 512 KiB transfers, two of them per MiB.
+    assert!(
+        bench
+            .iter()
+            .any(|i| i.contains("op=read transfer=524288 count=2 bytes=1048576")),
+        "{out}"
+    );
+    assert!(bench.iter().all(|i| i.contains("mib_per_s=")), "{out}");
+    // The queue is gone afterwards.
+    assert!(ctrl.create_io_pair(1, 0).is_ok());
+}
+
+#[test]
+fn bench_fails_when_the_data_does_not_come_back() {
+    let (m, mut ctrl) = up(ModelConfig::default());
+    m.borrow_mut().faults.lose_writes = true;
+    let o = Options {
+        max_bytes: 64 << 10,
+        ..opts()
+    };
+    let (results, _, out) = run(&mut ctrl, &[checks::BENCH], &pf(), &o);
+    let (s, _, detail) = find(&results, "nvme.bench: 4k");
+    assert_eq!(*s, Status::Fail, "{out}");
+    assert!(detail.contains("read back after 16 transfers"), "{detail}");
+}

@@ -59,6 +59,11 @@ pub const CHECKS: &[Check] = &[
         summary: "invalid opcodes, reads past the end and queue misuse fail with the right status; the controller keeps working",
         args: &["nvme.bdf", "nvme.nsid"],
     },
+    Check {
+        name: "nvme.bench",
+        summary: "sequential write and read throughput (MiB/s, queue depth 1) for 4 KiB and MDTS-sized transfers; the data read back is checked",
+        args: &["nvme.bdf", "nvme.nsid", "nvme.max-bytes"],
+    },
     check(
         "cr-pin.detect",
         "reports which KVM CR-pinning ABI answers (RFC v1/v2, v3, v3 with FSGSBASE) by reading the allowed-mask MSRs, and what the CPUID bits say",

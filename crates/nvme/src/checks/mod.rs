@@ -9,15 +9,19 @@
 //! - `nvme.queues`: every granted I/O queue pair created, used and deleted.
 //! - `nvme.errors`: invalid opcodes, reads past the end and queue misuse
 //!   complete with the right status, and the controller still works after.
+//! - `nvme.bench`: write and read throughput for 4 KiB and MDTS-sized
+//!   transfers, the data read back checked.
 //!
 //! Data checks only ever compare against what the same run wrote, with a
 //! pattern seeded per run: whatever the disk image held before cannot pass.
 
+mod bench;
 mod errors;
 mod identify;
 mod queues;
 mod rw;
 
+pub use bench::{Rate, bench};
 pub use errors::errors;
 pub use identify::{describe, identify};
 pub use queues::queues;
@@ -34,6 +38,9 @@ use ukci_protocol::catalogue::Cmdline;
 
 /// The check names, as in the catalogue.
 pub const NAMES: [&str; 4] = ["nvme.identify", "nvme.rw", "nvme.queues", "nvme.errors"];
+
+/// The throughput check (not among [`NAMES`]: it measures, it tests little).
+pub const BENCH: &str = "nvme.bench";
 
 /// Command-line keys these checks read.
 pub const ARG_BDF: &str = "nvme.bdf";
@@ -138,6 +145,7 @@ pub fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
         "nvme.rw" => rw(ctrl, opts, r),
         "nvme.queues" => queues(ctrl, opts, r),
         "nvme.errors" => errors(ctrl, opts, r),
+        BENCH => bench(ctrl, opts, r),
         _ => return false,
     }
     true
@@ -421,7 +429,7 @@ mod tests {
 
     #[test]
     fn every_key_and_name_is_in_the_catalogue() {
-        for name in NAMES {
+        for name in NAMES.into_iter().chain([BENCH]) {
             let check =
                 ukci_protocol::catalogue::find(name).unwrap_or_else(|| panic!("{name} missing"));
             for key in [ARG_BDF, ARG_NSID] {
@@ -430,6 +438,7 @@ mod tests {
         }
         let args = |name| ukci_protocol::catalogue::find(name).unwrap().args;
         assert!(args("nvme.rw").contains(&ARG_MAX_BYTES));
+        assert!(args(BENCH).contains(&ARG_MAX_BYTES));
         assert!(args("nvme.queues").contains(&ARG_QUEUES));
     }
 
