@@ -9,8 +9,10 @@
 
 pub mod arch;
 pub mod bootinfo;
+pub mod dma;
 pub mod exit;
 pub mod fwcfg;
+pub mod nvme;
 pub mod pci;
 pub mod report;
 pub mod serial;

@@ -28,6 +28,12 @@ fn with<R>(f: impl FnOnce(&mut Reporter<Serial>) -> R) -> R {
     r
 }
 
+/// The reporter itself, for code that reports through a `&mut Reporter`
+/// (such as the NVMe checks). It must not call the free functions here.
+pub fn with_reporter<R>(f: impl FnOnce(&mut Reporter<Serial>) -> R) -> R {
+    with(f)
+}
+
 /// Pushes a name prefix (a check, a sub-group) onto every following line.
 pub fn push(prefix: &'static str) {
     with(|r| r.push(prefix));

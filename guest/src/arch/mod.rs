@@ -10,6 +10,7 @@ pub mod idt;
 pub mod paging;
 pub mod port;
 pub mod regs;
+pub mod tsc;
 pub mod user;
 
 pub use crate::try_asm;

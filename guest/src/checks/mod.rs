@@ -9,6 +9,7 @@
 
 mod boot;
 mod fault;
+mod nvme;
 mod selftest;
 
 use ukci_guest::arch::paging;
@@ -29,6 +30,11 @@ type CheckFn = fn(&Env);
 const REGISTRY: &[(&str, CheckFn)] = &[
     ("boot.smoke", boot::smoke),
     ("fault.selftest", fault::selftest),
+    ("nvme.identify", nvme::identify),
+    ("nvme.rw", nvme::rw),
+    ("nvme.queues", nvme::queues),
+    ("nvme.errors", nvme::errors),
+    ("nvme.bench", nvme::bench),
     ("selftest.hang", selftest::hang),
     ("selftest.triple-fault", selftest::triple_fault),
     ("selftest.panic", selftest::panic),
