@@ -203,5 +203,6 @@ pub fn run(layout: &Layout, runs: usize) -> Result<i32> {
             );
         }
     }
+    crate::bench_vhost::run(layout, 3)?;
     Ok(exitcode::OK)
 }
