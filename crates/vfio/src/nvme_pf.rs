@@ -1,0 +1,470 @@
+//! A userspace NVMe driver over VFIO, just enough to be the PF's driver while
+//! vfio-pci owns it: admin queue only, polling, every wait bounded. As PF
+//! driver it sets the VF token, gives up the primary's flexible resources,
+//! enables the VFs, and assigns queues and interrupts to each secondary
+//! controller and sets it online (Virtualization Management, opcode 0x1C).
+//!
+//! The PF device fd must stay open while any VF is in use: closing it makes
+//! vfio-pci reset the PF, which takes every secondary controller offline.
+
+use std::sync::atomic::{Ordering, fence};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::nvme_wire::{
+    CNS_CONTROLLER, CNS_PRIMARY_CAPS, CNS_SECONDARY_LIST, ControllerId, Cqe, PrimaryCaps, Resource,
+    Secondary, Sqe, VirtAction, reg,
+};
+use crate::token::{NameToken, Token};
+use crate::vfio::{BAR0_REGION, Device, DmaBuffer, Region, Vfio};
+
+/// Admin queue depth (entries).
+const QUEUE: u16 = 16;
+const PAGE: usize = 4096;
+/// Where the PF's admin queues live in the container's IOVA space; each VF
+/// controller gets its own window above.
+pub const PF_IOVA: u64 = 0x1000_0000;
+pub fn vf_iova(vfn: u16) -> u64 {
+    PF_IOVA + u64::from(vfn) * 0x10_0000
+}
+
+/// An NVMe controller (PF or VF) driven through its VFIO device: the admin
+/// queue pair and one data page in DMA memory.
+pub struct Controller {
+    dev: Device,
+    bar0: Region,
+    dma: DmaBuffer,
+    iova: u64,
+    cap: u64,
+    dstrd: u32,
+    sq_tail: u16,
+    cq_head: u16,
+    phase: bool,
+    cid: u16,
+    /// The bound for one admin command.
+    pub command_timeout: Duration,
+}
+
+const SQ_OFF: usize = 0;
+const CQ_OFF: usize = PAGE;
+const DATA_OFF: usize = 2 * PAGE;
+
+impl Controller {
+    /// Maps BAR0 and the queue memory (at `iova`) for `dev`.
+    pub fn new(vfio: &Vfio, dev: Device, iova: u64) -> Result<Controller> {
+        let bar0 = dev.region(BAR0_REGION)?;
+        dev.enable_bus_master()?;
+        let dma = DmaBuffer::new(3 * PAGE)?;
+        vfio.container.map_dma(&dma, iova)?;
+        let lo = dev.read32(&bar0, reg::CAP)?;
+        let hi = dev.read32(&bar0, reg::CAP + 4)?;
+        let cap = u64::from(hi) << 32 | u64::from(lo);
+        Ok(Controller {
+            dev,
+            bar0,
+            dma,
+            iova,
+            cap,
+            dstrd: reg::cap_dstrd(cap),
+            sq_tail: 0,
+            cq_head: 0,
+            phase: true,
+            cid: 0,
+            command_timeout: Duration::from_secs(10),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    pub fn reg32(&self, off: u64) -> Result<u32> {
+        self.dev.read32(&self.bar0, off)
+    }
+
+    fn set32(&self, off: u64, v: u32) -> Result<()> {
+        self.dev.write32(&self.bar0, off, v)
+    }
+
+    fn set64(&self, off: u64, v: u64) -> Result<()> {
+        self.set32(off, v as u32)?;
+        self.set32(off + 4, (v >> 32) as u32)
+    }
+
+    pub fn csts(&self) -> Result<u32> {
+        self.reg32(reg::CSTS)
+    }
+
+    /// CAP.TO, at least one second (TCG hosts are slow).
+    fn ready_timeout(&self) -> Duration {
+        Duration::from_millis(reg::cap_timeout_ms(self.cap).max(1000))
+    }
+
+    fn wait_ready(&self, want: bool, what: &str) -> Result<Duration> {
+        let start = Instant::now();
+        let limit = self.ready_timeout();
+        loop {
+            let csts = self.csts()?;
+            if (csts & reg::CSTS_RDY != 0) == want {
+                return Ok(start.elapsed());
+            }
+            if want && csts & reg::CSTS_CFS != 0 && csts != u32::MAX {
+                return Err(Error::Other(format!(
+                    "{}: {what}: controller fatal status (CSTS={csts:#x})",
+                    self.dev.bdf()
+                )));
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Timeout {
+                    what: format!("{}: {what}", self.dev.bdf()),
+                    waited: limit,
+                    state: format!(
+                        "CSTS={csts:#x}, CAP.TO={} ms",
+                        reg::cap_timeout_ms(self.cap)
+                    ),
+                });
+            }
+            sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// CC.EN = 0 and wait for CSTS.RDY = 0.
+    pub fn disable(&mut self) -> Result<Duration> {
+        let cc = self.reg32(reg::CC)?;
+        self.set32(reg::CC, cc & !reg::CC_EN)?;
+        self.wait_ready(false, "disable (CSTS.RDY -> 0)")
+    }
+
+    /// Resets the controller and starts it with a fresh admin queue pair.
+    /// Returns how long CSTS.RDY took.
+    pub fn enable(&mut self) -> Result<Duration> {
+        self.disable()?;
+        self.dma.fill(0, 2 * PAGE, 0);
+        self.sq_tail = 0;
+        self.cq_head = 0;
+        self.phase = true;
+        let n = u32::from(QUEUE.min(reg::cap_max_entries(self.cap) as u16)) - 1;
+        self.set32(reg::AQA, n << 16 | n)?;
+        self.set64(reg::ASQ, self.iova + SQ_OFF as u64)?;
+        self.set64(reg::ACQ, self.iova + CQ_OFF as u64)?;
+        fence(Ordering::SeqCst);
+        self.set32(reg::CC, reg::CC_QUEUE_SIZES | reg::CC_EN)?;
+        self.wait_ready(true, "enable (CSTS.RDY -> 1)")
+    }
+
+    /// Submits one admin command and polls for its completion (bounded).
+    /// Returns the completion whatever its status.
+    pub fn submit(&mut self, mut sqe: Sqe) -> Result<Cqe> {
+        self.cid = self.cid.wrapping_add(1);
+        sqe.cid = self.cid;
+        self.dma
+            .write(SQ_OFF + usize::from(self.sq_tail) * 64, &sqe.encode());
+        self.sq_tail = (self.sq_tail + 1) % QUEUE;
+        fence(Ordering::SeqCst);
+        self.set32(reg::sq_doorbell(0, self.dstrd), self.sq_tail.into())?;
+        let start = Instant::now();
+        loop {
+            let mut raw = [0u8; 16];
+            self.dma
+                .read(CQ_OFF + usize::from(self.cq_head) * 16, &mut raw);
+            let cqe = Cqe::decode(&raw);
+            if cqe.phase == self.phase {
+                self.cq_head = (self.cq_head + 1) % QUEUE;
+                if self.cq_head == 0 {
+                    self.phase = !self.phase;
+                }
+                self.set32(reg::cq_doorbell(0, self.dstrd), self.cq_head.into())?;
+                if cqe.cid != sqe.cid {
+                    return Err(Error::Other(format!(
+                        "{}: completion for command {} while waiting for {}",
+                        self.dev.bdf(),
+                        cqe.cid,
+                        sqe.cid
+                    )));
+                }
+                return Ok(cqe);
+            }
+            if start.elapsed() > self.command_timeout {
+                return Err(Error::Timeout {
+                    what: format!("{}: admin opcode {:#04x}", self.dev.bdf(), sqe.opcode),
+                    waited: self.command_timeout,
+                    state: format!("CSTS={:#x}", self.csts().unwrap_or(u32::MAX)),
+                });
+            }
+            sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Submits and turns a non-success status into [`Error::Nvme`].
+    pub fn admin(&mut self, what: &str, sqe: Sqe) -> Result<Cqe> {
+        let c = self.submit(sqe)?;
+        if c.status.is_success() {
+            Ok(c)
+        } else {
+            Err(Error::Nvme {
+                what: format!("{}: {what}", self.dev.bdf()),
+                status: c.status,
+            })
+        }
+    }
+
+    /// Identify with `cns` (and CNTID) into the data page.
+    pub fn identify(&mut self, cns: u8, cntid: u16) -> Result<Box<[u8; 4096]>> {
+        self.dma.fill(DATA_OFF, PAGE, 0);
+        let prp = self.iova + DATA_OFF as u64;
+        self.admin(
+            &format!("Identify CNS {cns:#04x}"),
+            Sqe::identify(cns, cntid, prp),
+        )?;
+        let mut d = Box::new([0u8; 4096]);
+        self.dma.read(DATA_OFF, &mut d[..]);
+        Ok(d)
+    }
+
+    pub fn identify_controller(&mut self) -> Result<ControllerId> {
+        Ok(ControllerId::parse(&*self.identify(CNS_CONTROLLER, 0)?))
+    }
+
+    /// Disables the controller, removes the DMA mapping and hands the device back.
+    pub fn close(mut self, vfio: &Vfio) -> Result<Device> {
+        let disabled = self.disable();
+        let unmapped = vfio.container.unmap_dma(self.iova, self.dma.len() as u64);
+        disabled?;
+        unmapped?;
+        Ok(self.dev)
+    }
+}
+
+/// Time taken by each step of a bring-up, for the report.
+#[derive(Debug, Default, Clone)]
+pub struct Timings(pub Vec<(&'static str, Duration)>);
+
+impl Timings {
+    fn add(&mut self, what: &'static str, since: Instant) {
+        self.0.push((what, since.elapsed()));
+    }
+}
+
+impl std::fmt::Display for Timings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (w, d)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{w}={}ms", d.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
+/// Resources given to each secondary controller: admin + one I/O queue, one vector.
+pub const VF_QUEUES: u16 = 2;
+pub const VF_VECTORS: u16 = 1;
+
+/// The userspace PF driver: owns the PF's VFIO device (and thereby its VF
+/// token) for as long as it lives.
+pub struct PfDriver {
+    ctrl: Controller,
+    token: Token,
+    pub id: ControllerId,
+    pub caps: PrimaryCaps,
+    pub timings: Timings,
+}
+
+impl PfDriver {
+    /// Opens the PF with `vf_token=<token>` (which sets the token while no VF
+    /// is open), sets it again through `VFIO_DEVICE_FEATURE`, starts the
+    /// controller and reads Identify Controller and CNS 0x14.
+    pub fn open(vfio: &mut Vfio, bdf: &str, token: Token) -> Result<PfDriver> {
+        let mut timings = Timings::default();
+        let t = Instant::now();
+        let dev = vfio.open_device(bdf, NameToken::Token(&token))?;
+        dev.probe_vf_token()?;
+        dev.set_vf_token(&token)?;
+        timings.add("open", t);
+        let t = Instant::now();
+        let mut ctrl = Controller::new(vfio, dev, PF_IOVA)?;
+        ctrl.enable()?;
+        timings.add("enable", t);
+        let t = Instant::now();
+        let id = ctrl.identify_controller()?;
+        if !id.has_virt_mgmt() {
+            return Err(Error::Other(format!(
+                "{bdf}: the controller does not support Virtualization Management (OACS={:#x})",
+                id.oacs
+            )));
+        }
+        let caps = PrimaryCaps::parse(&*ctrl.identify(CNS_PRIMARY_CAPS, 0)?);
+        timings.add("identify", t);
+        Ok(PfDriver {
+            ctrl,
+            token,
+            id,
+            caps,
+            timings,
+        })
+    }
+
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    pub fn bdf(&self) -> &str {
+        self.ctrl.device().bdf()
+    }
+
+    pub fn controller(&mut self) -> &mut Controller {
+        &mut self.ctrl
+    }
+
+    fn virt(&mut self, act: VirtAction, rt: Resource, cntlid: u16, nr: u16) -> Result<Cqe> {
+        self.ctrl.admin(
+            &format!("Virtualization Management {act:?} {rt:?} cntlid={cntlid} nr={nr}"),
+            Sqe::virt_mgmt(act, rt, cntlid, nr),
+        )
+    }
+
+    /// Gives up the primary's flexible queues and vectors if it holds any.
+    /// The allocation only takes effect at a function reset, which also
+    /// disables VFs, so this must run before [`Self::enable_vfs`]. Returns
+    /// whether anything had to be released.
+    pub fn release_primary_flexible(&mut self) -> Result<bool> {
+        if !self.caps.primary_holds_flexible() {
+            return Ok(false);
+        }
+        let t = Instant::now();
+        let me = self.caps.cntlid;
+        self.virt(VirtAction::PrimaryFlexibleAllocation, Resource::Vq, me, 0)?;
+        self.virt(VirtAction::PrimaryFlexibleAllocation, Resource::Vi, me, 0)?;
+        self.ctrl.device().reset()?;
+        self.ctrl.device().enable_bus_master()?;
+        self.ctrl.enable()?;
+        self.caps = PrimaryCaps::parse(&*self.ctrl.identify(CNS_PRIMARY_CAPS, 0)?);
+        if self.caps.primary_holds_flexible() {
+            return Err(Error::Other(format!(
+                "{}: primary still holds flexible resources after the reset (VQRFAP={} VIRFAP={})",
+                self.bdf(),
+                self.caps.vqrfap,
+                self.caps.virfap
+            )));
+        }
+        self.timings.add("release-flexible", t);
+        Ok(true)
+    }
+
+    /// Identify CNS 0x15: the secondary controllers.
+    pub fn secondaries(&mut self) -> Result<Vec<Secondary>> {
+        Ok(Secondary::parse_list(
+            &*self.ctrl.identify(CNS_SECONDARY_LIST, 0)?,
+        ))
+    }
+
+    /// Enables `n` VFs through sysfs (journaled). vfio-pci captures them
+    /// (driver_override) and binds them; they start offline.
+    pub fn enable_vfs(&mut self, host: &mut Host, n: u32) -> Result<Vec<String>> {
+        let t = Instant::now();
+        let bdf = self.bdf().to_owned();
+        host.set_numvfs(&bdf, n)?;
+        let vfs = host.sys().virtfns(&bdf);
+        if vfs.len() != n as usize {
+            return Err(Error::Other(format!(
+                "{bdf}: wrote sriov_numvfs={n} but {} VFs appeared",
+                vfs.len()
+            )));
+        }
+        self.timings.add("enable-vfs", t);
+        Ok(vfs)
+    }
+
+    /// Assigns `nvq` queues and `nvi` vectors to secondary `scid` and sets
+    /// it online. An online secondary is taken offline first (assignment
+    /// requires offline), so the call is repeatable.
+    pub fn online(&mut self, scid: u16, nvq: u16, nvi: u16) -> Result<()> {
+        let now = self.secondaries()?;
+        let Some(s) = now.iter().find(|s| s.scid == scid) else {
+            return Err(Error::Other(format!(
+                "{}: no secondary controller {scid} (have {:?})",
+                self.bdf(),
+                now.iter().map(|s| s.scid).collect::<Vec<_>>()
+            )));
+        };
+        if s.online {
+            self.virt(VirtAction::SecondaryOffline, Resource::Vq, scid, 0)?;
+        }
+        self.virt(VirtAction::SecondaryAssign, Resource::Vi, scid, nvi)?;
+        self.virt(VirtAction::SecondaryAssign, Resource::Vq, scid, nvq)?;
+        self.virt(VirtAction::SecondaryOnline, Resource::Vq, scid, 0)?;
+        Ok(())
+    }
+
+    pub fn offline(&mut self, scid: u16) -> Result<()> {
+        self.virt(VirtAction::SecondaryOffline, Resource::Vq, scid, 0)
+            .map(|_| ())
+    }
+
+    /// The whole VF bring-up: release the primary's flexible resources,
+    /// enable `n` VFs, online the secondary of each (VF n ↔ VFN n), and
+    /// confirm with CNS 0x15. Returns each VF's BDF with its secondary.
+    pub fn bring_up_vfs(&mut self, host: &mut Host, n: u32) -> Result<Vec<(String, Secondary)>> {
+        self.release_primary_flexible()?;
+        let vfs = self.enable_vfs(host, n)?;
+        let t = Instant::now();
+        let list = self.secondaries()?;
+        for vfn in 1..=n as u16 {
+            let s = list.iter().find(|s| s.vfn == vfn).ok_or_else(|| {
+                Error::Other(format!(
+                    "{}: no secondary controller for VF {vfn} in CNS 0x15",
+                    self.bdf()
+                ))
+            })?;
+            self.online(s.scid, VF_QUEUES, VF_VECTORS)?;
+        }
+        self.timings.add("online", t);
+        let list = self.secondaries()?;
+        let mut out = Vec::new();
+        for (i, vf) in vfs.into_iter().enumerate() {
+            let vfn = i as u16 + 1;
+            let s = *list.iter().find(|s| s.vfn == vfn).ok_or_else(|| {
+                Error::Other(format!("{}: VF {vfn} vanished from CNS 0x15", self.bdf()))
+            })?;
+            if !s.online || s.nvq != VF_QUEUES || s.nvi != VF_VECTORS {
+                return Err(Error::Other(format!(
+                    "{}: after Secondary Online, CNS 0x15 says {s}",
+                    self.bdf()
+                )));
+            }
+            out.push((vf, s));
+        }
+        Ok(out)
+    }
+
+    /// Takes every secondary offline, disables SR-IOV and closes the PF. The
+    /// VFs' devices and groups must be closed by then.
+    pub fn teardown(mut self, vfio: &mut Vfio, host: &mut Host) -> Result<()> {
+        let bdf = self.bdf().to_owned();
+        for vf in host.sys().virtfns(&bdf) {
+            vfio.close_group_of(&vf);
+        }
+        let mut first_err = None;
+        for s in self.secondaries()? {
+            if s.online || s.nvq != 0 || s.nvi != 0 {
+                if let Err(e) = self.offline(s.scid) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = host.set_numvfs(&bdf, 0) {
+            first_err.get_or_insert(e);
+        }
+        if let Err(e) = self.ctrl.close(vfio) {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
