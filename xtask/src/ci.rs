@@ -34,7 +34,7 @@ pub fn run(layout: &Layout) -> Result<i32> {
     step("unit and integration tests");
     cmd!(sh, "cargo test --workspace").run()?;
     step("every manifest");
-    ukci_runner::supervise::install_interrupt_handler();
+    ukci_runner::supervise::install_interrupt_handler().map_err(anyhow::Error::msg)?;
     let manifests = session::load_manifests(&session::all_manifests(&layout.manifests()))
         .map_err(|d| anyhow::anyhow!("{d}"))?;
     let opts = TestOptions {

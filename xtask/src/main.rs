@@ -2,6 +2,7 @@
 //! runner library; this file parses arguments and dispatches.
 
 mod bench;
+mod bench_nvme;
 mod bench_vhost;
 mod ci;
 mod guest;
@@ -179,7 +180,10 @@ fn run(cli: Cli) -> i32 {
                 eprintln!("error: {e:#}");
                 return exitcode::HOST;
             }
-            ukci_runner::supervise::install_interrupt_handler();
+            if let Err(e) = ukci_runner::supervise::install_interrupt_handler() {
+                eprintln!("error: {e}");
+                return exitcode::HOST;
+            }
             let mut layout = layout;
             if let Some(r) = reports {
                 layout.reports = Some(r);

@@ -32,6 +32,10 @@ fn lacks() -> Vec<Lack> {
             what: format!("QEMU {ver} is too old: vfio-pci has no vf-token before the QEMU 10 of bookworm-backports"),
             fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
         }),
+        Some(ver) if !qemu_has_vf_token() => v.push(Lack {
+            what: format!("QEMU {ver} has no vf-token property on vfio-pci (checked with -device vfio-pci,help)"),
+            fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
+        }),
         Some(_) => {}
     }
     if !rust_target_installed() {
@@ -49,6 +53,10 @@ fn lacks() -> Vec<Lack> {
         });
     }
     v
+}
+
+fn qemu_has_vf_token() -> bool {
+    host::qemu_query(&["-device", "vfio-pci,help"]).is_some_and(|o| o.contains("vf-token"))
 }
 
 fn rust_target_installed() -> bool {

@@ -222,3 +222,75 @@ fn the_ci_workflow_runs_the_generated_matrix() {
         "{json}"
     );
 }
+
+/// Children of `pid` that are QEMU running the hang guest.
+fn qemu_children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let Some((head, rest)) = stat.rsplit_once(") ") else {
+                return false;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            head.contains("qemu-system")
+                && f.first() != Some(&"Z")
+                && f.get(1) == Some(&pid.to_string().as_str())
+                && String::from_utf8_lossy(&cmdline).contains("selftest.hang")
+        })
+        .collect()
+}
+
+#[test]
+fn ctrl_c_kills_every_vm_and_exits_130() {
+    let reports = std::env::temp_dir().join(format!("ukci-it-int-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root())
+        .args([
+            "test",
+            "tests/manifests/selftest.toml",
+            "--filter",
+            "hang",
+            "--reports",
+        ])
+        .arg(&reports)
+        .env("CI", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut vms = Vec::new();
+    while vms.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        vms = qemu_children(pid);
+    }
+    assert!(!vms.is_empty(), "no VM was started");
+    // SAFETY: kill only sends SIGINT to the child this test spawned.
+    unsafe { libc_kill(pid as i32, 2) };
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&reports);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.code(),
+        Some(exitcode::INTERRUPTED),
+        "signal {:?}",
+        status.signal()
+    );
+    for vm in vms {
+        let stat = std::fs::read_to_string(format!("/proc/{vm}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map_or("", |(_, r)| &r[..1]);
+        assert!(
+            stat.is_empty() || state == "Z",
+            "QEMU {vm} survived Ctrl-C: {stat}"
+        );
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

@@ -34,11 +34,18 @@ pub fn detect() -> HostFacts {
 }
 
 pub fn qemu_version() -> Option<Version> {
-    let out = std::process::Command::new(qemu::QEMU)
-        .arg("--version")
-        .output()
-        .ok()?;
-    parse_qemu_version(&String::from_utf8_lossy(&out.stdout))
+    parse_qemu_version(&qemu_query(&["--version"])?)
+}
+
+/// Runs QEMU for a query (`--version`, `-device X,help`) under the same
+/// supervision as every other QEMU; its stdout, if it ran.
+pub fn qemu_query(args: &[&str]) -> Option<String> {
+    let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    let fin = supervise::run(qemu::QEMU.as_ref(), &args, Duration::from_secs(10), |_| {});
+    match fin.end {
+        End::Exited(0) => Some(fin.stdout),
+        _ => None,
+    }
 }
 
 /// `QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-...)` → 10.0.2.

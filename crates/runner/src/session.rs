@@ -195,6 +195,10 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
         }
     });
     term.finish();
+    if crate::supervise::interrupted() {
+        eprintln!("interrupted: no report was written");
+        return exitcode::INTERRUPTED;
+    }
     if opts.strict {
         for (t, run) in plan.iter().zip(runs.iter_mut()) {
             mark_strict(t, run.as_mut());

@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,14 @@ pub struct Finished {
 /// Process groups alive right now, for the interrupt handler.
 static LIVE: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
+/// Set by Ctrl-C or SIGTERM: no new process is started, running ones are
+/// killed, and the run ends with the interrupted status.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 fn kill_group(pgid: i32) {
     // SAFETY: killpg only sends a signal; a stale group id at worst hits
     // nothing (ESRCH), and ids come from children this process spawned.
@@ -53,13 +62,18 @@ pub fn kill_all() {
     }
 }
 
-/// Installs the Ctrl-C / SIGTERM handler: kill every VM, then exit 130.
-pub fn install_interrupt_handler() {
-    let _ = ctrlc::set_handler(|| {
+/// Installs the Ctrl-C / SIGTERM handler: every VM is killed at once and
+/// no new one starts; the run then ends and reports itself interrupted.
+pub fn install_interrupt_handler() -> Result<(), String> {
+    ctrlc::set_handler(|| {
+        let again = INTERRUPTED.swap(true, Ordering::SeqCst);
         kill_all();
         eprintln!("\ninterrupted: every VM was killed");
-        std::process::exit(130);
-    });
+        if again {
+            std::process::exit(130);
+        }
+    })
+    .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))
 }
 
 /// Owns a running child: dropping it kills the group and reaps the child.
@@ -118,6 +132,14 @@ pub fn run(
         });
     }
     let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if interrupted() {
+        return Finished {
+            end: End::SpawnFailed("not started: the run was interrupted".into()),
+            stdout: String::new(),
+            stderr: String::new(),
+            elapsed: start.elapsed(),
+        };
+    }
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
