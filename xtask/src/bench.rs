@@ -203,6 +203,7 @@ pub fn run(layout: &Layout, runs: usize) -> Result<i32> {
             );
         }
     }
+    crate::bench_nvme::run(layout, runs)?;
     crate::bench_vhost::run(layout, 3)?;
     Ok(exitcode::OK)
 }
