@@ -275,12 +275,17 @@ pub fn judge(expect: &Expect, got: Result<(), &OsError>) -> (bool, String) {
         Ok(()) => (expect.errno.is_none(), format!("expected={want} result=ok")),
         Err(e) => {
             let errno_ok = expect.errno == Some(e.errno);
-            let kmsg_ok = match (expect.kmsg, &e.kmsg) {
+            // The line naming the cause, else the first one about the device.
+            let shown = expect
+                .kmsg
+                .and_then(|w| e.kmsg.iter().find(|l| l.contains(w)))
+                .or(e.kmsg.first());
+            let kmsg_ok = match (expect.kmsg, shown) {
                 (Some(want), Some(seen)) => seen.contains(want),
                 _ => true,
             };
             let mut d = format!("expected={want} errno={}", e.errno);
-            match &e.kmsg {
+            match shown {
                 Some(k) => write!(d, " dmesg=\"{k}\"").unwrap(),
                 None if expect.kmsg.is_some() => d.push_str(" dmesg=none(rate-limited?)"),
                 None => {}
@@ -785,7 +790,7 @@ fn os_only(e: Error) -> OsError {
             op: "open".into(),
             target: String::new(),
             errno: Errno(0),
-            kmsg: Some(other.to_string()),
+            kmsg: vec![other.to_string()],
         },
     }
 }
@@ -889,7 +894,7 @@ mod tests {
             op: "VFIO_GROUP_GET_DEVICE_FD".into(),
             target: "0000:01:00.1".into(),
             errno,
-            kmsg: kmsg.map(Into::into),
+            kmsg: kmsg.map(Into::into).into_iter().collect(),
         }
     }
 

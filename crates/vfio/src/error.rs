@@ -15,15 +15,16 @@ pub struct OsError {
     /// What it was applied to (BDF, path, device name with the token redacted).
     pub target: String,
     pub errno: Errno,
-    /// The kernel log line about this device, when there was one.
-    pub kmsg: Option<String>,
+    /// The kernel log lines about this device during the call, oldest first
+    /// (the cause comes first; "probe ... failed" lines only echo the errno).
+    pub kmsg: Vec<String>,
 }
 
 impl fmt::Display for OsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}: {}", self.op, self.target, self.errno)?;
-        if let Some(k) = &self.kmsg {
-            write!(f, " (kernel: \"{k}\")")?;
+        if !self.kmsg.is_empty() {
+            write!(f, " (kernel: \"{}\")", self.kmsg.join("\" | \""))?;
         }
         Ok(())
     }
@@ -62,10 +63,11 @@ impl Error {
         }
     }
 
-    pub fn kmsg(&self) -> Option<&str> {
+    /// The kernel's messages about the device, if this is a failed call.
+    pub fn kmsg(&self) -> &[String] {
         match self {
-            Error::Os(e) => e.kmsg.as_deref(),
-            _ => None,
+            Error::Os(e) => &e.kmsg,
+            _ => &[],
         }
     }
 }

@@ -453,10 +453,10 @@ impl PfDriver {
         }
         let mut first_err = None;
         for s in self.secondaries()? {
-            if s.online || s.nvq != 0 || s.nvi != 0 {
-                if let Err(e) = self.offline(s.scid) {
-                    first_err.get_or_insert(e);
-                }
+            if (s.online || s.nvq != 0 || s.nvi != 0)
+                && let Err(e) = self.offline(s.scid)
+            {
+                first_err.get_or_insert(e);
             }
         }
         if let Err(e) = host.set_numvfs(&bdf, 0) {

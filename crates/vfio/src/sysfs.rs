@@ -187,7 +187,7 @@ impl Sysfs {
             op: format!("write {:?} to", value.trim_end()),
             target: path.display().to_string(),
             errno: Errno::of(&e),
-            kmsg: watch.lines_for(w.bdf().unwrap_or("")).pop(),
+            kmsg: watch.lines_for(w.bdf().unwrap_or("")),
         })
     }
 }

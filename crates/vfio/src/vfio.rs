@@ -136,7 +136,7 @@ fn os(op: &str, target: &str, errno: Errno) -> OsError {
         op: op.to_owned(),
         target: target.to_owned(),
         errno,
-        kmsg: None,
+        kmsg: Vec::new(),
     }
 }
 
@@ -285,7 +285,7 @@ impl Group {
                 op: "VFIO_GROUP_GET_DEVICE_FD".into(),
                 target: format!("\"{}\"", token.shown(bdf)),
                 errno,
-                kmsg: watch.lines_for(bdf).pop(),
+                kmsg: watch.lines_for(bdf),
             }),
         }
     }
@@ -607,11 +607,11 @@ impl Vfio {
 
     /// Closes the group of `bdf` (before its VF disappears, for example).
     pub fn close_group_of(&mut self, bdf: &str) {
-        if let Ok(id) = self.sys.iommu_group(bdf) {
-            if let Some(g) = self.groups.remove(&id) {
-                // Detach explicitly so the container keeps its other groups' IOMMU.
-                let _ = ioctl_val(g.raw(), req::GROUP_UNSET_CONTAINER, 0);
-            }
+        if let Ok(id) = self.sys.iommu_group(bdf)
+            && let Some(g) = self.groups.remove(&id)
+        {
+            // Detach explicitly; the container keeps the other groups' mappings.
+            let _ = ioctl_val(g.raw(), req::GROUP_UNSET_CONTAINER, 0);
         }
     }
 }
