@@ -10,6 +10,8 @@ pub struct Fault {
     pub vector: u8,
     /// 0 for vectors that push no error code.
     pub error_code: u64,
+    /// The faulting linear address (CR2) for #PF; 0 otherwise.
+    pub cr2: u64,
 }
 
 impl Fault {
@@ -21,6 +23,16 @@ impl Fault {
         Fault {
             vector: Self::GP_VECTOR,
             error_code,
+            cr2: 0,
+        }
+    }
+
+    /// `#PF(error_code)` at `cr2`.
+    pub const fn pf(error_code: u64, cr2: u64) -> Fault {
+        Fault {
+            vector: 14,
+            error_code,
+            cr2,
         }
     }
 
@@ -29,6 +41,7 @@ impl Fault {
         Fault {
             vector: Self::UD_VECTOR,
             error_code: 0,
+            cr2: 0,
         }
     }
 

@@ -12,6 +12,10 @@
 //!   (`cr-pin.v3.high: cr0: clear-wp: fault`) and the values in the detail
 //!   (`vector=13 error=0x0 cr0.before=...`).
 //!   [`run`] dispatches on a check name.
+//! * [`Mmu`] extends [`Cpu`] with a test page, supervisor accesses and CPL-3
+//!   instructions for the checks of the protections themselves
+//!   (`cr.arch.cr0-wp`, `smep`, `smap`, `umip`); [`run_mmu`] dispatches
+//!   every check, these included.
 //!
 //! A check that pins needs a fresh VM: pins cannot be undone by the guest.
 #![no_std]
@@ -21,6 +25,7 @@ mod cpu;
 mod detect;
 mod heki;
 mod pin;
+pub mod prot;
 pub mod regs;
 mod steps;
 
@@ -31,6 +36,7 @@ pub use cpu::{Cpu, CpuidBit, Fault, Probe};
 pub use detect::{Abi, Absent, Detection, check_detect, detect};
 pub use heki::check_heki;
 pub use pin::{check_v1, check_v3_high, check_v3_low};
+pub use prot::{Mmu, PfRule, Prot, UmipInsn, check_cr0_wp, check_smap, check_smep, check_umip};
 
 use core::fmt::Write;
 use ukci_protocol::Reporter;
@@ -44,6 +50,10 @@ pub const CR0_RESERVED: &str = "cr.arch.cr0-reserved";
 pub const CR4_RESERVED: &str = "cr.arch.cr4-reserved";
 pub const CR4_FEATURES: &str = "cr.arch.cr4-features";
 pub const CR0_COMBINATIONS: &str = "cr.arch.cr0-combinations";
+pub const CR0_WP: &str = "cr.arch.cr0-wp";
+pub const SMEP: &str = "cr.arch.smep";
+pub const SMAP: &str = "cr.arch.smap";
+pub const UMIP: &str = "cr.arch.umip";
 
 /// The checks this crate implements, by catalogue name.
 pub const CHECKS: [&str; 9] = [
@@ -58,6 +68,9 @@ pub const CHECKS: [&str; 9] = [
     CR0_COMBINATIONS,
 ];
 
+/// The checks that need [`Mmu`], by catalogue name.
+pub const MMU_CHECKS: [&str; 4] = [CR0_WP, SMEP, SMAP, UMIP];
+
 /// Runs the check called `name`; `false` if this crate has no such check.
 pub fn run<C: Cpu + ?Sized, W: Write>(name: &str, cpu: &mut C, r: &mut Reporter<W>) -> bool {
     match name {
@@ -71,6 +84,19 @@ pub fn run<C: Cpu + ?Sized, W: Write>(name: &str, cpu: &mut C, r: &mut Reporter<
         CR4_FEATURES => check_cr4_features(cpu, r),
         CR0_COMBINATIONS => check_cr0_combinations(cpu, r),
         _ => return false,
+    }
+    true
+}
+
+/// Runs the check called `name`, from [`CHECKS`] or [`MMU_CHECKS`]; `false`
+/// if this crate has no such check.
+pub fn run_mmu<C: Mmu + ?Sized, W: Write>(name: &str, cpu: &mut C, r: &mut Reporter<W>) -> bool {
+    match name {
+        CR0_WP => check_cr0_wp(cpu, r),
+        SMEP => check_smep(cpu, r),
+        SMAP => check_smap(cpu, r),
+        UMIP => check_umip(cpu, r),
+        _ => return run(name, cpu, r),
     }
     true
 }

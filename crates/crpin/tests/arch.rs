@@ -313,18 +313,12 @@ fn faults_and_cpuid_bits_print_as_the_sdm_writes_them() {
     use ukci_crpin::regs::feature;
     assert_eq!(Fault::gp(0).to_string(), "#GP(0)");
     assert_eq!(Fault::ud().to_string(), "#UD");
-    assert_eq!(
-        Fault {
-            vector: 14,
-            error_code: 2
-        }
-        .to_string(),
-        "#PF(0x2)"
-    );
+    assert_eq!(Fault::pf(2, 0x1000).to_string(), "#PF(0x2)");
     assert_eq!(
         Fault {
             vector: 32,
-            error_code: 0
+            error_code: 0,
+            cr2: 0,
         }
         .to_string(),
         "vector 32"
