@@ -60,6 +60,13 @@ pub fn write_info(text: fmt::Arguments<'_>) {
     with(|r| r.info(text));
 }
 
+/// Lends the reporter to code that writes through a `Reporter` of its own
+/// (the shared check crates), for as long as `f` runs. `f` must not call the
+/// other functions here (they would find the reporter busy and panic).
+pub fn lend<R>(f: impl FnOnce(&mut Reporter<Serial>) -> R) -> R {
+    with(f)
+}
+
 pub fn tally() -> Tally {
     with(|r| r.tally())
 }

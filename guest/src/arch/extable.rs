@@ -14,7 +14,7 @@
 use super::fault::Fault;
 use super::idt::{TrapFrame, vector};
 use super::regs;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 #[repr(C)]
 struct Entry {
@@ -50,58 +50,84 @@ fn fixup_for(rip: u64) -> Option<u64> {
         .map(|e| e.fixup)
 }
 
-/// The last recovered fault. One CPU and no interrupts: a single slot is
-/// enough, as only one guarded instruction runs at a time.
+/// The recovered faults of the guarded region in flight: the first one, and
+/// the one after it (a sequence with two guarded instructions, such as
+/// [`super::fault::probe_cr4`], can take two). One CPU and no interrupts:
+/// only one guarded region runs at a time.
 struct Record {
-    hit: AtomicBool,
     vector: AtomicU8,
     error_code: AtomicU64,
     cr2: AtomicU64,
     rip: AtomicU64,
 }
 
-static RECORD: Record = Record {
-    hit: AtomicBool::new(false),
-    vector: AtomicU8::new(0),
-    error_code: AtomicU64::new(0),
-    cr2: AtomicU64::new(0),
-    rip: AtomicU64::new(0),
-};
+impl Record {
+    const fn new() -> Self {
+        Record {
+            vector: AtomicU8::new(0),
+            error_code: AtomicU64::new(0),
+            cr2: AtomicU64::new(0),
+            rip: AtomicU64::new(0),
+        }
+    }
+
+    fn load(&self) -> Fault {
+        Fault {
+            vector: self.vector.load(Ordering::Relaxed),
+            error_code: self.error_code.load(Ordering::Relaxed),
+            cr2: self.cr2.load(Ordering::Relaxed),
+            rip: self.rip.load(Ordering::Relaxed),
+        }
+    }
+}
+
+static RECORDS: [Record; 2] = [Record::new(), Record::new()];
+/// How many faults the region in flight took (0, 1, 2 = two or more).
+static HITS: AtomicU8 = AtomicU8::new(0);
 
 /// An address `fault::try_call` jumps to: a fault with RIP there (e.g. an
 /// instruction fetch #PF) returns to the caller instead of aborting.
 pub(super) static CALL_TARGET: AtomicU64 = AtomicU64::new(0);
 
+/// Records a fault: into the first slot, or the second if the first is
+/// taken (a third overwrites the second).
 pub(super) fn record(frame: &TrapFrame) {
+    let hits = HITS.load(Ordering::Acquire);
+    let slot = &RECORDS[usize::from(hits.min(1))];
     let v = frame.vector();
-    RECORD.vector.store(v, Ordering::Relaxed);
-    RECORD.error_code.store(frame.error_code, Ordering::Relaxed);
-    RECORD.cr2.store(
+    slot.vector.store(v, Ordering::Relaxed);
+    slot.error_code.store(frame.error_code, Ordering::Relaxed);
+    slot.cr2.store(
         if v == vector::PF { regs::cr2() } else { 0 },
         Ordering::Relaxed,
     );
-    RECORD.rip.store(frame.rip, Ordering::Relaxed);
-    RECORD.hit.store(true, Ordering::Release);
+    slot.rip.store(frame.rip, Ordering::Relaxed);
+    HITS.store(hits.saturating_add(1).min(2), Ordering::Release);
 }
 
 /// Starts a guarded region: forgets any earlier fault.
 #[doc(hidden)]
 pub fn begin() {
-    RECORD.hit.store(false, Ordering::Release);
+    HITS.store(0, Ordering::Release);
 }
 
-/// Ends a guarded region: the fault it took, if any.
+/// Ends a guarded region: the (first) fault it took, if any.
 #[doc(hidden)]
 pub fn end() -> Result<(), Fault> {
-    if !RECORD.hit.swap(false, Ordering::Acquire) {
-        return Ok(());
+    match end_two() {
+        [None, _] => Ok(()),
+        [Some(f), _] => Err(f),
     }
-    Err(Fault {
-        vector: RECORD.vector.load(Ordering::Relaxed),
-        error_code: RECORD.error_code.load(Ordering::Relaxed),
-        cr2: RECORD.cr2.load(Ordering::Relaxed),
-        rip: RECORD.rip.load(Ordering::Relaxed),
-    })
+}
+
+/// Ends a guarded region: its first and second fault, in order.
+#[doc(hidden)]
+pub fn end_two() -> [Option<Fault>; 2] {
+    let hits = HITS.swap(0, Ordering::AcqRel);
+    [
+        (hits >= 1).then(|| RECORDS[0].load()),
+        (hits >= 2).then(|| RECORDS[1].load()),
+    ]
 }
 
 /// The dispatcher's hook for ring-0 exceptions. Returns false if the fault

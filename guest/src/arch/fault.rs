@@ -207,3 +207,107 @@ pub unsafe fn try_hypercall(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> Resu
         }
     }
 }
+
+/// What [`probe_cr0`] / [`probe_cr4`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrProbe {
+    pub before: u64,
+    pub written: u64,
+    /// The write's fault, if it raised one.
+    pub fault: Option<Fault>,
+    /// The register right after the write, before any restore.
+    pub after: u64,
+    /// `None` when the register kept its value; otherwise the result of
+    /// writing `before` back.
+    pub restore: Option<Result<(), Fault>>,
+}
+
+/// One guarded sequence for a MOV to CR that should be refused: read the old
+/// value, write the new one, read back, and if the register changed write the
+/// old value back, all before any other code runs (a fault's handler aside).
+/// So a write a broken hypervisor wrongly accepts (CR0.PE cleared in long
+/// mode, a reserved bit) is undone at the next instruction.
+macro_rules! probe_cr {
+    ($cr:literal, $value:expr) => {{
+        let value: u64 = $value;
+        let (before, after, write_faulted, restored, restore_faulted): (u64, u64, u64, u64, u64);
+        extable::begin();
+        // SAFETY (for the caller): both guarded instructions resume at their
+        // own fixup with every register intact; the fixup labels only record
+        // which of them faulted.
+        asm!(
+            "xor {wf:e}, {wf:e}",
+            "xor {rs:e}, {rs:e}",
+            "xor {rf:e}, {rf:e}",
+            concat!("mov {before}, ", $cr),
+            concat!("7770: mov ", $cr, ", {value}"),
+            "jmp 2f",
+            "7771: mov {wf:e}, 1",
+            "2:",
+            concat!("mov {after}, ", $cr),
+            "cmp {after}, {before}",
+            "je 4f",
+            "mov {rs:e}, 1",
+            concat!("7772: mov ", $cr, ", {before}"),
+            "jmp 4f",
+            "7773: mov {rf:e}, 1",
+            "4:",
+            ".pushsection ukci_extable, \"a\"",
+            ".balign 8",
+            ".quad 7770b, 7771b, 7771b",
+            ".quad 7772b, 7773b, 7773b",
+            ".popsection",
+            value = in(reg) value,
+            before = out(reg) before,
+            after = out(reg) after,
+            wf = out(reg) write_faulted,
+            rs = out(reg) restored,
+            rf = out(reg) restore_faulted,
+            options(nostack),
+        );
+        let mut faults = extable::end_two().into_iter().flatten();
+        let fault = (write_faulted != 0).then(|| faults.next().unwrap_or(UNKNOWN_FAULT));
+        let restore = (restored != 0).then(|| {
+            if restore_faulted != 0 {
+                Err(faults.next().unwrap_or(UNKNOWN_FAULT))
+            } else {
+                Ok(())
+            }
+        });
+        CrProbe {
+            before,
+            written: value,
+            fault,
+            after,
+            restore,
+        }
+    }};
+}
+
+/// Stands in for a fault whose record was lost (cannot happen: two slots).
+const UNKNOWN_FAULT: Fault = Fault {
+    vector: 0xff,
+    error_code: 0,
+    cr2: 0,
+    rip: 0,
+};
+
+/// Probes a MOV to CR0 with `value`; see [`CrProbe`].
+///
+/// # Safety
+/// If the write is accepted it is in effect for the two instructions until
+/// the restore: `value` must keep the next instructions running (see
+/// `ukci_crpin`'s module docs for which values are never attempted).
+pub unsafe fn probe_cr0(value: u64) -> CrProbe {
+    // SAFETY: the caller vouches for the value; see probe_cr!.
+    unsafe { probe_cr!("cr0", value) }
+}
+
+/// Probes a MOV to CR4 with `value`; see [`CrProbe`].
+///
+/// # Safety
+/// As for [`probe_cr0`].
+pub unsafe fn probe_cr4(value: u64) -> CrProbe {
+    // SAFETY: the caller vouches for the value; see probe_cr!.
+    unsafe { probe_cr!("cr4", value) }
+}

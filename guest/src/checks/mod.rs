@@ -8,6 +8,7 @@
 //! reports results by their own short names through `ukci_guest::report`.
 
 mod boot;
+mod cr;
 mod fault;
 mod nvme;
 mod selftest;
@@ -39,6 +40,19 @@ const REGISTRY: &[(&str, CheckFn)] = &[
     ("selftest.triple-fault", selftest::triple_fault),
     ("selftest.panic", selftest::panic),
     ("selftest.no-exit", selftest::no_exit),
+    (ukci_crpin::DETECT, cr::pin_detect),
+    (ukci_crpin::V3_HIGH, cr::pin_v3_high),
+    (ukci_crpin::V3_LOW, cr::pin_v3_low),
+    (ukci_crpin::V1, cr::pin_v1),
+    (ukci_crpin::HEKI, cr::pin_heki),
+    (ukci_crpin::CR0_RESERVED, cr::cr0_reserved),
+    (ukci_crpin::CR4_RESERVED, cr::cr4_reserved),
+    (ukci_crpin::CR4_FEATURES, cr::cr4_features),
+    (ukci_crpin::CR0_COMBINATIONS, cr::cr0_combinations),
+    (ukci_crpin::CR0_WP, cr::cr0_wp),
+    (ukci_crpin::SMEP, cr::smep),
+    (ukci_crpin::SMAP, cr::smap),
+    (ukci_crpin::UMIP, cr::umip),
 ];
 
 /// Runs every check named by `checks=`, in order, and returns the verdict
