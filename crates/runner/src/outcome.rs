@@ -242,7 +242,10 @@ pub struct Expect<'a> {
 }
 
 /// Turns failures the manifest expects into xfail and the passes it did not
-/// expect into xpass. The first matching expectation wins.
+/// expect into xpass. A VM-level error (the result named after the test:
+/// a timeout, a reset) that an expectation names is an xfail too: some
+/// environments wedge a VM by design or by a known bug. The first matching
+/// expectation wins.
 pub fn apply_expectations(results: &mut [SubResult], expects: &[Expect<'_>]) {
     for r in results {
         let Some(e) = expects.iter().find(|e| glob(e.result, &r.name)) else {
@@ -254,7 +257,7 @@ pub fn apply_expectations(results: &mut [SubResult], expects: &[Expect<'_>]) {
             e.reason.to_string()
         };
         r.outcome = match &r.outcome {
-            Outcome::Fail(m) => Outcome::Xfail(format!("{reason} (saw: {m})")),
+            Outcome::Fail(m) | Outcome::Error(m) => Outcome::Xfail(format!("{reason} (saw: {m})")),
             Outcome::Pass => Outcome::Xpass(format!("expected to fail here: {reason}")),
             other => other.clone(),
         };
@@ -388,6 +391,29 @@ mod tests {
         );
         assert!(matches!(r[1].outcome, Outcome::Xpass(_)));
         assert_eq!(r[2].outcome, Outcome::Pass);
+    }
+
+    #[test]
+    fn an_expected_vm_error_is_an_xfail_and_others_stay_errors() {
+        let err = |name: &str| SubResult {
+            name: name.into(),
+            outcome: Outcome::Error("timed out after 1s".into()),
+            detail: None,
+        };
+        let mut r = vec![err("cr4-reserved"), err("cr4-features")];
+        apply_expectations(
+            &mut r,
+            &[Expect {
+                result: "cr4-reserved",
+                known_bug: true,
+                reason: "TCG wedges",
+            }],
+        );
+        assert_eq!(
+            r[0].outcome,
+            Outcome::Xfail("known failure: TCG wedges (saw: timed out after 1s)".into())
+        );
+        assert_eq!(r[1].outcome, Outcome::Error("timed out after 1s".into()));
     }
 
     #[test]
