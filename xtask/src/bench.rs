@@ -4,11 +4,17 @@
 use anyhow::Result;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use ukci_runner::exec::{self, Event, TestRun};
 use ukci_runner::host;
+use ukci_runner::lane::LaneContext;
+use ukci_runner::manifest::Accel;
 use ukci_runner::manifest::MachineType;
 use ukci_runner::plan;
+use ukci_runner::plan::PlanOptions;
 use ukci_runner::qemu::{self, Boot, VmConfig};
+use ukci_runner::session;
 use ukci_runner::session::Layout;
 use ukci_runner::supervise;
 use ukci_runner::units::ByteSize;
@@ -203,7 +209,56 @@ pub fn run(layout: &Layout, runs: usize) -> Result<i32> {
             );
         }
     }
+    cr_manifests(layout, runs);
     crate::bench_nvme::run(layout, runs)?;
     crate::bench_vhost::run(layout, 3)?;
     Ok(exitcode::OK)
+}
+
+/// The CR manifests as `cargo xtask test manifests/cr-arch.toml
+/// manifests/cr-pinning.toml --accel tcg --jobs 2` runs them (plan, then
+/// every VM through the executor with two workers), without the terminal
+/// and the report: the wall time from planning to the last verdict.
+fn cr_manifests(layout: &Layout, runs: usize) {
+    let paths = ["cr-arch.toml", "cr-pinning.toml"].map(|m| layout.manifests().join(m));
+    println!("\nCR manifests, --jobs 2 [tcg]");
+    let manifests = match session::load_manifests(&paths) {
+        Ok(m) => m,
+        Err(d) => {
+            eprint!("{d}");
+            return;
+        }
+    };
+    let opts = PlanOptions {
+        accel: Some(Accel::Tcg),
+        ..Default::default()
+    };
+    let lane = LaneContext {
+        images: layout.images(),
+        results: std::env::temp_dir().join("ukci-bench-cr"),
+        agent: std::env::current_exe().unwrap_or_else(|_| "xtask".into()),
+    };
+    let mut vms = 0;
+    let mut status = exitcode::OK;
+    let s = measure(runs, || {
+        let plan = session::make_plan(layout, &manifests, &opts);
+        let (tx, rx) = mpsc::channel();
+        let mut done: Vec<Option<TestRun>> = vec![None; plan.len()];
+        std::thread::scope(|s| {
+            s.spawn(|| exec::execute(&plan, 2, &lane, tx));
+            for e in rx {
+                if let Event::Finished { idx, run } = e {
+                    done[idx] = Some(*run);
+                }
+            }
+        });
+        vms = done.iter().flatten().filter(|r| r.end.is_some()).count();
+        status = session::exit_status(&done);
+        status == exitcode::OK
+    });
+    row(
+        &format!("both manifests, {vms} VMs, exit {status}"),
+        &s,
+        None,
+    );
 }
