@@ -23,10 +23,7 @@ pub fn build(layout: &Layout) -> Result<PathBuf> {
     let guest_dir = layout.root.join("guest");
     sh.change_dir(&guest_dir);
     let target_dir = guest_dir.join("target");
-    // Both builds leave their ELF at the same path (cargo keeps the two
-    // feature sets' artifacts apart, so neither rebuilds the other's).
-    let built = target_dir.join(TARGET).join("release").join("ukci-guest");
-    let cargo_build = |features: &[&str]| -> Result<Vec<u8>> {
+    let cargo_build = |target_dir: &Path, features: &[&str]| -> Result<Vec<u8>> {
         // The guest's .cargo/config.toml is found from the working directory;
         // RUSTFLAGS from the caller would replace its flags, so drop them.
         cmd!(
@@ -38,10 +35,14 @@ pub fn build(layout: &Layout) -> Result<PathBuf> {
         .quiet()
         .run()
         .context("building the guest failed")?;
+        let built = target_dir.join(TARGET).join("release").join("ukci-guest");
         std::fs::read(&built).with_context(|| format!("reading {}", built.display()))
     };
-    let pvh = cargo_build(&[])?;
-    let rom_elf = cargo_build(&["--features", "rom"])?;
+    let pvh = cargo_build(&target_dir, &[])?;
+    // Its own target directory: both builds put their ELF at the same path
+    // in it, and another build running at the same time (parallel tests)
+    // could swap the files between one build and its read.
+    let rom_elf = cargo_build(&target_dir.join("rom"), &["--features", "rom"])?;
     let rom = flatten_rom(&rom_elf).context("making the ROM image")?;
     std::fs::create_dir_all(layout.images())?;
     let dest = layout.guest_image();
