@@ -237,6 +237,7 @@ fn cr_manifests(layout: &Layout, runs: usize) {
         images: layout.images(),
         results: std::env::temp_dir().join("ukci-bench-cr"),
         agent: std::env::current_exe().unwrap_or_else(|_| "xtask".into()),
+        ..Default::default()
     };
     let mut vms = 0;
     let mut status = exitcode::OK;

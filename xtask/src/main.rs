@@ -104,6 +104,23 @@ enum Cmd {
         /// Manifests to use (default: every manifests/*.toml).
         paths: Vec<PathBuf>,
     },
+    /// Put back devices a crashed run left changed, as the restore journal
+    /// recorded them (every run does this first by itself).
+    Restore,
+    /// A VF run that stops at a point and waits to be killed; started by the
+    /// crash-recovery check, not by people.
+    #[command(hide = true)]
+    CrashPoint {
+        point: String,
+        #[arg(long)]
+        pf: String,
+        #[arg(long)]
+        journal: PathBuf,
+        #[arg(long)]
+        guest: PathBuf,
+        #[arg(long)]
+        scratch: PathBuf,
+    },
     /// Run inside a virtual host: the named tests of one manifest, reported
     /// as event lines. Started by `test`, not by people.
     #[command(hide = true)]
@@ -207,6 +224,25 @@ fn run(cli: Cli) -> i32 {
         Cmd::Ci => ci::run(&layout),
         Cmd::Bench { runs } => bench::run(&layout, runs),
         Cmd::Matrix { paths } => Ok(matrix(&layout, paths)),
+        Cmd::Restore => Ok(match session::restore(&layout) {
+            Ok(m) => {
+                println!("{m}");
+                exitcode::OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exitcode::HOST
+            }
+        }),
+        Cmd::CrashPoint {
+            point,
+            pf,
+            journal,
+            guest,
+            scratch,
+        } => Ok(ukci_runner::vf::crash_child(
+            &point, &pf, &journal, &guest, &scratch,
+        )),
         Cmd::Agent {
             manifest,
             results,

@@ -1,12 +1,14 @@
 //! Execution: runs the plan's VMs, `jobs` at a time, and emits events.
 //! Executors never format output; reporters consume the events.
 
-use crate::hostcheck;
+use crate::hostcheck::{self, HostContext};
 use crate::lane::{self, LaneContext};
 use crate::outcome::{self, Expect, Judged, Outcome, SubResult};
 use crate::plan::{Decision, PlannedTest};
 use crate::qemu;
+use crate::qemu::VmDevice;
 use crate::supervise::{self, End, Finished};
+use crate::vf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
@@ -44,12 +46,20 @@ pub enum Event {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Work {
     Local(usize),
+    /// Tests that use the host's PF: one after the other, never two at once.
+    Serial(Vec<usize>),
     Boot(Vec<usize>),
+}
+
+/// Whether a test uses the host's PF (host checks, a VF for its guest).
+fn uses_pf(t: &PlannedTest) -> bool {
+    t.host_checks || t.vm.devices.contains(&VmDevice::NvmeVf)
 }
 
 /// Groups the plan into work. Virtual boots come first: they take longest.
 pub fn work_items(plan: &[PlannedTest]) -> Vec<Work> {
     let mut boots: Vec<Vec<usize>> = Vec::new();
+    let mut serial = Vec::new();
     let mut local = Vec::new();
     for (i, t) in plan.iter().enumerate() {
         match (&t.boot, &t.decision) {
@@ -62,10 +72,17 @@ pub fn work_items(plan: &[PlannedTest]) -> Vec<Work> {
                     None => boots.push(vec![i]),
                 }
             }
+            (None, Decision::Run) if uses_pf(t) => serial.push(i),
             _ => local.push(Work::Local(i)),
         }
     }
-    boots.into_iter().map(Work::Boot).chain(local).collect()
+    let serial = (!serial.is_empty()).then_some(Work::Serial(serial));
+    boots
+        .into_iter()
+        .map(Work::Boot)
+        .chain(serial)
+        .chain(local)
+        .collect()
 }
 
 /// Runs every planned test and sends its events; returns when all are done.
@@ -82,19 +99,11 @@ pub fn execute(plan: &[PlannedTest], jobs: usize, lane: &LaneContext, events: Se
                     match work.get(w) {
                         None => break,
                         Some(Work::Boot(idxs)) => lane::run_boot(plan, idxs, lane, &events),
-                        Some(Work::Local(idx)) => {
-                            let idx = *idx;
-                            let _ = events.send(Event::Started { idx });
-                            let run = run_one(&plan[idx], |line| {
-                                let _ = events.send(Event::Output {
-                                    idx,
-                                    line: line.to_string(),
-                                });
-                            });
-                            let _ = events.send(Event::Finished {
-                                idx,
-                                run: Box::new(run),
-                            });
+                        Some(Work::Local(idx)) => run_local(plan, *idx, lane, &events),
+                        Some(Work::Serial(idxs)) => {
+                            for &idx in idxs {
+                                run_local(plan, idx, lane, &events);
+                            }
                         }
                     }
                 }
@@ -103,10 +112,29 @@ pub fn execute(plan: &[PlannedTest], jobs: usize, lane: &LaneContext, events: Se
     });
 }
 
+fn run_local(plan: &[PlannedTest], idx: usize, lane: &LaneContext, events: &Sender<Event>) {
+    let _ = events.send(Event::Started { idx });
+    let run = run_one(&plan[idx], &lane.host, |line| {
+        let _ = events.send(Event::Output {
+            idx,
+            line: line.to_string(),
+        });
+    });
+    let _ = events.send(Event::Finished {
+        idx,
+        run: Box::new(run),
+    });
+}
+
 /// Runs one test: creates its scratch images, boots the VM, judges the
 /// result, applies the expectations, removes the images.
-pub fn run_one(t: &PlannedTest, on_line: impl FnMut(&str)) -> TestRun {
-    if let Decision::Skip(why) = &t.decision {
+pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str)) -> TestRun {
+    let no_pf = (host.pf.is_none() && t.vm.devices.contains(&VmDevice::NvmeVf))
+        .then(|| format!("no SR-IOV PF to take a VF from: {}", host.pf_source));
+    if let Some(why) = no_pf.as_ref().or(match &t.decision {
+        Decision::Skip(why) => Some(why),
+        Decision::Run => None,
+    }) {
         return TestRun {
             judged: Judged {
                 results: t
@@ -143,7 +171,9 @@ pub fn run_one(t: &PlannedTest, on_line: impl FnMut(&str)) -> TestRun {
         };
     }
     let fin = if t.host_checks {
-        host_checks(t)
+        host_checks(t, host)
+    } else if t.vm.devices.contains(&VmDevice::NvmeVf) {
+        vf::run_guest_with_vf(host, &t.vm, t.timeout, &mut on_line)
     } else {
         supervise::run(qemu::QEMU.as_ref(), &t.vm.args(), t.timeout, on_line)
     };
@@ -171,9 +201,9 @@ pub fn run_one(t: &PlannedTest, on_line: impl FnMut(&str)) -> TestRun {
 }
 
 /// Host checks run here, in the runner; their output reads like a guest's.
-fn host_checks(t: &PlannedTest) -> Finished {
+fn host_checks(t: &PlannedTest, host: &HostContext) -> Finished {
     let start = std::time::Instant::now();
-    let out = hostcheck::run(&t.checks);
+    let out = hostcheck::run(&t.checks, host);
     let status = out
         .lines()
         .find_map(|l| match line::parse(l) {

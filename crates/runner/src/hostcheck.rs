@@ -1,41 +1,120 @@
-//! Host checks: checks the runner runs on the host it is on (in the virtual
+//! Host checks: checks the runner runs on the host it is on (in a virtual
 //! lane, inside the virtual host), reporting through the same protocol as
-//! guest checks.
+//! guest checks. Those that change devices touch only the PF they are given
+//! and journal every change first (`ukci_vfio::Host`).
 
-use std::fmt::Write;
-use std::path::Path;
+use crate::vf;
+use std::path::{Path, PathBuf};
 use ukci_protocol::Reporter;
+use ukci_vfio::checks::{self as vc, Lane};
+use ukci_vfio::{Host, Sysfs};
+
+/// What host checks work on.
+#[derive(Clone, Debug, Default)]
+pub struct HostContext {
+    /// The SR-IOV PF the checks may use; `None` when nothing names one.
+    pub pf: Option<String>,
+    /// Where it was named, or why none was (for skip reasons).
+    pub pf_source: String,
+    /// The restore journal of this host.
+    pub journal: PathBuf,
+    /// A folder for files the checks create (scratch images, token files).
+    pub scratch: PathBuf,
+    /// The guest image, for checks that boot one.
+    pub guest: PathBuf,
+}
+
+type Run = fn(&mut Lane<'_>, &HostContext, &mut Reporter<&mut String>);
 
 pub struct HostCheck {
     pub name: &'static str,
     pub summary: &'static str,
-    pub run: fn(&mut Reporter<&mut String>),
+    run: Run,
 }
 
-pub const HOST_CHECKS: &[HostCheck] = &[HostCheck {
-    name: "vhost.env",
-    summary: "records the VFIO environment: vfio-pci with enable_sriov, IOMMU groups, the SR-IOV PF, /dev/vfio/devices",
-    run: vhost_env,
-}];
+pub const HOST_CHECKS: &[HostCheck] = &[
+    HostCheck {
+        name: "vfio.env",
+        summary: "records the VFIO environment: vfio-pci with enable_sriov, IOMMU groups, the PF, /dev/vfio/devices",
+        run: |l, _, r| vc::vfio_env(l, r),
+    },
+    HostCheck {
+        name: "vf-token.rules",
+        summary: "the VF-token rules with the PF on vfio-pci: the kernel selftest's cases and the uAPI's errnos",
+        run: |l, _, r| vc::vf_token_rules(l, r),
+    },
+    HostCheck {
+        name: "vf-token.kernel-pf",
+        summary: "a token while the PF is on the kernel driver (EINVAL), vfio-pci refusing a PF whose VFs exist (EBUSY)",
+        run: |l, _, r| vc::vf_token_kernel_pf(l, r),
+    },
+    HostCheck {
+        name: "vf-token.cdev",
+        summary: "the token through the vfio cdev / iommufd path, where the kernel has it",
+        run: |l, _, r| vc::vf_token_cdev(l, r),
+    },
+    HostCheck {
+        name: "vf-token.pf-driver",
+        summary: "the userspace NVMe PF driver brings two VFs online, each VF ready through its own token-opened device",
+        run: |l, _, r| vc::nvme_pf(l, 2, r),
+    },
+    HostCheck {
+        name: "vf-token.qemu",
+        summary: "QEMU refuses a VF without the token or with a wrong one, and starts the guest with the right one",
+        run: vf::qemu_honours_token,
+    },
+    HostCheck {
+        name: "vf-token.crash-recovery",
+        summary: "the runner is SIGKILLed at points of a VF run; the next run restores every device exactly",
+        run: vf::crash_recovery,
+    },
+];
 
 pub fn find(name: &str) -> Option<&'static HostCheck> {
     HOST_CHECKS.iter().find(|c| c.name == name)
 }
 
 /// Runs host checks in order and returns the protocol text, as a guest's
-/// serial log would read.
-pub fn run(checks: &[String]) -> String {
+/// serial log would read. The journal of an earlier crashed run is replayed
+/// first (`Host::open`); every check leaves the PF as it found it.
+pub fn run(checks: &[String], ctx: &HostContext) -> String {
     let mut out = String::new();
     let mut r = Reporter::new(&mut out);
-    for name in checks {
-        match find(name) {
-            Some(c) => {
-                r.push(c.name);
-                (c.run)(&mut r);
-                r.pop();
+    let Some(pf) = ctx.pf.clone() else {
+        for name in checks {
+            r.skip(name, format_args!("no SR-IOV PF to use: {}", ctx.pf_source));
+        }
+        r.finish();
+        return out;
+    };
+    match Host::open(Sysfs::system(), &ctx.journal, &[pf.as_str()]) {
+        Err(e) => {
+            for name in checks {
+                r.check(false, name, format_args!("cannot take the PF {pf}: {e}"));
             }
-            None => {
-                r.check(false, name, format_args!("unknown host check"));
+        }
+        Ok((mut host, replay)) => {
+            if !replay.restored.is_empty() || !replay.failed.is_empty() {
+                r.info(format_args!(
+                    "restore journal of an earlier run replayed: {} restored, {} failed",
+                    replay.restored.len(),
+                    replay.failed.len()
+                ));
+            }
+            let mut lane = Lane {
+                host: &mut host,
+                pf,
+            };
+            for name in checks {
+                match find(name) {
+                    Some(c) => (c.run)(&mut lane, ctx, &mut r),
+                    None => {
+                        r.check(false, name, format_args!("unknown host check"));
+                    }
+                }
+            }
+            if let Err(e) = host.restore() {
+                r.check(false, "restore", format_args!("{e}"));
             }
         }
     }
@@ -43,127 +122,85 @@ pub fn run(checks: &[String]) -> String {
     out
 }
 
-fn read(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-fn vhost_env(r: &mut Reporter<&mut String>) {
-    vhost_env_at(Path::new("/"), r)
-}
-
-/// `vhost.env` against a root directory (a fake tree in tests).
-fn vhost_env_at(root: &Path, r: &mut Reporter<&mut String>) {
-    let sys = root.join("sys");
-    let sriov = read(&sys.join("module/vfio_pci/parameters/enable_sriov"));
-    r.check(
-        sriov.as_deref() == Some("Y"),
-        "vfio-pci loaded with enable_sriov",
-        format_args!("enable_sriov={}", sriov.as_deref().unwrap_or("absent")),
-    );
-    let groups = std::fs::read_dir(sys.join("kernel/iommu_groups"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    r.check(
-        groups > 0,
-        "IOMMU groups present",
-        format_args!("iommu_groups={groups}"),
-    );
-    let mut pfs = String::new();
-    let mut found = 0;
-    if let Ok(devs) = std::fs::read_dir(sys.join("bus/pci/devices")) {
-        let mut devs: Vec<_> = devs.flatten().map(|e| e.path()).collect();
-        devs.sort();
-        for d in devs {
-            if let Some(total) = read(&d.join("sriov_totalvfs")) {
-                found += 1;
-                let name = d
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let group = std::fs::read_link(d.join("iommu_group"))
-                    .ok()
-                    .and_then(|g| g.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .unwrap_or_else(|| "none".into());
-                let _ = write!(pfs, " pf={name} sriov_totalvfs={total} iommu_group={group}");
-            }
-        }
+/// The PF of the local lane: named in the host config, or none.
+pub fn local_pf(config: &Path) -> (Option<String>, String) {
+    match std::fs::read_to_string(config) {
+        Err(_) => (
+            None,
+            format!(
+                "no host config at {} naming one (ukci touches only PCI functions named there: pf = \"0000:3b:00.0\")",
+                config.display()
+            ),
+        ),
+        Ok(text) => match parse_host_config(&text) {
+            Ok(Some(pf)) => (Some(pf), format!("named in {}", config.display())),
+            Ok(None) => (None, format!("{} names no pf", config.display())),
+            Err(e) => (None, format!("{}: {e}", config.display())),
+        },
     }
-    r.check(
-        found > 0,
-        "SR-IOV physical function present",
-        format_args!("pfs={found}{pfs}"),
-    );
-    let cdev = root.join("dev/vfio/devices").exists();
-    r.info(format_args!(
-        "vfio cdev interface (/dev/vfio/devices): {}",
-        if cdev {
-            "present"
-        } else {
-            "absent (group/container API only)"
-        }
-    ));
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostConfig {
+    pf: Option<String>,
+}
+
+fn parse_host_config(text: &str) -> Result<Option<String>, String> {
+    let c: HostConfig = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    match c.pf {
+        Some(pf) if !valid_bdf(&pf) => Err(format!(
+            "pf = \"{pf}\" is not a PCI address like 0000:3b:00.0"
+        )),
+        pf => Ok(pf),
+    }
+}
+
+fn valid_bdf(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ukci_protocol::line::{self, Line, Status};
 
-    fn results(text: &str) -> Vec<(Status, String)> {
-        text.lines()
-            .filter_map(line::parse)
-            .filter_map(|l| match l {
-                Line::Result { status, name, .. } => Some((status, name.to_string())),
-                _ => None,
-            })
-            .collect()
+    #[test]
+    fn the_host_config_names_the_pf_or_says_why_not() {
+        assert_eq!(
+            parse_host_config("pf = \"0000:3b:00.0\"\n"),
+            Ok(Some("0000:3b:00.0".into()))
+        );
+        assert_eq!(parse_host_config(""), Ok(None));
+        assert!(
+            parse_host_config("pf = \"3b:00.0\"\n")
+                .unwrap_err()
+                .contains("PCI address")
+        );
+        assert!(parse_host_config("pfs = []\n").is_err());
+        let (pf, why) = local_pf(Path::new("/nonexistent/ukci/host.toml"));
+        assert_eq!(pf, None);
+        assert!(why.contains("/nonexistent/ukci/host.toml"), "{why}");
     }
 
     #[test]
-    fn env_check_passes_on_a_ready_tree_and_names_what_is_missing() {
-        let root = std::env::temp_dir().join(format!("ukci-hostcheck-{}", std::process::id()));
-        let pf = root.join("sys/bus/pci/devices/0000:01:00.0");
-        std::fs::create_dir_all(&pf).unwrap();
-        std::fs::create_dir_all(root.join("sys/kernel/iommu_groups/3")).unwrap();
-        std::fs::create_dir_all(root.join("sys/module/vfio_pci/parameters")).unwrap();
-        std::fs::write(
-            root.join("sys/module/vfio_pci/parameters/enable_sriov"),
-            "Y\n",
-        )
-        .unwrap();
-        std::fs::write(pf.join("sriov_totalvfs"), "2\n").unwrap();
-        let mut out = String::new();
-        let mut r = Reporter::new(&mut out);
-        r.push("vhost.env");
-        vhost_env_at(&root, &mut r);
+    fn without_a_pf_every_host_check_skips_with_the_reason() {
+        let ctx = HostContext {
+            pf: None,
+            pf_source: "no host config".into(),
+            ..Default::default()
+        };
+        let out = run(&["vf-token.rules".into()], &ctx);
         assert!(
-            results(&out).iter().all(|(s, _)| *s == Status::Pass),
+            out.contains("SKIP: vf-token.rules (no SR-IOV PF to use: no host config)"),
             "{out}"
         );
-        assert!(out.contains("pf=0000:01:00.0 sriov_totalvfs=2"), "{out}");
-        assert!(out.contains("/dev/vfio/devices): absent"), "{out}");
-
-        std::fs::write(
-            root.join("sys/module/vfio_pci/parameters/enable_sriov"),
-            "N\n",
-        )
-        .unwrap();
-        let mut out = String::new();
-        let mut r = Reporter::new(&mut out);
-        vhost_env_at(&root, &mut r);
-        let failed: Vec<_> = results(&out)
-            .into_iter()
-            .filter(|(s, _)| *s == Status::Fail)
-            .collect();
-        assert_eq!(
-            failed,
-            vec![(
-                Status::Fail,
-                "vfio-pci loaded with enable_sriov".to_string()
-            )]
-        );
-        std::fs::remove_dir_all(&root).unwrap();
+        assert!(out.contains("EXIT: STATUS=77"), "{out}");
     }
 }

@@ -5,6 +5,7 @@
 //! what counts when the console interleaved them with kernel messages.
 
 use crate::exec::{Event, TestRun};
+use crate::hostcheck::HostContext;
 use crate::outcome::{Judged, Outcome, SubResult};
 use crate::plan::PlannedTest;
 use serde::{Deserialize, Serialize};
@@ -107,15 +108,22 @@ impl WireRun {
     }
 }
 
-/// What a virtual boot needs from the run.
-#[derive(Clone, Debug)]
+/// What executing a plan needs besides the plan.
+#[derive(Clone, Debug, Default)]
 pub struct LaneContext {
     pub images: PathBuf,
     /// `reports/<run>/vhost`: one results folder per boot below it.
     pub results: PathBuf,
     /// This runner's own binary, started as the agent inside the host.
     pub agent: PathBuf,
+    /// For host checks and VF guests on this host.
+    pub host: HostContext,
 }
+
+/// Where the virtual host's SR-IOV NVMe PF sits (behind its root port).
+pub const VIRTUAL_PF: &str = "0000:01:00.0";
+/// The variable that tells the agent which PF it may use.
+pub const PF_ENV: &str = "UKCI_PF";
 
 /// The folder name of one boot's results.
 pub fn boot_dir_name(suite: &str, kernel: &str) -> String {
@@ -239,10 +247,19 @@ fn boot_and_run(
     let agent = Agent {
         program: ctx.agent.clone(),
         args,
-        env: vec![("CI".into(), "1".into())],
+        env: vec![
+            ("CI".into(), "1".into()),
+            (PF_ENV.into(), VIRTUAL_PF.into()),
+        ],
         chroot: true,
     };
-    let scratch = dir.join("scratch");
+    // The namespace image stays out of the results folder the agent writes
+    // (and searches for secrets).
+    let scratch = ctx.images.join("scratch").join(format!(
+        "{}-{}",
+        std::process::id(),
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    ));
     let mut cfg = BootConfig::new(
         &boot.kernel.name,
         &boot.kernel.vmlinuz,
@@ -270,7 +287,7 @@ mod tests {
             judged: Judged {
                 results: vec![
                     SubResult {
-                        name: "vhost.env: IOMMU groups present".into(),
+                        name: "vfio.env: IOMMU groups present".into(),
                         outcome: Outcome::Pass,
                         detail: Some("iommu_groups=7".into()),
                     },

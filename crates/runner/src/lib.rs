@@ -18,3 +18,4 @@ pub mod session;
 pub mod supervise;
 pub mod terminal;
 pub mod units;
+pub mod vf;

@@ -206,6 +206,9 @@ pub enum DeviceKind {
     /// An emulated NVMe controller with one namespace on a scratch image that
     /// the runner creates for the run.
     Nvme,
+    /// A VF of the host's SR-IOV NVMe PF, brought online by ukci's userspace
+    /// PF driver and passed through vfio-pci with the VF token.
+    NvmeVf,
 }
 
 /// An outcome expected in some environment, with the reason.
@@ -506,6 +509,19 @@ fn validate_test(t: &Test, src: &SourceFile, diags: &mut Diagnostics) {
 
 fn validate_device(t: &Test, d: &Device, src: &SourceFile, diags: &mut Diagnostics) {
     match d.kind.get_ref() {
+        DeviceKind::NvmeVf => {
+            if t.machine.is_some_and(|m| m != MachineType::Q35)
+                || d.size.is_some()
+                || d.serial.is_some()
+                || d.sriov_max_vfs.is_some()
+            {
+                diags.push(src.at(
+                    d.kind.span(),
+                    "an nvme-vf device takes no size, serial or sriov_max_vfs, and needs machine = \"q35\"".into(),
+                    "the VF is the host PF's; declare only kind = \"nvme-vf\"",
+                ));
+            }
+        }
         DeviceKind::Nvme => {
             if t.machine == Some(MachineType::Microvm) {
                 diags.push(src.at(
@@ -649,7 +665,7 @@ mod tests {
     fn virtual_lanes_validate_kernels_and_topology() {
         let e = errors(
             "[lane]\nkind = \"virtual\"\nkernels = [\"debian:6.12\", \"fedora:40\"]\n\
-             topology = { vfs = 4, vq_flexible = 2 }\n[[test]]\nname = \"a\"\nchecks = [\"vhost.env\"]\n",
+             topology = { vfs = 4, vq_flexible = 2 }\n[[test]]\nname = \"a\"\nchecks = [\"vfio.env\"]\n",
         );
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(
@@ -662,15 +678,14 @@ mod tests {
             "{}",
             e[1]
         );
-        let e = errors(
-            "[lane]\nkind = \"virtual\"\n[[test]]\nname = \"a\"\nchecks = [\"vhost.env\"]\n",
-        );
+        let e =
+            errors("[lane]\nkind = \"virtual\"\n[[test]]\nname = \"a\"\nchecks = [\"vfio.env\"]\n");
         assert!(e[0].contains("at least one kernel"), "{e:?}");
     }
 
     #[test]
     fn guest_and_host_checks_do_not_mix() {
-        let e = errors("[[test]]\nname = \"a\"\nchecks = [\"vhost.env\", \"boot.smoke\"]\n");
+        let e = errors("[[test]]\nname = \"a\"\nchecks = [\"vfio.env\", \"boot.smoke\"]\n");
         assert!(e[0].contains("not both"), "{e:?}");
     }
 

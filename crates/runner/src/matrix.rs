@@ -86,7 +86,7 @@ mod tests {
         .unwrap();
         let virt = manifest::parse(
             Path::new("/r/manifests/v.toml"),
-            "[lane]\nkind = \"virtual\"\nkernels = [\"debian:6.1\", \"debian:6.12\"]\n[[test]]\nname = \"t\"\nchecks = [\"vhost.env\"]\n",
+            "[lane]\nkind = \"virtual\"\nkernels = [\"debian:6.1\", \"debian:6.12\"]\n[[test]]\nname = \"t\"\nchecks = [\"vfio.env\"]\n",
         )
         .unwrap();
         let e = entries(&[local, virt], Path::new("/r"));

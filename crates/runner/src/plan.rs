@@ -223,6 +223,7 @@ pub fn plan(
                 let mut devices = Vec::new();
                 for (i, dev) in t.devices.iter().enumerate() {
                     match dev.kind.get_ref() {
+                        DeviceKind::NvmeVf => devices.push(VmDevice::NvmeVf),
                         DeviceKind::Nvme => {
                             let path = scratch_dir.join(format!("{id}.{i}.img"));
                             scratch.push(ScratchImage {
@@ -453,7 +454,7 @@ topology = { vfs = 4 }
 
 [[test]]
 name = "env"
-checks = ["vhost.env"]
+checks = ["vfio.env"]
 
 [[test]]
 name = "nested"

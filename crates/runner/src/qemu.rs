@@ -52,6 +52,12 @@ pub enum VmDevice {
         image: PathBuf,
         sriov_max_vfs: u16,
     },
+    /// An NVMe VF of the host's PF; the executor brings it online and puts
+    /// a `ReadConfig` in its place for the run.
+    NvmeVf,
+    /// Devices from a private `-readconfig` file: how a VF and its token
+    /// reach QEMU without appearing in its argv.
+    ReadConfig { file: PathBuf },
 }
 
 /// The `-cpu` model used when a manifest names none.
@@ -115,6 +121,8 @@ impl VmConfig {
 impl VmDevice {
     fn push_args(&self, i: usize, a: &mut Args) {
         match self {
+            VmDevice::NvmeVf => {}
+            VmDevice::ReadConfig { file } => a.pair("-readconfig", file),
             VmDevice::Nvme {
                 serial,
                 image,

@@ -3,6 +3,7 @@
 use crate::diag::Diagnostics;
 use crate::exec::{self, Event, TestRun};
 use crate::host::{self, AccelChoice, HostFacts};
+use crate::hostcheck::{self, HostContext};
 use crate::lane::{self, LaneContext, WireRun};
 use crate::manifest::{self, Accel, Manifest};
 use crate::outcome::Outcome;
@@ -37,6 +38,17 @@ impl Layout {
     /// The guest image a run boots (copied there after a build).
     pub fn guest_image(&self) -> PathBuf {
         self.images().join("ukci-guest")
+    }
+    /// The restore journal of this host: every device change is written
+    /// here first, and replayed by the next run or `cargo xtask restore`.
+    pub fn journal(&self) -> PathBuf {
+        self.images().join("restore.journal")
+    }
+    /// The host config naming the PCI functions ukci may use.
+    pub fn host_config(&self) -> PathBuf {
+        std::env::var_os("UKCI_HOST_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/etc/ukci/host.toml"))
     }
 }
 
@@ -152,7 +164,45 @@ pub fn make_plan(layout: &Layout, manifests: &[Manifest], opts: &PlanOptions) ->
 }
 
 /// Runs the tests and writes the reports; returns the exit status.
+/// Puts back whatever a crashed run left changed on this host, as its
+/// journal recorded; a summary of what was done.
+pub fn restore(layout: &Layout) -> Result<String, String> {
+    let journal = layout.journal();
+    if !journal.exists() {
+        return Ok(format!(
+            "nothing to restore: no journal at {}",
+            journal.display()
+        ));
+    }
+    let (_, rep) = ukci_vfio::Host::open(ukci_vfio::Sysfs::system(), &journal, &[])
+        .map_err(|e| format!("{}: {e}", journal.display()))?;
+    if rep.ok() {
+        Ok(format!(
+            "restored {} change(s) recorded in {}",
+            rep.restored.len(),
+            journal.display()
+        ))
+    } else {
+        Err(format!(
+            "{} change(s) could not be restored ({} restored); the journal {} is kept: {:?}",
+            rep.failed.len(),
+            rep.restored.len(),
+            journal.display(),
+            rep.failed
+        ))
+    }
+}
+
 pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) -> i32 {
+    if layout.journal().exists() {
+        match restore(layout) {
+            Ok(m) => eprintln!("{m}"),
+            Err(e) => {
+                eprintln!("error: an earlier run left devices changed: {e}");
+                return exitcode::HOST;
+            }
+        }
+    }
     let mut popts = PlanOptions {
         filter: opts.filter.clone(),
         accel: opts.accel,
@@ -179,10 +229,21 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
     let dir = layout.reports().join(&run_name);
     let mut runs: Vec<Option<TestRun>> = vec![None; plan.len()];
     let mut term = terminal::Terminal::new(&plan);
+    let (pf, pf_source) = hostcheck::local_pf(&layout.host_config());
     let lane = LaneContext {
         images: layout.images(),
         results: dir.join("vhost"),
         agent: std::env::current_exe().unwrap_or_else(|_| "xtask".into()),
+        host: HostContext {
+            pf,
+            pf_source,
+            journal: layout.journal(),
+            scratch: layout
+                .images()
+                .join("scratch")
+                .join(std::process::id().to_string()),
+            guest: layout.guest_image(),
+        },
     };
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
@@ -260,10 +321,22 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
         }
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pf = std::env::var(lane::PF_ENV).ok();
     let lane_ctx = LaneContext {
         images: layout.images(),
         results: results.to_path_buf(),
         agent: PathBuf::new(),
+        host: HostContext {
+            pf_source: if pf.is_some() {
+                "the virtual host's SR-IOV NVMe".into()
+            } else {
+                format!("{} is not set", lane::PF_ENV)
+            },
+            pf,
+            journal: results.join("restore.journal"),
+            scratch: results.join("scratch"),
+            guest: layout.guest_image(),
+        },
     };
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {

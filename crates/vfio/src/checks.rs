@@ -387,7 +387,7 @@ pub fn vfio_env<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) {
 }
 
 /// Puts the PF on vfio-pci with SR-IOV off, then `n` VFs.
-fn pf_on_vfio(lane: &mut Lane<'_>, vfs: u32) -> Result<Vec<String>> {
+pub fn pf_on_vfio(lane: &mut Lane<'_>, vfs: u32) -> Result<Vec<String>> {
     let pf = lane.pf.clone();
     if lane.host.sys().driver(&pf).as_deref() != Some("vfio-pci") {
         lane.host.set_numvfs(&pf, 0).ok();
@@ -684,7 +684,7 @@ pub fn journal_restored<W: fmt::Write>(
 /// controller becomes ready through its own VFIO device (opened with the
 /// token), and teardown takes them offline and disables SR-IOV.
 pub fn nvme_pf<W: fmt::Write>(lane: &mut Lane<'_>, n: u32, r: &mut Reporter<W>) {
-    r.push("nvme-pf");
+    r.push("vf-token.pf-driver");
     if let Err(e) = nvme_pf_inner(lane, n, r) {
         report_err(r, "setup", &e);
     }

@@ -54,6 +54,37 @@ impl Token {
     }
 }
 
+impl Token {
+    /// Writes a file only the owner can read (mode 0600, created exclusively)
+    /// whose content `render` makes from the token's text — a QEMU
+    /// `-readconfig` file with `vf-token`, say — so that another process gets
+    /// the token without an argv. Returns its path.
+    pub fn write_private_with(
+        &self,
+        dir: &Path,
+        render: impl FnOnce(&str) -> String,
+    ) -> io::Result<PathBuf> {
+        let path = dir.join(format!("vf-token-{}", Uuid::new_v4().simple()));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(render(&self.text()).as_bytes())?;
+        f.sync_all()?;
+        Ok(path)
+    }
+
+    /// Whether the token's text occurs in `haystack` (an argv, a file), for
+    /// the checks that prove it never leaks.
+    pub fn appears_in(&self, haystack: &[u8]) -> bool {
+        let t = self.text();
+        haystack
+            .windows(t.len())
+            .any(|w| w.eq_ignore_ascii_case(t.as_bytes()))
+    }
+}
+
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Token({REDACTED})")

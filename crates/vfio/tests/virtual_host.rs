@@ -144,7 +144,9 @@ fn lane(series: &str) {
     // The lane's modules plus the kernel nvme driver, so the PF starts on
     // nvme as on a real host and the kernel-PF rules can run.
     let mut spec = InitramfsSpec::default();
-    spec.modules.push(ModuleLoad::new("nvme"));
+    if !spec.modules.iter().any(|m| m.name == "nvme") {
+        spec.modules.push(ModuleLoad::new("nvme"));
+    }
     let initrd = initramfs::build(&images(), &kernel, &spec).unwrap();
 
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -204,7 +206,7 @@ fn lane(series: &str) {
         {
             "vf-token.kernel-pf"
         } else if rule.name.starts_with("vf-open.online") {
-            "nvme-pf"
+            "vf-token.pf-driver"
         } else {
             "vf-token.rules"
         };
@@ -275,7 +277,7 @@ fn lane(series: &str) {
             .contains("/dev/vfio/devices")
     );
     // The PF driver: both secondaries online, each VF controller ready.
-    let online = &get("nvme-pf: vfs-online").detail;
+    let online = &get("vf-token.pf-driver: vfs-online").detail;
     for s in [
         "scid=1 vfn=1 online nvq=2 nvi=1",
         "scid=2 vfn=2 online nvq=2 nvi=1",
@@ -283,13 +285,17 @@ fn lane(series: &str) {
         assert!(online.contains(s), "{online}");
     }
     for vf in 1..=2 {
-        let d = &get(&format!("nvme-pf: vf.{vf}.ready")).detail;
+        let d = &get(&format!("vf-token.pf-driver: vf.{vf}.ready")).detail;
         assert!(
             d.contains(&format!("identify_cntlid={vf} scid={vf}")),
             "{d}"
         );
     }
-    assert!(get("nvme-pf: teardown").detail.contains("sriov_numvfs=0"));
+    assert!(
+        get("vf-token.pf-driver: teardown")
+            .detail
+            .contains("sriov_numvfs=0")
+    );
 
     // No token leaked: the only UUIDs anywhere are the fixed, unused one of
     // the unknown-option rule (which is never printed either).

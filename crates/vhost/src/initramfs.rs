@@ -64,6 +64,9 @@ pub fn lane_modules() -> Vec<ModuleLoad> {
         ModuleLoad::new("9p"),
         ModuleLoad::with_params("vfio_pci", &["enable_sriov=1"]),
         ModuleLoad::new("vfio_iommu_type1"),
+        // The PF starts on the kernel's driver, as on a real host; the
+        // VF-token checks move it to vfio-pci themselves (journaled).
+        ModuleLoad::new("nvme"),
     ]
 }
 

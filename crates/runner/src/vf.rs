@@ -1,0 +1,399 @@
+//! VFs for guests, the way a userspace PF/VF deployment uses them: vfio-pci
+//! owns the PF, ukci's userspace PF driver holds it with a fresh secret
+//! token and brings a VF online, and QEMU gets the VF with that token
+//! through a private `-readconfig` file — never through its argv.
+
+use crate::hostcheck::HostContext;
+use crate::manifest::MachineType;
+use crate::outcome;
+use crate::qemu::{self, Boot, VmConfig, VmDevice};
+use crate::supervise::{self, End, Finished};
+use crate::units::ByteSize;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use ukci_protocol::Reporter;
+use ukci_vfio::checks::{FunctionState, Lane, pf_on_vfio};
+use ukci_vfio::nvme_pf::PfDriver;
+use ukci_vfio::vfio::Vfio;
+use ukci_vfio::{Host, Sysfs, Token};
+
+/// How long a guest with a VF may take: nested TCG boots are slow.
+pub const VF_GUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The `-readconfig` text that gives QEMU a VF, with or without a token.
+pub fn vf_config(vf: &str, token: Option<&str>) -> String {
+    let mut s = format!("[device \"vf0\"]\n  driver = \"vfio-pci\"\n  host = \"{vf}\"\n");
+    if let Some(t) = token {
+        s.push_str(&format!("  vf-token = \"{t}\"\n"));
+    }
+    s
+}
+
+/// Brings one VF online with the PF held under a fresh token, runs `f` with
+/// the VF's address and the token, and tears everything down again.
+pub fn with_vf<T>(lane: &mut Lane<'_>, f: impl FnOnce(&str, &Token) -> T) -> Result<T, String> {
+    pf_on_vfio(lane, 0).map_err(|e| format!("PF {} onto vfio-pci: {e}", lane.pf))?;
+    let mut vfio = Vfio::new(lane.host.sys()).map_err(|e| format!("vfio: {e}"))?;
+    let mut drv = PfDriver::open(&mut vfio, &lane.pf, Token::random())
+        .map_err(|e| format!("PF driver: {e}"))?;
+    let up = drv.bring_up_vfs(lane.host, 1);
+    let out = match &up {
+        Ok(vfs) => Ok(f(&vfs[0].0, drv.token())),
+        Err(e) => Err(format!("VF bring-up: {e}")),
+    };
+    let down = drv.teardown(&mut vfio, lane.host);
+    let out = out?;
+    down.map_err(|e| format!("teardown: {e}"))?;
+    Ok(out)
+}
+
+/// A guest VM on q35 with one VF, its token in a private config file.
+fn vf_vm(ctx: &HostContext, config: &Path, append: &str) -> VmConfig {
+    VmConfig {
+        machine: MachineType::Q35,
+        accel: "tcg".into(),
+        cpu: "max".into(),
+        memory: ByteSize::mib(128),
+        smp: 1,
+        boot: Boot::Pvh {
+            kernel: ctx.guest.clone(),
+        },
+        append: append.into(),
+        devices: vec![VmDevice::ReadConfig {
+            file: config.to_path_buf(),
+        }],
+    }
+}
+
+/// Whether the token is in any process's argv right now.
+fn token_in_any_argv(token: &Token) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let argv = std::fs::read(e.path().join("cmdline")).ok()?;
+        token.appears_in(&argv).then_some(pid)
+    })
+}
+
+/// Files under `dir` whose content holds the token.
+fn files_with_token(dir: &Path, token: &Token) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() && std::fs::read(&p).is_ok_and(|b| token.appears_in(&b)) => {
+                    out.push(p);
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Runs a VF guest and, while it runs, looks for the token in every argv.
+fn run_vf_guest(
+    ctx: &HostContext,
+    config: &Path,
+    append: &str,
+    token: &Token,
+    on_line: &mut dyn FnMut(&str),
+) -> (Finished, Option<u32>) {
+    let vm = vf_vm(ctx, config, append);
+    let mut leak = None;
+    let mut scanned = false;
+    let fin = supervise::run(qemu::QEMU.as_ref(), &vm.args(), VF_GUEST_TIMEOUT, |l| {
+        if !scanned {
+            scanned = true;
+            leak = token_in_any_argv(token);
+        }
+        on_line(l);
+    });
+    (fin, leak)
+}
+
+/// `vf-token.qemu`: QEMU honours the token.
+pub fn qemu_honours_token(lane: &mut Lane<'_>, ctx: &HostContext, r: &mut Reporter<&mut String>) {
+    r.push("vf-token.qemu");
+    let _ = std::fs::create_dir_all(&ctx.scratch);
+    let res = with_vf(lane, |vf, token| {
+        for (case, cfg) in [
+            ("none", token_config(ctx, vf, None)),
+            ("wrong", token_config(ctx, vf, Some(&Token::random()))),
+        ] {
+            match cfg {
+                Err(e) => {
+                    r.check(false, case, format_args!("config file: {e}"));
+                }
+                Ok(file) => {
+                    let vm = vf_vm(ctx, &file, "checks=boot.smoke");
+                    let fin =
+                        supervise::run(qemu::QEMU.as_ref(), &vm.args(), VF_GUEST_TIMEOUT, |_| {});
+                    let _ = std::fs::remove_file(&file);
+                    let msg = fin
+                        .stderr
+                        .lines()
+                        .find(|l| l.contains("vfio"))
+                        .unwrap_or("")
+                        .trim();
+                    let refused = fin.end == End::Exited(1)
+                        && fin.stdout.trim().is_empty()
+                        && msg.contains("Permission denied");
+                    r.check(
+                        refused,
+                        &format!("{case}: refused"),
+                        format_args!("end={:?} qemu=\"{msg}\"", fin.end),
+                    );
+                }
+            }
+        }
+        match token_config(ctx, vf, Some(token)) {
+            Err(e) => {
+                r.check(false, "right: started", format_args!("config file: {e}"));
+            }
+            Ok(file) => {
+                let (fin, leak) =
+                    run_vf_guest(ctx, &file, "checks=nvme.identify", token, &mut |_| {});
+                let _ = std::fs::remove_file(&file);
+                let j = outcome::judge("right", &["nvme.identify".to_string()], &fin);
+                let ok = j.results.iter().all(|x| x.outcome.as_expected());
+                let cntlid = j
+                    .infos
+                    .iter()
+                    .find(|i| i.contains("cntlid") || i.contains("CNTLID"))
+                    .cloned()
+                    .unwrap_or_default();
+                r.check(
+                    ok,
+                    "right: started",
+                    format_args!(
+                        "end={:?} vf={vf} results={} identify=\"{cntlid}\"",
+                        fin.end,
+                        j.results.len()
+                    ),
+                );
+                r.check(
+                    leak.is_none(),
+                    "token absent from every argv",
+                    format_args!(
+                        "{}",
+                        leak.map_or("no process had it".into(), |p| format!("pid {p} had it"))
+                    ),
+                );
+            }
+        }
+        let root = ctx.scratch.parent().unwrap_or(&ctx.scratch);
+        let files = files_with_token(root, token);
+        r.check(
+            files.is_empty(),
+            "token absent from every file written",
+            format_args!("searched={} found={files:?}", root.display()),
+        );
+    });
+    if let Err(e) = res {
+        r.check(false, "setup", format_args!("{e}"));
+    }
+    r.pop();
+}
+
+fn token_config(ctx: &HostContext, vf: &str, token: Option<&Token>) -> std::io::Result<PathBuf> {
+    match token {
+        Some(t) => t.write_private_with(&ctx.scratch, |text| vf_config(vf, Some(text))),
+        None => {
+            let p = ctx.scratch.join("vf-no-token.cfg");
+            std::fs::write(&p, vf_config(vf, None))?;
+            Ok(p)
+        }
+    }
+}
+
+/// Runs a guest test with a VF: the PF driver holds the PF and the VF is
+/// online for exactly as long as the guest runs.
+pub fn run_guest_with_vf(
+    ctx: &HostContext,
+    vm: &VmConfig,
+    timeout: Duration,
+    on_line: &mut dyn FnMut(&str),
+) -> Finished {
+    let failed = |m: String| Finished {
+        end: End::SpawnFailed(m),
+        stdout: String::new(),
+        stderr: String::new(),
+        elapsed: Duration::ZERO,
+    };
+    let Some(pf) = ctx.pf.clone() else {
+        return failed(format!("no SR-IOV PF to take a VF from: {}", ctx.pf_source));
+    };
+    let _ = std::fs::create_dir_all(&ctx.scratch);
+    let (mut host, _) = match Host::open(Sysfs::system(), &ctx.journal, &[pf.as_str()]) {
+        Ok(h) => h,
+        Err(e) => return failed(format!("cannot take the PF {pf}: {e}")),
+    };
+    let mut lane = Lane {
+        host: &mut host,
+        pf,
+    };
+    let res = with_vf(&mut lane, |vf, token| {
+        let file = token.write_private_with(&ctx.scratch, |t| vf_config(vf, Some(t)))?;
+        let mut vm = vm.clone();
+        vm.devices.retain(|d| !matches!(d, VmDevice::NvmeVf));
+        vm.devices.push(VmDevice::ReadConfig { file: file.clone() });
+        let fin = supervise::run(qemu::QEMU.as_ref(), &vm.args(), timeout, on_line);
+        let _ = std::fs::remove_file(&file);
+        Ok::<_, std::io::Error>(fin)
+    });
+    let _ = host.restore();
+    match res {
+        Ok(Ok(fin)) => fin,
+        Ok(Err(e)) => failed(format!("token config file: {e}")),
+        Err(e) => failed(e),
+    }
+}
+
+/// The points of a VF run at which `vf-token.crash-recovery` kills the runner.
+pub const CRASH_POINTS: &[&str] = &["after-bind", "after-vfs", "during-guest"];
+/// What the crashing child prints when it has reached its point.
+pub const CRASH_REACHED: &str = "ukci-crash-point: reached";
+
+/// The child side (`cargo xtask crash-point`): a VF run that stops at
+/// `point`, says so, and waits to be killed.
+pub fn crash_child(point: &str, pf: &str, journal: &Path, guest: &Path, scratch: &Path) -> i32 {
+    let reached = || {
+        println!("{CRASH_REACHED}");
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    };
+    let Ok((mut host, _)) = Host::open(Sysfs::system(), journal, &[pf]) else {
+        return 2;
+    };
+    let mut lane = Lane {
+        host: &mut host,
+        pf: pf.to_string(),
+    };
+    if pf_on_vfio(&mut lane, 0).is_err() {
+        return 3;
+    }
+    if point == "after-bind" {
+        reached();
+    }
+    let Ok(mut vfio) = Vfio::new(lane.host.sys()) else {
+        return 4;
+    };
+    let Ok(mut drv) = PfDriver::open(&mut vfio, pf, Token::random()) else {
+        return 5;
+    };
+    let Ok(vfs) = drv.bring_up_vfs(lane.host, 1) else {
+        return 6;
+    };
+    if point == "after-vfs" {
+        reached();
+    }
+    let ctx = HostContext {
+        pf: Some(pf.into()),
+        pf_source: String::new(),
+        journal: journal.into(),
+        scratch: scratch.into(),
+        guest: guest.into(),
+    };
+    let Ok(file) = drv
+        .token()
+        .write_private_with(scratch, |t| vf_config(&vfs[0].0, Some(t)))
+    else {
+        return 7;
+    };
+    // A guest that reports, then stays up without a verdict until killed.
+    let vm = vf_vm(&ctx, &file, "checks=selftest.no-exit");
+    let mut said = false;
+    supervise::run(qemu::QEMU.as_ref(), &vm.args(), VF_GUEST_TIMEOUT, |_| {
+        if !said {
+            said = true;
+            println!("{CRASH_REACHED}");
+        }
+    });
+    8
+}
+
+/// `vf-token.crash-recovery`: for each point, a runner process does a VF run
+/// and is SIGKILLed there; then the next run's journal replay must leave the
+/// PF exactly as it was (driver, driver_override, sriov_numvfs).
+pub fn crash_recovery(lane: &mut Lane<'_>, ctx: &HostContext, r: &mut Reporter<&mut String>) {
+    r.push("vf-token.crash-recovery");
+    let _ = std::fs::create_dir_all(&ctx.scratch);
+    let Ok(exe) = std::env::current_exe() else {
+        r.check(false, "setup", format_args!("cannot find this program"));
+        r.pop();
+        return;
+    };
+    for point in CRASH_POINTS {
+        let before = FunctionState::read(lane.host.sys(), &lane.pf);
+        let journal = ctx.scratch.join(format!("crash-{point}.journal"));
+        let t = Instant::now();
+        let mut child = match Command::new(&exe)
+            .args(["crash-point", point, "--pf", &lane.pf, "--journal"])
+            .arg(&journal)
+            .arg("--guest")
+            .arg(&ctx.guest)
+            .arg("--scratch")
+            .arg(&ctx.scratch)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                r.check(false, point, format_args!("cannot start the runner: {e}"));
+                continue;
+            }
+        };
+        let reached = wait_for_point(&mut child, Duration::from_secs(150));
+        // SIGKILL: nothing of the child's own cleanup runs.
+        let _ = child.kill();
+        let status = child.wait();
+        let mid = FunctionState::read(lane.host.sys(), &lane.pf);
+        let replay = Host::open(Sysfs::system(), &journal, &[lane.pf.as_str()]);
+        let after = FunctionState::read(lane.host.sys(), &lane.pf);
+        let (restored, failed) = match &replay {
+            Ok((_, rep)) => (rep.restored.len(), rep.failed.len()),
+            Err(_) => (0, 0),
+        };
+        r.check(
+            reached && replay.is_ok() && after == before && failed == 0,
+            &format!("{point}: restored"),
+            format_args!(
+                "reached={reached} killed={:?} before=[{before}] at-kill=[{mid}] after=[{after}] \
+                 restored_entries={restored} failed={failed} took_ms={}{}",
+                status
+                    .ok()
+                    .and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+                t.elapsed().as_millis(),
+                replay
+                    .err()
+                    .map(|e| format!(" replay_error=\"{e}\""))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    r.pop();
+}
+
+fn wait_for_point(child: &mut std::process::Child, limit: Duration) -> bool {
+    let Some(out) = child.stdout.take() else {
+        return false;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains(CRASH_REACHED) {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    rx.recv_timeout(limit).is_ok()
+}
