@@ -45,6 +45,8 @@ done
 basename "$PF" > "$R/pf"
 cat "$PF/sriov_totalvfs" > "$R/sriov_totalvfs"
 echo vfio-pci > "$PF/driver_override"
+# The PF starts on the kernel's nvme driver.
+[ -e "$PF/driver" ] && echo "$(basename "$PF")" > "$PF/driver/unbind"
 echo "$(basename "$PF")" > /sys/bus/pci/drivers_probe
 basename "$(readlink "$PF/driver")" > "$R/pf_driver"
 echo 2 > "$PF/sriov_numvfs"
