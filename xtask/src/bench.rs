@@ -212,6 +212,7 @@ pub fn run(layout: &Layout, runs: usize) -> Result<i32> {
     cr_manifests(layout, runs);
     crate::bench_nvme::run(layout, runs)?;
     crate::bench_vhost::run(layout, 3)?;
+    crate::bench_vhost::vf_token(layout)?;
     Ok(exitcode::OK)
 }
 

@@ -108,3 +108,76 @@ fn lane_total(layout: &Layout, kernel: &str) -> Result<Duration> {
     );
     Ok(d)
 }
+
+/// The whole `vf-token.toml` run on both kernels, and per kernel the time of
+/// each test (summed over its results, as the JUnit records it).
+pub fn vf_token(layout: &Layout) -> Result<()> {
+    let reports = layout.root.join("target/bench-vf-token");
+    let (st, total) = timed(|| {
+        Command::new(std::env::current_exe()?)
+            .current_dir(&layout.root)
+            .args(["test", "manifests/vf-token.toml", "--reports"])
+            .arg(&reports)
+            .env("CI", "1")
+            .stderr(std::process::Stdio::null())
+            .status()
+    });
+    let st = st?;
+    anyhow::ensure!(st.success(), "manifests/vf-token.toml did not pass ({st})");
+    let xml = std::fs::read_to_string(reports.join("latest/junit.xml"))?;
+    println!(
+        "\nvf-token.toml on both kernels: {:.1} s (goal < 180 s)",
+        secs(total)
+    );
+    for (suite, test, t) in test_times(&xml) {
+        if ["rules", "vf-guest", "qemu", "crash-recovery"]
+            .iter()
+            .any(|n| test.ends_with(n))
+        {
+            println!("  {suite:<26} {test:<28} {t:>6.2} s");
+        }
+    }
+    Ok(())
+}
+
+/// (suite, classname, seconds) from a JUnit report, in order.
+fn test_times(xml: &str) -> Vec<(String, String, f64)> {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+        Some(tag[start..].split('"').next()?.to_string())
+    };
+    let mut out: Vec<(String, String, f64)> = Vec::new();
+    let mut suite = String::new();
+    for tag in xml.split('<') {
+        if tag.starts_with("testsuite ") {
+            suite = attr(tag, "name").unwrap_or_default();
+        } else if tag.starts_with("testcase ") {
+            let class = attr(tag, "classname").unwrap_or_default();
+            let t: f64 = attr(tag, "time")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0.0);
+            match out.iter_mut().find(|(s, c, _)| *s == suite && *c == class) {
+                Some(e) => e.2 += t,
+                None => out.push((suite.clone(), class, t)),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_summed_per_suite_and_test() {
+        let xml = r#"<testsuites><testsuite name="v [debian:6.1]"><testcase name="a" classname="v.rules" time="1.5"/>
+            <testcase name="b" classname="v.rules" time="0.5"/></testsuite><testsuite name="v [debian:6.12]">
+            <testcase name="a" classname="v.rules" time="2"/></testsuite></testsuites>"#;
+        assert_eq!(
+            super::test_times(xml),
+            vec![
+                ("v [debian:6.1]".into(), "v.rules".into(), 2.0),
+                ("v [debian:6.12]".into(), "v.rules".into(), 2.0)
+            ]
+        );
+    }
+}
