@@ -120,6 +120,18 @@ pub struct LaneContext {
     pub host: HostContext,
 }
 
+/// This runner's binary, to start as the agent. When a rebuild replaced the
+/// file while this process runs, Linux reports it as "<path> (deleted)";
+/// the new file at that path is the same program.
+pub fn runner_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "xtask".into());
+    let s = exe.to_string_lossy();
+    match s.strip_suffix(" (deleted)") {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    }
+}
+
 /// Where the virtual host's SR-IOV NVMe PF sits (behind its root port).
 pub const VIRTUAL_PF: &str = "0000:01:00.0";
 /// The variable that tells the agent which PF it may use.

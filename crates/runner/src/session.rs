@@ -233,7 +233,7 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
     let lane = LaneContext {
         images: layout.images(),
         results: dir.join("vhost"),
-        agent: std::env::current_exe().unwrap_or_else(|_| "xtask".into()),
+        agent: lane::runner_binary(),
         host: HostContext {
             pf,
             pf_source,

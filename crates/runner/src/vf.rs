@@ -324,11 +324,7 @@ pub fn crash_child(point: &str, pf: &str, journal: &Path, guest: &Path, scratch:
 pub fn crash_recovery(lane: &mut Lane<'_>, ctx: &HostContext, r: &mut Reporter<&mut String>) {
     r.push("vf-token.crash-recovery");
     let _ = std::fs::create_dir_all(&ctx.scratch);
-    let Ok(exe) = std::env::current_exe() else {
-        r.check(false, "setup", format_args!("cannot find this program"));
-        r.pop();
-        return;
-    };
+    let exe = crate::lane::runner_binary();
     for point in CRASH_POINTS {
         let before = FunctionState::read(lane.host.sys(), &lane.pf);
         let journal = ctx.scratch.join(format!("crash-{point}.journal"));
