@@ -127,6 +127,9 @@ pub fn doctor(layout: &Layout) -> i32 {
         facts.kvm_module.as_deref().unwrap_or("none")
     );
     match &facts.dev_kvm {
+        Ok(()) if facts.qemu_version.is_none() => {
+            println!("accel auto    not probed (QEMU is missing)")
+        }
         Ok(()) if layout.guest_image().exists() => {
             let c = host::resolve_auto(
                 &facts,
