@@ -9,7 +9,9 @@
 //! mib_per_s=..` (`cargo xtask bench` parses them) and repeated in the
 //! details of the passing results.
 
-use super::{Options, Stop, buffers, compare, fill_pattern, pick_namespace, ready, seed};
+use super::{
+    Options, Stop, buffers, compare, fill_pattern, pick_namespace, ready, release_pair, seed,
+};
 use crate::ctrl::{Controller, DmaRange};
 use crate::error::Error;
 use crate::hal::{Clock, Dma, DmaBuf, Mmio};
@@ -116,15 +118,7 @@ fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
     }
     ctrl.dma().free(bufs.0);
     ctrl.dma().free(bufs.1);
-    if ctrl.needs_reset() {
-        ctrl.forget_io_pair(q);
-    } else if let Err(e) = ctrl.delete_io_pair(q) {
-        r.check(
-            false,
-            "queue",
-            format_args!("deleting I/O queue pair 1: {e}"),
-        );
-    }
+    release_pair(ctrl, q, r);
     Ok(())
 }
 

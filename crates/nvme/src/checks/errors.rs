@@ -2,7 +2,9 @@
 //! the controller keeps working afterwards.
 
 use super::queues::expect;
-use super::{Options, Stop, buffers, pick_namespace, read_compare, ready, seed, write_pattern};
+use super::{
+    Options, Stop, buffers, pick_namespace, read_compare, ready, release_pair, seed, write_pattern,
+};
 use crate::cmd::{self, Command};
 use crate::ctrl::Controller;
 use crate::hal::{Clock, Dma, Mmio};
@@ -144,14 +146,6 @@ fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
 
     ctrl.dma().free(wbuf);
     ctrl.dma().free(rbuf);
-    if ctrl.needs_reset() {
-        ctrl.forget_io_pair(q);
-    } else if let Err(e) = ctrl.delete_io_pair(q) {
-        r.check(
-            false,
-            "queue",
-            format_args!("deleting I/O queue pair 1: {e}"),
-        );
-    }
+    release_pair(ctrl, q, r);
     Ok(())
 }

@@ -218,6 +218,25 @@ pub(crate) fn pick_namespace<M: Mmio, D: Dma, C: Clock, W: Write>(
 }
 
 /// The run's pattern seed.
+/// Deletes the I/O queue pair a check used, or only forgets it when the
+/// controller needs a reset anyway (deleting would time out again).
+pub(crate) fn release_pair<M: Mmio, D: Dma, C: Clock, W: Write>(
+    ctrl: &mut Controller<M, D, C>,
+    q: IoQueue,
+    r: &mut Reporter<W>,
+) {
+    let qid = q.qid();
+    if ctrl.needs_reset() {
+        ctrl.forget_io_pair(q);
+    } else if let Err(e) = ctrl.delete_io_pair(q) {
+        r.check(
+            false,
+            "queue",
+            format_args!("deleting I/O queue pair {qid}: {e}"),
+        );
+    }
+}
+
 pub(crate) fn seed<M: Mmio, D: Dma, C: Clock>(
     ctrl: &mut Controller<M, D, C>,
     opts: &Options,
