@@ -3,6 +3,8 @@
 //! capabilities (CNS 0x14) and the secondary controller list (CNS 0x15).
 //! Builders for the same layouts serve the model controller.
 
+use core::fmt;
+
 use crate::cmd::{get16, get32, get64};
 
 pub const SIZE: usize = 4096;
@@ -293,6 +295,12 @@ impl PrimaryCtrlCaps {
         d[76..78].copy_from_slice(&self.vifrsm.to_le_bytes());
         d[78..80].copy_from_slice(&self.vigran.to_le_bytes());
     }
+
+    /// The primary holds flexible queues or interrupts (VQRFAP or VIRFAP is
+    /// not zero), which it must give up before secondaries can get any.
+    pub fn primary_holds_flexible(&self) -> bool {
+        self.vqrfap != 0 || self.virfap != 0
+    }
 }
 
 /// One entry of the Secondary Controller List (CNS 0x15).
@@ -334,6 +342,21 @@ impl SecondaryCtrl {
         e[8..10].copy_from_slice(&self.vfn.to_le_bytes());
         e[10..12].copy_from_slice(&self.nvq.to_le_bytes());
         e[12..14].copy_from_slice(&self.nvi.to_le_bytes());
+    }
+}
+
+impl fmt::Display for SecondaryCtrl {
+    /// `scid=1 vfn=1 online nvq=2 nvi=1`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "scid={} vfn={} {} nvq={} nvi={}",
+            self.scid,
+            self.vfn,
+            if self.online() { "online" } else { "offline" },
+            self.nvq,
+            self.nvi
+        )
     }
 }
 
@@ -476,6 +499,7 @@ mod tests {
             (3, 4, 4, 61, 2)
         );
         assert_eq!((c.vifrt, c.vifrsm), (2, 1));
+        assert!(c.primary_holds_flexible());
         let mut again = [0u8; SIZE];
         c.write(&mut again);
         assert_eq!(&again[..], &page[..]);
@@ -509,5 +533,26 @@ mod tests {
         let back: std::vec::Vec<_> = secondary_controllers(&page).collect();
         assert_eq!(back, entries);
         assert!(back[0].online() && !back[1].online());
+        assert_eq!(
+            std::format!("{}", back[0]),
+            "scid=1 vfn=1 online nvq=2 nvi=1"
+        );
+        assert_eq!(
+            std::format!("{}", back[1]),
+            "scid=2 vfn=2 offline nvq=0 nvi=0"
+        );
+    }
+
+    #[test]
+    fn flexible_resources_held_by_the_primary() {
+        let none = PrimaryCtrlCaps {
+            vqfrt: 4,
+            vifrt: 2,
+            ..PrimaryCtrlCaps::default()
+        };
+        assert!(!none.primary_holds_flexible());
+        let vq = PrimaryCtrlCaps { vqrfap: 1, ..none };
+        let vi = PrimaryCtrlCaps { virfap: 1, ..none };
+        assert!(vq.primary_holds_flexible() && vi.primary_holds_flexible());
     }
 }

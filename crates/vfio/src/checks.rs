@@ -16,7 +16,6 @@ use crate::errno::Errno;
 use crate::error::{Error, OsError, Result};
 use crate::host::Host;
 use crate::nvme_pf::{Controller, PfDriver, vf_iova};
-use crate::nvme_wire::reg;
 use crate::sysfs::{SysWrite, Sysfs};
 use crate::token::{NameToken, Token};
 use crate::vfio::{self, Device, Vfio, feature};
@@ -709,7 +708,7 @@ fn nvme_pf_inner<W: fmt::Write>(lane: &mut Lane<'_>, n: u32, r: &mut Reporter<W>
         "open",
         format_args!(
             "cntlid={} model=\"{}\" oacs={:#x} vqfrt={} vqrfap={} vqprt={} vqfrsm={} vifrt={} virfap={} viprt={} vifrsm={} {}",
-            drv.id.cntlid, drv.id.model, drv.id.oacs, c.vqfrt, c.vqrfap, c.vqprt, c.vqfrsm,
+            drv.id.cntlid, drv.id.model(), drv.id.oacs, c.vqfrt, c.vqrfap, c.vqprt, c.vqfrsm,
             c.vifrt, c.virfap, c.viprt, c.vifrsm, drv.timings
         ),
     );
@@ -757,7 +756,7 @@ fn nvme_pf_inner<W: fmt::Write>(lane: &mut Lane<'_>, n: u32, r: &mut Reporter<W>
         let name = format!("vf.{}.ready", i + 1);
         match vf_ready(&mut vfio, vf, s.vfn, drv.token()) {
             Ok((csts_before, csts, cntlid, rdy)) => r.check(
-                csts & reg::CSTS_RDY != 0 && cntlid == s.scid,
+                csts & ukci_nvme::regs::csts::RDY != 0 && cntlid == s.scid,
                 &name,
                 format_args!(
                     "vf={vf} csts_at_open={csts_before:#x} csts={csts:#x} ready_after={}ms identify_cntlid={cntlid} scid={}",

@@ -4,8 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use ukci_nvme::Status as NvmeStatus;
+
 use crate::errno::Errno;
-use crate::nvme_wire::NvmeStatus;
 
 /// A failed system call (ioctl, sysfs write, open) on a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +41,7 @@ pub enum Error {
     Refused { bdf: String, reason: String },
     #[error("{bdf}: not one of the PCI functions this run may change ({allowed})")]
     NotAllowed { bdf: String, allowed: String },
-    #[error("{what}: NVMe status {status}")]
+    #[error("{what}: NVMe status {}", nvme_status(status))]
     Nvme { what: String, status: NvmeStatus },
     #[error("{what}: no answer within {waited:?} ({state})")]
     Timeout {
@@ -72,4 +73,40 @@ impl Error {
     }
 }
 
+/// A completion status as the PF driver's errors print it: the code, its
+/// name and whether the controller said not to retry
+/// (`0x120 Invalid Secondary Controller State (DNR)`).
+fn nvme_status(s: &NvmeStatus) -> String {
+    let dnr = if s.dnr() { " (DNR)" } else { "" };
+    format!("{:#05x} {}{dnr}", s.code().value(), s.name())
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ukci_nvme::Completion;
+
+    #[test]
+    fn nvme_errors_name_the_status_as_qemu_sends_it() {
+        // QEMU: NVME_INVALID_SEC_CTRL_STATE | NVME_DNR = 0x4120, past the phase tag.
+        let mut b = [0u8; 16];
+        b[12..16].copy_from_slice(&((0x4120u32 << 17) | (1 << 16) | 7).to_le_bytes());
+        let c = Completion::decode(&b);
+        assert_eq!((c.cid, c.phase, c.status.is_success()), (7, true, false));
+        let e = Error::Nvme {
+            what: "0000:01:00.0: Virtualization Management SecondaryOnline Vq cntlid=1 nr=0".into(),
+            status: c.status,
+        };
+        assert_eq!(
+            e.to_string(),
+            "0000:01:00.0: Virtualization Management SecondaryOnline Vq cntlid=1 nr=0: \
+             NVMe status 0x120 Invalid Secondary Controller State (DNR)"
+        );
+        assert_eq!(
+            nvme_status(&NvmeStatus(0x0002)),
+            "0x002 Invalid Field in Command"
+        );
+    }
+}

@@ -8,7 +8,7 @@
 //!   `VFIO_DEVICE_FEATURE`, cdev bind) with errno names and kernel messages
 //!   ([`kmsg`]) in its errors.
 //! - [`nvme_pf`]: a userspace NVMe PF driver over VFIO that brings SR-IOV
-//!   secondary controllers online; [`nvme_wire`] holds its encodings.
+//!   secondary controllers online, with the encodings of `ukci-nvme`.
 //! - [`checks`]: the VF-token rule checks, reporting through
 //!   `ukci_protocol::Reporter` like guest checks.
 //! - [`token`]: the VF token, which never prints.
@@ -21,7 +21,6 @@ pub mod host;
 pub mod journal;
 pub mod kmsg;
 pub mod nvme_pf;
-pub mod nvme_wire;
 pub mod sysfs;
 pub mod token;
 pub mod vfio;

@@ -3,6 +3,8 @@
 //! driver it sets the VF token, gives up the primary's flexible resources,
 //! enables the VFs, and assigns queues and interrupts to each secondary
 //! controller and sets it online (Virtualization Management, opcode 0x1C).
+//! The encodings (registers, commands, completions, Identify pages) are
+//! `ukci-nvme`'s, the same the guest's driver uses.
 //!
 //! The PF device fd must stay open while any VF is in use: closing it makes
 //! vfio-pci reset the PF, which takes every secondary controller offline.
@@ -11,12 +13,13 @@ use std::sync::atomic::{Ordering, fence};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use ukci_nvme::cmd::{Resource, VirtAction};
+use ukci_nvme::identify::{self, ControllerData, PrimaryCtrlCaps, SecondaryCtrl};
+use ukci_nvme::regs::{self, Cap, cc};
+use ukci_nvme::{Command, Completion};
+
 use crate::error::{Error, Result};
 use crate::host::Host;
-use crate::nvme_wire::{
-    CNS_CONTROLLER, CNS_PRIMARY_CAPS, CNS_SECONDARY_LIST, ControllerId, Cqe, PrimaryCaps, Resource,
-    Secondary, Sqe, VirtAction, reg,
-};
 use crate::token::{NameToken, Token};
 use crate::vfio::{BAR0_REGION, Device, DmaBuffer, Region, Vfio};
 
@@ -37,8 +40,7 @@ pub struct Controller {
     bar0: Region,
     dma: DmaBuffer,
     iova: u64,
-    cap: u64,
-    dstrd: u32,
+    cap: Cap,
     sq_tail: u16,
     cq_head: u16,
     phase: bool,
@@ -58,16 +60,15 @@ impl Controller {
         dev.enable_bus_master()?;
         let dma = DmaBuffer::new(3 * PAGE)?;
         vfio.container.map_dma(&dma, iova)?;
-        let lo = dev.read32(&bar0, reg::CAP)?;
-        let hi = dev.read32(&bar0, reg::CAP + 4)?;
-        let cap = u64::from(hi) << 32 | u64::from(lo);
+        let lo = dev.read32(&bar0, reg(regs::CAP))?;
+        let hi = dev.read32(&bar0, reg(regs::CAP + 4))?;
+        let cap = Cap(u64::from(hi) << 32 | u64::from(lo));
         Ok(Controller {
             dev,
             bar0,
             dma,
             iova,
             cap,
-            dstrd: reg::cap_dstrd(cap),
             sq_tail: 0,
             cq_head: 0,
             phase: true,
@@ -81,7 +82,7 @@ impl Controller {
     }
 
     pub fn cap(&self) -> u64 {
-        self.cap
+        self.cap.0
     }
 
     pub fn reg32(&self, off: u64) -> Result<u32> {
@@ -98,12 +99,17 @@ impl Controller {
     }
 
     pub fn csts(&self) -> Result<u32> {
-        self.reg32(reg::CSTS)
+        self.reg32(reg(regs::CSTS))
+    }
+
+    /// CAP.TO in milliseconds, as the controller reports it.
+    fn cap_timeout_ms(&self) -> u64 {
+        u64::from(self.cap.to()) * 500
     }
 
     /// CAP.TO, at least one second (TCG hosts are slow).
     fn ready_timeout(&self) -> Duration {
-        Duration::from_millis(reg::cap_timeout_ms(self.cap).max(1000))
+        Duration::from_millis(self.cap_timeout_ms().max(1000))
     }
 
     fn wait_ready(&self, want: bool, what: &str) -> Result<Duration> {
@@ -111,10 +117,10 @@ impl Controller {
         let limit = self.ready_timeout();
         loop {
             let csts = self.csts()?;
-            if (csts & reg::CSTS_RDY != 0) == want {
+            if (csts & regs::csts::RDY != 0) == want {
                 return Ok(start.elapsed());
             }
-            if want && csts & reg::CSTS_CFS != 0 && csts != u32::MAX {
+            if want && csts & regs::csts::CFS != 0 && csts != u32::MAX {
                 return Err(Error::Other(format!(
                     "{}: {what}: controller fatal status (CSTS={csts:#x})",
                     self.dev.bdf()
@@ -124,10 +130,7 @@ impl Controller {
                 return Err(Error::Timeout {
                     what: format!("{}: {what}", self.dev.bdf()),
                     waited: limit,
-                    state: format!(
-                        "CSTS={csts:#x}, CAP.TO={} ms",
-                        reg::cap_timeout_ms(self.cap)
-                    ),
+                    state: format!("CSTS={csts:#x}, CAP.TO={} ms", self.cap_timeout_ms()),
                 });
             }
             sleep(Duration::from_millis(1));
@@ -136,8 +139,8 @@ impl Controller {
 
     /// CC.EN = 0 and wait for CSTS.RDY = 0.
     pub fn disable(&mut self) -> Result<Duration> {
-        let cc = self.reg32(reg::CC)?;
-        self.set32(reg::CC, cc & !reg::CC_EN)?;
+        let cc = self.reg32(reg(regs::CC))?;
+        self.set32(reg(regs::CC), cc & !cc::EN)?;
         self.wait_ready(false, "disable (CSTS.RDY -> 0)")
     }
 
@@ -149,37 +152,43 @@ impl Controller {
         self.sq_tail = 0;
         self.cq_head = 0;
         self.phase = true;
-        let n = u32::from(QUEUE.min(reg::cap_max_entries(self.cap) as u16)) - 1;
-        self.set32(reg::AQA, n << 16 | n)?;
-        self.set64(reg::ASQ, self.iova + SQ_OFF as u64)?;
-        self.set64(reg::ACQ, self.iova + CQ_OFF as u64)?;
+        let n = u32::from(QUEUE).min(self.cap.max_queue_entries()) as u16;
+        self.set32(reg(regs::AQA), regs::aqa(n, n))?;
+        self.set64(reg(regs::ASQ), self.iova + SQ_OFF as u64)?;
+        self.set64(reg(regs::ACQ), self.iova + CQ_OFF as u64)?;
         fence(Ordering::SeqCst);
-        self.set32(reg::CC, reg::CC_QUEUE_SIZES | reg::CC_EN)?;
+        self.set32(reg(regs::CC), cc::ENABLE)?;
         self.wait_ready(true, "enable (CSTS.RDY -> 1)")
     }
 
     /// Submits one admin command and polls for its completion (bounded).
     /// Returns the completion whatever its status.
-    pub fn submit(&mut self, mut sqe: Sqe) -> Result<Cqe> {
+    pub fn submit(&mut self, mut sqe: Command) -> Result<Completion> {
         self.cid = self.cid.wrapping_add(1);
         sqe.cid = self.cid;
         self.dma
             .write(SQ_OFF + usize::from(self.sq_tail) * 64, &sqe.encode());
         self.sq_tail = (self.sq_tail + 1) % QUEUE;
         fence(Ordering::SeqCst);
-        self.set32(reg::sq_doorbell(0, self.dstrd), self.sq_tail.into())?;
+        self.set32(
+            reg(regs::sq_tail_doorbell(0, self.cap.dstrd())),
+            self.sq_tail.into(),
+        )?;
         let start = Instant::now();
         loop {
             let mut raw = [0u8; 16];
             self.dma
                 .read(CQ_OFF + usize::from(self.cq_head) * 16, &mut raw);
-            let cqe = Cqe::decode(&raw);
+            let cqe = Completion::decode(&raw);
             if cqe.phase == self.phase {
                 self.cq_head = (self.cq_head + 1) % QUEUE;
                 if self.cq_head == 0 {
                     self.phase = !self.phase;
                 }
-                self.set32(reg::cq_doorbell(0, self.dstrd), self.cq_head.into())?;
+                self.set32(
+                    reg(regs::cq_head_doorbell(0, self.cap.dstrd())),
+                    self.cq_head.into(),
+                )?;
                 if cqe.cid != sqe.cid {
                     return Err(Error::Other(format!(
                         "{}: completion for command {} while waiting for {}",
@@ -202,7 +211,7 @@ impl Controller {
     }
 
     /// Submits and turns a non-success status into [`Error::Nvme`].
-    pub fn admin(&mut self, what: &str, sqe: Sqe) -> Result<Cqe> {
+    pub fn admin(&mut self, what: &str, sqe: Command) -> Result<Completion> {
         let c = self.submit(sqe)?;
         if c.status.is_success() {
             Ok(c)
@@ -214,21 +223,29 @@ impl Controller {
         }
     }
 
-    /// Identify with `cns` (and CNTID) into the data page.
-    pub fn identify(&mut self, cns: u8, cntid: u16) -> Result<Box<[u8; 4096]>> {
+    /// An Identify command (a `ukci_nvme::Command::identify` builder) into
+    /// the data page.
+    pub fn identify(&mut self, cmd: Command) -> Result<Box<[u8; identify::SIZE]>> {
         self.dma.fill(DATA_OFF, PAGE, 0);
         let prp = self.iova + DATA_OFF as u64;
-        self.admin(
-            &format!("Identify CNS {cns:#04x}"),
-            Sqe::identify(cns, cntid, prp),
-        )?;
-        let mut d = Box::new([0u8; 4096]);
+        let cns = cmd.cdw10 as u8;
+        self.admin(&format!("Identify CNS {cns:#04x}"), cmd.with_prp(prp, 0))?;
+        let mut d = Box::new([0u8; identify::SIZE]);
         self.dma.read(DATA_OFF, &mut d[..]);
         Ok(d)
     }
 
-    pub fn identify_controller(&mut self) -> Result<ControllerId> {
-        Ok(ControllerId::parse(&*self.identify(CNS_CONTROLLER, 0)?))
+    pub fn identify_controller(&mut self) -> Result<ControllerData> {
+        Ok(ControllerData::parse(
+            &*self.identify(Command::identify_controller())?,
+        ))
+    }
+
+    /// Identify CNS 0x14.
+    pub fn primary_controller_caps(&mut self) -> Result<PrimaryCtrlCaps> {
+        Ok(PrimaryCtrlCaps::parse(
+            &*self.identify(Command::primary_controller_caps())?,
+        ))
     }
 
     /// Disables the controller, removes the DMA mapping and hands the device back.
@@ -239,6 +256,11 @@ impl Controller {
         unmapped?;
         Ok(self.dev)
     }
+}
+
+/// A register offset in BAR0 as the VFIO region access takes it.
+fn reg(off: usize) -> u64 {
+    off as u64
 }
 
 /// Time taken by each step of a bring-up, for the report.
@@ -272,8 +294,8 @@ pub const VF_VECTORS: u16 = 1;
 pub struct PfDriver {
     ctrl: Controller,
     token: Token,
-    pub id: ControllerId,
-    pub caps: PrimaryCaps,
+    pub id: ControllerData,
+    pub caps: PrimaryCtrlCaps,
     pub timings: Timings,
 }
 
@@ -294,13 +316,13 @@ impl PfDriver {
         timings.add("enable", t);
         let t = Instant::now();
         let id = ctrl.identify_controller()?;
-        if !id.has_virt_mgmt() {
+        if !id.has_virtualization_management() {
             return Err(Error::Other(format!(
                 "{bdf}: the controller does not support Virtualization Management (OACS={:#x})",
                 id.oacs
             )));
         }
-        let caps = PrimaryCaps::parse(&*ctrl.identify(CNS_PRIMARY_CAPS, 0)?);
+        let caps = ctrl.primary_controller_caps()?;
         timings.add("identify", t);
         Ok(PfDriver {
             ctrl,
@@ -323,10 +345,15 @@ impl PfDriver {
         &mut self.ctrl
     }
 
-    fn virt(&mut self, act: VirtAction, rt: Resource, cntlid: u16, nr: u16) -> Result<Cqe> {
+    fn virt(&mut self, act: VirtAction, rt: Resource, cntlid: u16, nr: u16) -> Result<Completion> {
+        // VQ and VI, spelled as these errors always have.
+        let rt_name = match rt {
+            Resource::Queue => "Vq",
+            Resource::Interrupt => "Vi",
+        };
         self.ctrl.admin(
-            &format!("Virtualization Management {act:?} {rt:?} cntlid={cntlid} nr={nr}"),
-            Sqe::virt_mgmt(act, rt, cntlid, nr),
+            &format!("Virtualization Management {act:?} {rt_name} cntlid={cntlid} nr={nr}"),
+            Command::virtualization_management(act, rt, cntlid, nr),
         )
     }
 
@@ -340,12 +367,22 @@ impl PfDriver {
         }
         let t = Instant::now();
         let me = self.caps.cntlid;
-        self.virt(VirtAction::PrimaryFlexibleAllocation, Resource::Vq, me, 0)?;
-        self.virt(VirtAction::PrimaryFlexibleAllocation, Resource::Vi, me, 0)?;
+        self.virt(
+            VirtAction::PrimaryFlexibleAllocation,
+            Resource::Queue,
+            me,
+            0,
+        )?;
+        self.virt(
+            VirtAction::PrimaryFlexibleAllocation,
+            Resource::Interrupt,
+            me,
+            0,
+        )?;
         self.ctrl.device().reset()?;
         self.ctrl.device().enable_bus_master()?;
         self.ctrl.enable()?;
-        self.caps = PrimaryCaps::parse(&*self.ctrl.identify(CNS_PRIMARY_CAPS, 0)?);
+        self.caps = self.ctrl.primary_controller_caps()?;
         if self.caps.primary_holds_flexible() {
             return Err(Error::Other(format!(
                 "{}: primary still holds flexible resources after the reset (VQRFAP={} VIRFAP={})",
@@ -359,10 +396,9 @@ impl PfDriver {
     }
 
     /// Identify CNS 0x15: the secondary controllers.
-    pub fn secondaries(&mut self) -> Result<Vec<Secondary>> {
-        Ok(Secondary::parse_list(
-            &*self.ctrl.identify(CNS_SECONDARY_LIST, 0)?,
-        ))
+    pub fn secondaries(&mut self) -> Result<Vec<SecondaryCtrl>> {
+        let page = self.ctrl.identify(Command::secondary_controllers(0))?;
+        Ok(identify::secondary_controllers(&*page).collect())
     }
 
     /// Enables `n` VFs through sysfs (journaled). vfio-pci captures them
@@ -394,24 +430,28 @@ impl PfDriver {
                 now.iter().map(|s| s.scid).collect::<Vec<_>>()
             )));
         };
-        if s.online {
-            self.virt(VirtAction::SecondaryOffline, Resource::Vq, scid, 0)?;
+        if s.online() {
+            self.virt(VirtAction::SecondaryOffline, Resource::Queue, scid, 0)?;
         }
-        self.virt(VirtAction::SecondaryAssign, Resource::Vi, scid, nvi)?;
-        self.virt(VirtAction::SecondaryAssign, Resource::Vq, scid, nvq)?;
-        self.virt(VirtAction::SecondaryOnline, Resource::Vq, scid, 0)?;
+        self.virt(VirtAction::SecondaryAssign, Resource::Interrupt, scid, nvi)?;
+        self.virt(VirtAction::SecondaryAssign, Resource::Queue, scid, nvq)?;
+        self.virt(VirtAction::SecondaryOnline, Resource::Queue, scid, 0)?;
         Ok(())
     }
 
     pub fn offline(&mut self, scid: u16) -> Result<()> {
-        self.virt(VirtAction::SecondaryOffline, Resource::Vq, scid, 0)
+        self.virt(VirtAction::SecondaryOffline, Resource::Queue, scid, 0)
             .map(|_| ())
     }
 
     /// The whole VF bring-up: release the primary's flexible resources,
     /// enable `n` VFs, online the secondary of each (VF n ↔ VFN n), and
     /// confirm with CNS 0x15. Returns each VF's BDF with its secondary.
-    pub fn bring_up_vfs(&mut self, host: &mut Host, n: u32) -> Result<Vec<(String, Secondary)>> {
+    pub fn bring_up_vfs(
+        &mut self,
+        host: &mut Host,
+        n: u32,
+    ) -> Result<Vec<(String, SecondaryCtrl)>> {
         self.release_primary_flexible()?;
         let vfs = self.enable_vfs(host, n)?;
         let t = Instant::now();
@@ -433,7 +473,7 @@ impl PfDriver {
             let s = *list.iter().find(|s| s.vfn == vfn).ok_or_else(|| {
                 Error::Other(format!("{}: VF {vfn} vanished from CNS 0x15", self.bdf()))
             })?;
-            if !s.online || s.nvq != VF_QUEUES || s.nvi != VF_VECTORS {
+            if !s.online() || s.nvq != VF_QUEUES || s.nvi != VF_VECTORS {
                 return Err(Error::Other(format!(
                     "{}: after Secondary Online, CNS 0x15 says {s}",
                     self.bdf()
@@ -453,7 +493,7 @@ impl PfDriver {
         }
         let mut first_err = None;
         for s in self.secondaries()? {
-            if (s.online || s.nvq != 0 || s.nvi != 0)
+            if (s.online() || s.nvq != 0 || s.nvi != 0)
                 && let Err(e) = self.offline(s.scid)
             {
                 first_err.get_or_insert(e);

@@ -90,14 +90,7 @@ fn describe_secondaries<M: Mmio, D: Dma, C: Clock, W: Write>(
         Ok(n) => {
             r.info(format_args!("secondary controllers: {n} listed"));
             for s in &list[..n] {
-                r.info(format_args!(
-                    "secondary scid={} vfn={} {} nvq={} nvi={}",
-                    s.scid,
-                    s.vfn,
-                    if s.online() { "online" } else { "offline" },
-                    s.nvq,
-                    s.nvi
-                ));
+                r.info(format_args!("secondary {s}"));
             }
         }
         Err(e) => r.info(format_args!("secondary controller list: {e}")),
