@@ -52,6 +52,8 @@ pub struct Controller {
 const SQ_OFF: usize = 0;
 const CQ_OFF: usize = PAGE;
 const DATA_OFF: usize = 2 * PAGE;
+/// The byte of a completion entry whose bit 0 is the phase tag (DW3 bit 16).
+const CQE_PHASE_BYTE: usize = 14;
 
 impl Controller {
     /// Maps BAR0 and the queue memory (at `iova`) for `dev`.
@@ -176,11 +178,17 @@ impl Controller {
         )?;
         let start = Instant::now();
         loop {
-            let mut raw = [0u8; 16];
-            self.dma
-                .read(CQ_OFF + usize::from(self.cq_head) * 16, &mut raw);
-            let cqe = Completion::decode(&raw);
-            if cqe.phase == self.phase {
+            // The phase tag first, then the entry (as Linux reads the status
+            // word before the rest): the buffer is read byte by byte, so one
+            // pass could pair the new phase tag with the old command ID.
+            let slot = CQ_OFF + usize::from(self.cq_head) * Completion::SIZE;
+            let mut tag = [0u8; 1];
+            self.dma.read(slot + CQE_PHASE_BYTE, &mut tag);
+            if (tag[0] & 1 != 0) == self.phase {
+                fence(Ordering::SeqCst);
+                let mut raw = [0u8; Completion::SIZE];
+                self.dma.read(slot, &mut raw);
+                let cqe = Completion::decode(&raw);
                 self.cq_head = (self.cq_head + 1) % QUEUE;
                 if self.cq_head == 0 {
                     self.phase = !self.phase;
@@ -506,5 +514,31 @@ impl PfDriver {
             first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ukci_nvme::Status;
+
+    #[test]
+    fn the_phase_byte_holds_the_phase_tag_alone() {
+        let done = Completion {
+            dw0: u32::MAX,
+            dw1: u32::MAX,
+            sq_head: u16::MAX,
+            sq_id: u16::MAX,
+            cid: u16::MAX,
+            phase: false,
+            status: Status(0x7fff),
+        };
+        let off = done.encode()[CQE_PHASE_BYTE];
+        let on = Completion {
+            phase: true,
+            ..done
+        }
+        .encode()[CQE_PHASE_BYTE];
+        assert_eq!((off & 1, on & 1, off ^ on), (0, 1, 1));
     }
 }
