@@ -10,7 +10,8 @@
 //! details of the passing results.
 
 use super::{
-    Options, Stop, buffers, compare, fill_pattern, pick_namespace, ready, release_pair, seed,
+    Options, Stop, acquire_pair, buffers, compare, fill_pattern, pick_namespace, ready,
+    release_pair, seed,
 };
 use crate::ctrl::{Controller, DmaRange};
 use crate::error::Error;
@@ -70,17 +71,7 @@ fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
         "nsid={nsid} block={block} capacity={capacity} bytes_per_shape={per_shape} \
          max_transfer={max} queue_depth=1"
     ));
-    let mut q = match ctrl.create_io_pair(1, 0) {
-        Ok(q) => q,
-        Err(e) => {
-            r.check(
-                false,
-                "queue",
-                format_args!("creating I/O queue pair 1: {e}"),
-            );
-            return Err(Stop);
-        }
-    };
+    let mut q = acquire_pair(ctrl, r)?;
     let bufs = match buffers(ctrl, max, r) {
         Ok(b) => b,
         Err(stop) => {

@@ -3,7 +3,8 @@
 
 use super::queues::expect;
 use super::{
-    Options, Stop, buffers, pick_namespace, read_compare, ready, release_pair, seed, write_pattern,
+    Options, Stop, acquire_pair, buffers, pick_namespace, read_compare, ready, release_pair, seed,
+    write_pattern,
 };
 use crate::cmd::{self, Command};
 use crate::ctrl::Controller;
@@ -69,17 +70,7 @@ fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
     );
     ctrl.dma().free(page);
 
-    let mut q = match ctrl.create_io_pair(1, 0) {
-        Ok(q) => q,
-        Err(e) => {
-            r.check(
-                false,
-                "queue",
-                format_args!("creating I/O queue pair 1: {e}"),
-            );
-            return Err(Stop);
-        }
-    };
+    let mut q = acquire_pair(ctrl, r)?;
     let res = ctrl.admin(Command::delete_io_cq(1), None);
     expect(
         r,

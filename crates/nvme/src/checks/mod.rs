@@ -218,6 +218,22 @@ pub(crate) fn pick_namespace<M: Mmio, D: Dma, C: Clock, W: Write>(
 }
 
 /// The run's pattern seed.
+/// Creates I/O queue pair 1 for a check; a failure is the check's `queue`
+/// failure and stops it.
+pub(crate) fn acquire_pair<M: Mmio, D: Dma, C: Clock, W: Write>(
+    ctrl: &mut Controller<M, D, C>,
+    r: &mut Reporter<W>,
+) -> Result<IoQueue, Stop> {
+    ctrl.create_io_pair(1, 0).map_err(|e| {
+        r.check(
+            false,
+            "queue",
+            format_args!("creating I/O queue pair 1: {e}"),
+        );
+        Stop
+    })
+}
+
 /// Deletes the I/O queue pair a check used, or only forgets it when the
 /// controller needs a reset anyway (deleting would time out again).
 pub(crate) fn release_pair<M: Mmio, D: Dma, C: Clock, W: Write>(

@@ -1,7 +1,8 @@
 //! `nvme.rw`: write, flush, read back, compare byte for byte.
 
 use super::{
-    Options, Stop, buffers, pick_namespace, read_compare, ready, release_pair, seed, write_pattern,
+    Options, Stop, acquire_pair, buffers, pick_namespace, read_compare, ready, release_pair, seed,
+    write_pattern,
 };
 use crate::PAGE_SIZE;
 use crate::ctrl::Controller;
@@ -87,17 +88,7 @@ fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
         },
     ];
 
-    let mut q = match ctrl.create_io_pair(1, 0) {
-        Ok(q) => q,
-        Err(e) => {
-            r.check(
-                false,
-                "queue",
-                format_args!("creating I/O queue pair 1: {e}"),
-            );
-            return Err(Stop);
-        }
-    };
+    let mut q = acquire_pair(ctrl, r)?;
     let (wbuf, rbuf) = match buffers(ctrl, max, r) {
         Ok(b) => b,
         Err(stop) => {
