@@ -216,6 +216,7 @@ fn host_checks(t: &PlannedTest, host: &HostContext) -> Finished {
         stdout: out,
         stderr: String::new(),
         elapsed: start.elapsed(),
+        ready_at: None,
     }
 }
 

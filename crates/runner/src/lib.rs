@@ -15,7 +15,7 @@ pub mod outcome;
 pub mod plan;
 pub mod qemu;
 pub mod session;
-pub mod supervise;
 pub mod terminal;
 pub mod units;
 pub mod vf;
+pub use ukci_supervise as supervise;

@@ -275,6 +275,7 @@ mod tests {
             stdout: stdout.into(),
             stderr: stderr.into(),
             elapsed: Duration::from_millis(50),
+            ready_at: None,
         }
     }
 

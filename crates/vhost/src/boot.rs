@@ -20,12 +20,11 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+use ukci_supervise::{self as supervise, End};
 
 use crate::marker;
 
@@ -559,46 +558,6 @@ fn tail(text: &str, n: usize) -> String {
 // ---------------------------------------------------------------------------
 // Supervisor
 
-/// Kills QEMU's whole process group and reaps it, whatever path drops it.
-struct GroupGuard {
-    child: Child,
-    reaped: Option<ExitStatus>,
-}
-
-impl GroupGuard {
-    fn kill(&mut self) {
-        if self.reaped.is_some() {
-            return;
-        }
-        let pgid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) with a negative pid signals the process group that
-        // `spawn` created for this child (process_group(0) makes its pid the
-        // pgid); it touches no memory of ours.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-        let _ = self.child.kill();
-        self.reaped = self.child.wait().ok();
-    }
-
-    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        if let Some(s) = self.reaped {
-            return Ok(Some(s));
-        }
-        let s = self.child.try_wait()?;
-        if s.is_some() {
-            self.reaped = s;
-        }
-        Ok(s)
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Prepares the scratch and results folders, boots the virtual host, waits
 /// for it to power off (or kills it at a deadline), and judges the serial log.
 /// `on_line` sees each serial line as it arrives, with the time since start.
@@ -648,89 +607,45 @@ pub fn run(
     let mut log =
         io::BufWriter::new(fs::File::create(&cfg.serial_log).map_err(io_err(&cfg.serial_log))?);
 
-    let mut cmd = Command::new(&cfg.qemu);
-    cmd.args(qemu_args(cfg))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    // The shared supervisor: own process group, killed and reaped on every
+    // path, dies with the runner, and Ctrl-C reaches it.
     let start = Instant::now();
-    let child = cmd.spawn().map_err(|e| {
-        config_err(format!(
-            "cannot start {}: {e} (install qemu-system-x86 10.0 from bookworm-backports)",
-            cfg.qemu.display()
-        ))
-    })?;
-    let mut guard = GroupGuard {
-        child,
-        reaped: None,
+    let is_ready = |l: &str| l.starts_with(marker::AGENT_READY);
+    let fin = supervise::run_with(
+        cfg.qemu.as_os_str(),
+        &qemu_args(cfg),
+        cfg.timeout,
+        Some(supervise::Ready {
+            within: cfg.ready_timeout,
+            line: &is_ready,
+        }),
+        |line| {
+            let _ = writeln!(log, "{line}");
+            on_line(start.elapsed(), line);
+        },
+    );
+    let _ = log.flush();
+    let total = fin.elapsed;
+    let ready = fin.ready_at;
+    let ending = match fin.end {
+        End::Exited(c) => Ending::Exited(ExitKind::Code(c)),
+        End::Signaled(s) => Ending::Exited(ExitKind::Signal(s)),
+        End::TimedOut(_) => Ending::TimedOut {
+            after: total,
+            agent_started: ready.is_some(),
+        },
+        End::SpawnFailed(e) => {
+            return Err(config_err(format!(
+                "{e} (install qemu-system-x86 10.0 from bookworm-backports)"
+            )));
+        }
     };
-    let stdout = guard.child.stdout.take().expect("stdout is piped");
-    let mut stderr_pipe = guard.child.stderr.take().expect("stderr is piped");
-
-    let (ready_tx, ready_rx) = mpsc::channel::<Duration>();
-    let (serial, stderr, ending, ready) = std::thread::scope(|s| {
-        let reader = s.spawn(move || {
-            let mut text = String::new();
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                let _ = log.write_all(&buf);
-                let line = String::from_utf8_lossy(&buf);
-                let line = line.trim_end_matches(['\n', '\r']);
-                let at = start.elapsed();
-                if line.starts_with(marker::AGENT_READY) {
-                    let _ = ready_tx.send(at);
-                }
-                on_line(at, line);
-                text.push_str(line);
-                text.push('\n');
-                buf.clear();
-            }
-            let _ = log.flush();
-            text
-        });
-        let err_reader = s.spawn(move || {
-            let mut text = String::new();
-            let _ = stderr_pipe.read_to_string(&mut text);
-            text
-        });
-
-        let mut ready: Option<Duration> = None;
-        let ending = loop {
-            if ready.is_none() {
-                ready = ready_rx.try_recv().ok();
-            }
-            match guard.try_wait() {
-                Ok(Some(status)) => break Ending::Exited(status.into()),
-                Ok(None) => {}
-                Err(_) => {
-                    guard.kill();
-                    break Ending::Exited(ExitKind::Signal(libc::SIGKILL));
-                }
-            }
-            let elapsed = start.elapsed();
-            let limit = if ready.is_some() {
-                cfg.timeout
-            } else {
-                cfg.ready_timeout.min(cfg.timeout)
-            };
-            if elapsed >= limit {
-                guard.kill();
-                break Ending::TimedOut {
-                    after: elapsed,
-                    agent_started: ready.is_some(),
-                };
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let serial = reader.join().unwrap_or_default();
-        let stderr = err_reader.join().unwrap_or_default();
-        let ready = ready.or_else(|| ready_rx.try_recv().ok());
-        (serial, stderr, ending, ready)
-    });
-    let total = start.elapsed();
-    drop(guard);
+    let serial: String = fin
+        .stdout
+        .lines()
+        .flat_map(|l| [l.trim_end_matches('\r'), "\n"])
+        .collect();
+    let stderr = fin.stderr;
 
     match judge(&serial, &ending) {
         Ok(agent_status) => Ok(BootReport {

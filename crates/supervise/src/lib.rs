@@ -32,6 +32,15 @@ pub struct Finished {
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
+    /// When the [`Ready`] line appeared, if one was asked for and seen.
+    pub ready_at: Option<Duration>,
+}
+
+/// A line the process must print within `within` of its start (a boot
+/// marker); until it has, that is the deadline.
+pub struct Ready<'a> {
+    pub within: Duration,
+    pub line: &'a dyn Fn(&str) -> bool,
 }
 
 /// Process groups alive right now, for the interrupt handler.
@@ -110,9 +119,21 @@ pub fn run(
     program: &OsStr,
     args: &[OsString],
     timeout: Duration,
+    on_line: impl FnMut(&str),
+) -> Finished {
+    run_with(program, args, timeout, None, on_line)
+}
+
+/// [`run`], with an earlier deadline until the `ready` line has appeared.
+pub fn run_with(
+    program: &OsStr,
+    args: &[OsString],
+    timeout: Duration,
+    ready: Option<Ready<'_>>,
     mut on_line: impl FnMut(&str),
 ) -> Finished {
     let start = Instant::now();
+    let mut ready_at = None;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -138,6 +159,7 @@ pub fn run(
             stdout: String::new(),
             stderr: String::new(),
             elapsed: start.elapsed(),
+            ready_at,
         };
     }
     let child = match cmd.spawn() {
@@ -148,6 +170,7 @@ pub fn run(
                 stdout: String::new(),
                 stderr: String::new(),
                 elapsed: start.elapsed(),
+                ready_at,
             };
         }
     };
@@ -184,16 +207,24 @@ pub fn run(
         }
     });
 
-    let deadline = start + timeout;
+    let limit = |ready_at: Option<Duration>| match &ready {
+        Some(r) if ready_at.is_none() => r.within.min(timeout),
+        _ => timeout,
+    };
+    let mut take = |line: &str, out: &mut String, ready_at: &mut Option<Duration>| {
+        let text = line.trim_end_matches(['\r', '\n']);
+        if ready_at.is_none() && ready.as_ref().is_some_and(|r| (r.line)(text)) {
+            *ready_at = Some(start.elapsed());
+        }
+        on_line(text);
+        out.push_str(line);
+    };
     let mut out = String::new();
     let mut timed_out = false;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = (start + limit(ready_at)).saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) => {
-                on_line(line.trim_end_matches(['\r', '\n']));
-                out.push_str(&line);
-            }
+            Ok(line) => take(&line, &mut out, &mut ready_at),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 timed_out = true;
@@ -208,7 +239,7 @@ pub fn run(
         }
         match guard.child.try_wait() {
             Ok(Some(_)) => break guard.reap(),
-            Ok(None) if Instant::now() >= deadline => timed_out = true,
+            Ok(None) if Instant::now() >= start + limit(ready_at) => timed_out = true,
             Ok(None) => std::thread::sleep(Duration::from_millis(1)),
             Err(e) => break Err(e),
         }
@@ -216,12 +247,11 @@ pub fn run(
     let _ = out_thread.join();
     // Anything still queued arrived before the end.
     for line in rx.try_iter() {
-        on_line(line.trim_end_matches(['\r', '\n']));
-        out.push_str(&line);
+        take(&line, &mut out, &mut ready_at);
     }
     let stderr = err_thread.join().unwrap_or_default();
     let end = match status {
-        _ if timed_out => End::TimedOut(timeout),
+        _ if timed_out => End::TimedOut(limit(ready_at)),
         Ok(st) => match (st.code(), st.signal()) {
             (Some(c), _) => End::Exited(c),
             (None, Some(s)) => End::Signaled(s),
@@ -234,6 +264,7 @@ pub fn run(
         stdout: out,
         stderr,
         elapsed: start.elapsed(),
+        ready_at,
     }
 }
 
@@ -290,6 +321,34 @@ mod tests {
         assert!(matches!(f.end, End::TimedOut(_)), "{:?}", f.end);
         assert!(f.elapsed < Duration::from_secs(5));
         assert!(pid > 0 && !group_alive(pid), "group {pid} survived");
+    }
+
+    #[test]
+    fn the_ready_line_is_the_deadline_until_it_appears() {
+        let marker = |l: &str| l == "ready";
+        let ready = || Ready {
+            within: Duration::from_millis(300),
+            line: &marker,
+        };
+        let f = run_with(
+            OsStr::new("sh"),
+            &["-c".into(), "sleep 5".into()],
+            Duration::from_secs(10),
+            Some(ready()),
+            |_| {},
+        );
+        assert_eq!(f.end, End::TimedOut(Duration::from_millis(300)));
+        assert_eq!(f.ready_at, None);
+        let f = run_with(
+            OsStr::new("sh"),
+            &["-c".into(), "echo ready; sleep 0.5; echo done".into()],
+            Duration::from_secs(10),
+            Some(ready()),
+            |_| {},
+        );
+        assert_eq!(f.end, End::Exited(0));
+        assert!(f.ready_at.is_some_and(|t| t < Duration::from_millis(300)));
+        assert_eq!(f.stdout, "ready\ndone\n");
     }
 
     #[test]
