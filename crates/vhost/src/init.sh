@@ -37,14 +37,15 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 results /results ||
 
 if [ "$UKCI_CHROOT" = 1 ]; then
 	# The agent sees the host's own filesystem at its usual paths (read-only),
-	# with this kernel's /dev, /proc, /sys, fresh /tmp and /run, and the
-	# results folder writable at its host path.
+	# with this kernel's /dev, /proc, /sys, a fresh /run (TMPDIR points into
+	# it), and the results folder writable at its host path. /tmp stays the
+	# host's own: a checkout or a results folder under /tmp must stay visible.
 	for d in dev dev/pts proc sys; do
 		mount --bind "/$d" "/host/$d" || fail "cannot bind /$d into the host root"
 	done
-	for d in tmp run; do
-		[ -d "/host/$d" ] && { mount -t tmpfs tmpfs "/host/$d" || fail "cannot mount tmpfs on /$d"; }
-	done
+	mount -t tmpfs tmpfs /host/run || fail "cannot mount tmpfs on /run"
+	mkdir -p /host/run/tmp
+	export TMPDIR=/run/tmp
 	mkdir -p "/host$UKCI_RESULTS_HOST" && mount --bind /results "/host$UKCI_RESULTS_HOST" ||
 		fail "cannot bind the results folder at $UKCI_RESULTS_HOST"
 	export UKCI_RESULTS="$UKCI_RESULTS_HOST"

@@ -21,7 +21,7 @@ fn have(program: &str) -> bool {
     Command::new(program).arg("--version").output().is_ok()
 }
 
-/// Not under /tmp: the chrooted agent gets a fresh tmpfs there.
+/// Under the target folder, which the chrooted agent sees at its host path.
 fn run_dir(tag: &str) -> PathBuf {
     let d =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vhost-{tag}-{}", std::process::id()));
