@@ -211,14 +211,23 @@ impl BootConfig {
     }
 }
 
+/// Seconds a task may sit in uninterruptible sleep before the host kernel's
+/// hung-task watchdog panics it. Nothing the agent does sleeps that long; a
+/// host that does has wedged, and ends within a minute or two instead of at
+/// the boot timeout.
+pub const HUNG_TASK_SECS: u32 = 60;
+
 /// The kernel command line.
 pub fn kernel_cmdline(cfg: &BootConfig) -> String {
+    let hung = format!("sysctl.kernel.hung_task_timeout_secs={HUNG_TASK_SECS}");
     let mut words: Vec<&str> = vec![
         "console=ttyS0",
         "intel_iommu=on",
         "iommu=pt",
         // Any panic reboots at once, and -no-reboot turns that into a QEMU exit.
         "panic=-1",
+        "hung_task_panic=1",
+        &hung,
         "loglevel=4",
     ];
     words.extend(cfg.extra_append.iter().map(String::as_str));
@@ -403,6 +412,14 @@ pub enum Failure {
         agent_started: bool,
     },
     Panic(String),
+    /// The hung-task watchdog fired: a task (named here, as the kernel put
+    /// it) slept uninterruptibly for [`HUNG_TASK_SECS`].
+    Wedged {
+        task: String,
+        /// RCU also reported a timer that never fired: the emulated CPU lost
+        /// a timer interrupt, so the wedge is the emulation's, not the kernel's.
+        timer_lost: bool,
+    },
     InitError(String),
     QemuFailed(ExitKind),
     NeverStartedAgent,
@@ -433,6 +450,16 @@ impl fmt::Display for Failure {
                 )
             }
             Failure::Panic(line) => write!(f, "kernel panic: {line}"),
+            Failure::Wedged { task, timer_lost } => {
+                write!(f, "the host kernel wedged: {task}")?;
+                if *timer_lost {
+                    write!(
+                        f,
+                        " (RCU: a timer wakeup never happened: the emulated CPU lost a timer interrupt)"
+                    )?;
+                }
+                Ok(())
+            }
             Failure::InitError(what) => write!(f, "/init failed: {what}"),
             Failure::QemuFailed(ExitKind::Code(c)) => write!(f, "QEMU exited with status {c}"),
             Failure::QemuFailed(ExitKind::Signal(s)) => write!(f, "QEMU died from signal {s}"),
@@ -449,10 +476,36 @@ impl fmt::Display for Failure {
     }
 }
 
+impl Failure {
+    /// A wedged host says nothing about the tests it was running: running
+    /// them again on a fresh host is sound.
+    pub fn is_wedge(&self) -> bool {
+        matches!(self, Failure::Wedged { .. })
+    }
+}
+
 /// What a finished boot means, from its serial log and QEMU's ending. The
 /// agent's own exit status is a result (`Ok`), not a failure of the host.
 pub fn judge(serial: &str, ending: &Ending) -> Result<i32, Failure> {
     let lines = || serial.lines().map(|l| l.trim_end_matches('\r'));
+    let hung_task = lines().find_map(|l| {
+        let at = l.find("INFO: task ")?;
+        l[at..]
+            .contains(" blocked for more than ")
+            .then(|| l[at + "INFO: ".len()..].trim_end_matches('.').to_owned())
+    });
+    let watchdog_fired = lines().any(|l| l.contains("Kernel panic - not syncing: hung_task"));
+    let agent_timed_out = matches!(
+        ending,
+        Ending::TimedOut {
+            agent_started: true,
+            ..
+        }
+    );
+    if let Some(task) = hung_task.filter(|_| watchdog_fired || agent_timed_out) {
+        let timer_lost = lines().any(|l| l.contains("timer wakeup didn't happen"));
+        return Err(Failure::Wedged { task, timer_lost });
+    }
     if let Some(panic) = lines().find(|l| l.contains("Kernel panic - not syncing")) {
         let at = panic.find("Kernel panic").unwrap_or(0);
         return Err(Failure::Panic(panic[at..].to_owned()));
@@ -738,7 +791,13 @@ mod tests {
             "comma escaped"
         );
         let append = value_after(&a, "-append")[0];
-        for w in ["console=ttyS0", "intel_iommu=on", "panic=-1"] {
+        for w in [
+            "console=ttyS0",
+            "intel_iommu=on",
+            "panic=-1",
+            "hung_task_panic=1",
+            "sysctl.kernel.hung_task_timeout_secs=60",
+        ] {
             assert!(append.split(' ').any(|x| x == w), "{append}");
         }
         assert_eq!(value_after(&a, "-serial"), ["chardev:console"]);
@@ -837,6 +896,47 @@ mod tests {
     #[test]
     fn judge_returns_the_agent_status() {
         assert_eq!(judge(GOOD, &Ending::Exited(ExitKind::Code(0))), Ok(3));
+    }
+
+    /// Lines a real wedged debian:6.1 host printed (abridged), and the panic
+    /// its watchdog adds.
+    const WEDGED: &str = "UKCI-VHOST: agent-ready uptime=3.12\n\
+        ukci-event: {}\n\
+        [  442.673215] rcu: \tPossible timer handling issue on cpu=0 timer-softirq=408\n\
+        [  484.535724] INFO: task xtask:148 blocked for more than 362 seconds.\n\
+        [  484.536265]       Not tainted 6.1.0-56-amd64 #1 Debian 6.1.192-2\n\
+        [  505.692684] rcu: rcu_preempt kthread timer wakeup didn't happen for 15754 jiffies! g1109\n";
+
+    #[test]
+    fn a_hung_task_is_a_wedge_that_names_the_task() {
+        let panicked =
+            format!("{WEDGED}[  485.1] Kernel panic - not syncing: hung_task: blocked tasks\n");
+        let exited = Ending::Exited(ExitKind::Code(0));
+        let f = judge(&panicked, &exited).unwrap_err();
+        assert_eq!(
+            f,
+            Failure::Wedged {
+                task: "task xtask:148 blocked for more than 362 seconds".into(),
+                timer_lost: true,
+            }
+        );
+        assert!(f.is_wedge());
+        assert!(f.to_string().contains("lost a timer interrupt"), "{f}");
+        // The watchdog's report alone, then the boot timeout: the same wedge.
+        let timed_out = Ending::TimedOut {
+            after: Duration::from_secs(900),
+            agent_started: true,
+        };
+        assert!(judge(WEDGED, &timed_out).unwrap_err().is_wedge());
+        // A plain panic or timeout is not.
+        let panic =
+            "UKCI-VHOST: agent-ready\nKernel panic - not syncing: Attempted to kill init!\n";
+        assert!(!judge(panic, &exited).unwrap_err().is_wedge());
+        assert!(
+            !judge("UKCI-VHOST: agent-ready\n", &timed_out)
+                .unwrap_err()
+                .is_wedge()
+        );
     }
 
     #[test]

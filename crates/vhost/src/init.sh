@@ -19,7 +19,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
-echo "UKCI-VHOST: init kernel=$(uname -r) uptime=$(up)"
+watchdog="hung_task_timeout_secs=$(cat /proc/sys/kernel/hung_task_timeout_secs 2>/dev/null) hung_task_panic=$(cat /proc/sys/kernel/hung_task_panic 2>/dev/null)"
+echo "UKCI-VHOST: init kernel=$(uname -r) $watchdog uptime=$(up)"
 
 while read -r name params; do
 	[ -n "$name" ] || continue
