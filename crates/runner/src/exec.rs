@@ -23,6 +23,9 @@ pub struct TestRun {
     pub elapsed: Duration,
     /// How QEMU ended; `None` for a test that did not run.
     pub end: Option<End>,
+    /// Earlier runs of this test that gave no result, each as why (a wedged
+    /// virtual host); this run is the one that counts.
+    pub reruns: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -152,6 +155,7 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
             stderr: String::new(),
             elapsed: Duration::ZERO,
             end: None,
+            reruns: vec![],
         };
     }
     if let Err(e) = create_scratch(t) {
@@ -168,6 +172,7 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
             stderr: String::new(),
             elapsed: Duration::ZERO,
             end: None,
+            reruns: vec![],
         };
     }
     let fin = if t.host_checks {
@@ -197,6 +202,7 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
         stderr: fin.stderr,
         elapsed: fin.elapsed,
         end: Some(fin.end),
+        reruns: vec![],
     }
 }
 

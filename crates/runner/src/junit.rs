@@ -5,7 +5,9 @@
 use crate::exec::TestRun;
 use crate::outcome::Outcome;
 use crate::plan::PlannedTest;
-use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
+use quick_junit::{
+    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
+};
 use std::collections::BTreeMap;
 
 pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) -> Report {
@@ -37,6 +39,13 @@ pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) ->
             };
             if let (Some(d), TestCaseStatus::NonSuccess { .. }) = (&r.detail, &status) {
                 status.set_description(d.clone());
+            }
+            // An earlier run that gave no result: flakyError beside a pass,
+            // rerunError beside a failure.
+            for why in &run.reruns {
+                let mut rerun = TestRerun::new(NonSuccessKind::Error);
+                rerun.set_type("host").set_message(why.clone());
+                status.add_rerun(rerun);
             }
             let mut case = TestCase::new(r.name.clone(), status);
             case.set_classname(t.id());
@@ -70,4 +79,57 @@ fn skipped(ty: &str, message: &str) -> TestCaseStatus {
     let mut s = TestCaseStatus::skipped();
     s.set_type(ty).set_message(message.to_string());
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::{Judged, SubResult};
+    use std::time::Duration;
+
+    fn run(outcome: Outcome, reruns: &[&str]) -> TestRun {
+        TestRun {
+            judged: Judged {
+                results: vec![SubResult {
+                    name: "vfio.env: facts".into(),
+                    outcome,
+                    detail: None,
+                }],
+                infos: vec![],
+            },
+            log: "serial".into(),
+            stderr: String::new(),
+            elapsed: Duration::from_millis(5),
+            end: None,
+            reruns: reruns.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn xml(runs: Vec<Option<TestRun>>) -> String {
+        let plan = crate::plan::tests::virtual_plan(crate::plan::tests::VIRTUAL);
+        let runs: Vec<_> = runs
+            .into_iter()
+            .chain(std::iter::repeat(None))
+            .take(plan.len())
+            .collect();
+        report("r", &plan, &runs).to_string().unwrap()
+    }
+
+    #[test]
+    fn a_pass_after_a_wedged_host_is_flaky_and_says_why() {
+        let x = xml(vec![Some(run(
+            Outcome::Pass,
+            &["the host kernel wedged (boot 1)"],
+        ))]);
+        assert!(x.contains("<flakyError"), "{x}");
+        assert!(
+            x.contains(r#"message="the host kernel wedged (boot 1)""#),
+            "{x}"
+        );
+        assert!(x.contains(r#"type="host""#), "{x}");
+        let x = xml(vec![Some(run(Outcome::Fail("no".into()), &["wedged"]))]);
+        assert!(x.contains("<failure") && x.contains("<rerunError"), "{x}");
+        let x = xml(vec![Some(run(Outcome::Pass, &[]))]);
+        assert!(!x.contains("flaky") && !x.contains("rerun"), "{x}");
+    }
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
-use ukci_vhost::boot::{self, Agent, BootConfig};
+use ukci_vhost::boot::{self, Agent, BootConfig, BootError};
 use ukci_vhost::initramfs::{self, InitramfsSpec};
 
 /// Prefix of an event line on the agent's stdout.
@@ -95,6 +95,7 @@ impl WireRun {
             stderr: self.stderr,
             elapsed: Duration::from_millis(self.elapsed_ms),
             end: None,
+            reruns: vec![],
         }
     }
 
@@ -152,79 +153,145 @@ pub fn boot_dir_name(suite: &str, kernel: &str) -> String {
     format!("{suite}@{k}")
 }
 
+/// How often one (suite, kernel) may boot: a second boot runs only the tests
+/// a wedged first host left unreported; any other host failure is final.
+pub const MAX_BOOTS: u32 = 2;
+
+/// Why a boot gave no agent status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFailure {
+    pub why: String,
+    /// The host kernel wedged (see [`boot::Failure::is_wedge`]): the tests it
+    /// left unreported may run again on a fresh host.
+    pub wedged: bool,
+}
+
+/// Whether the tests a failed boot left unreported get another boot.
+pub fn boot_again(failure: &HostFailure, boot_no: u32, unreported: usize) -> bool {
+    failure.wedged && boot_no < MAX_BOOTS && unreported > 0
+}
+
 /// Boots the virtual host for the tests `idxs` (one suite, one kernel) and
 /// sends their `Finished` events. A test the agent never reported ends as an
-/// error naming what happened to the host, with its serial log.
+/// error naming what happened to the host, with its serial log; when the
+/// host wedged, such tests first run once more on a fresh host, and the
+/// wedge is recorded on their results as a rerun.
 pub fn run_boot(plan: &[PlannedTest], idxs: &[usize], ctx: &LaneContext, events: &Sender<Event>) {
+    run_boots(plan, idxs, &ctx.results, events, |these, dir, on_line| {
+        boot_and_run(plan, these, ctx, dir, on_line)
+    });
+}
+
+/// [`run_boot`] with the boot itself as a parameter: `boot(tests, results
+/// folder, on_line)` runs the agent for `tests` and returns its status.
+fn run_boots(
+    plan: &[PlannedTest],
+    idxs: &[usize],
+    results: &Path,
+    events: &Sender<Event>,
+    mut boot_and_run: impl FnMut(
+        &[usize],
+        &Path,
+        &mut (dyn FnMut(&str) + Send),
+    ) -> Result<i32, HostFailure>,
+) {
     let first = &plan[idxs[0]];
     let boot = first.boot.as_ref().expect("a virtual test has a boot");
     for &i in idxs {
         let _ = events.send(Event::Started { idx: i });
     }
-    let by_id: BTreeMap<String, usize> = idxs.iter().map(|&i| (plan[i].id(), i)).collect();
-    let mut pending = by_id.clone();
-    let finish = |id: &str, run: TestRun, pending: &mut BTreeMap<String, usize>| {
-        if let Some(idx) = pending.remove(id) {
+    let mut pending: BTreeMap<String, usize> = idxs.iter().map(|&i| (plan[i].id(), i)).collect();
+    let mut reruns: Vec<String> = Vec::new();
+    let base = boot_dir_name(&boot.suite, &boot.kernel.name);
+    for boot_no in 1..=MAX_BOOTS {
+        let dir = results.join(match boot_no {
+            1 => base.clone(),
+            n => format!("{base}.boot{n}"),
+        });
+        let finish = |w: WireRun, pending: &mut BTreeMap<String, usize>| {
+            if let Some(idx) = pending.remove(&w.test) {
+                let mut run = w.into_run();
+                run.reruns = reruns.clone();
+                let _ = events.send(Event::Finished {
+                    idx,
+                    run: Box::new(run),
+                });
+            }
+        };
+        let these: Vec<usize> = pending.values().copied().collect();
+        let outcome = boot_and_run(&these, &dir, &mut |line| {
+            if let Some(w) = WireRun::from_line(line) {
+                finish(w, &mut pending);
+            } else if let Some(&idx) = pending.values().next() {
+                let _ = events.send(Event::Output {
+                    idx,
+                    line: line.to_string(),
+                });
+            }
+        });
+        // The file is complete even where the console mangled a line.
+        if let Ok(text) = std::fs::read_to_string(dir.join(EVENTS_FILE)) {
+            for w in text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<WireRun>(l).ok())
+            {
+                finish(w, &mut pending);
+            }
+        }
+        let why = match outcome {
+            Ok(0) => "the agent finished without reporting this test".to_string(),
+            Ok(status) => {
+                format!("the agent exited with status {status} before reporting this test")
+            }
+            Err(failure) if boot_again(&failure, boot_no, pending.len()) => {
+                let _ = events.send(Event::Output {
+                    idx: *pending.values().next().expect("pending is not empty"),
+                    line: format!(
+                        "virtual host {}: boot {boot_no} wedged; the {} unreported test(s) run on a fresh host",
+                        boot.kernel.name,
+                        pending.len()
+                    ),
+                });
+                reruns.push(format!(
+                    "{} (boot {boot_no}); serial log: {}",
+                    failure.why.lines().next().unwrap_or_default(),
+                    dir.join("serial.log").display()
+                ));
+                continue;
+            }
+            Err(failure) => failure.why,
+        };
+        let serial = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
+        for (id, idx) in std::mem::take(&mut pending) {
+            let test = id
+                .rsplit_once('.')
+                .map_or(id.as_str(), |(_, t)| t)
+                .to_string();
+            let run = TestRun {
+                judged: Judged {
+                    results: vec![SubResult {
+                        name: test,
+                        outcome: Outcome::Error(format!(
+                            "virtual host {}: {why}; serial log: {}",
+                            boot.kernel.name,
+                            dir.join("serial.log").display()
+                        )),
+                        detail: None,
+                    }],
+                    infos: vec![],
+                },
+                log: serial.clone(),
+                stderr: String::new(),
+                elapsed: Duration::ZERO,
+                end: None,
+                reruns: reruns.clone(),
+            };
             let _ = events.send(Event::Finished {
                 idx,
                 run: Box::new(run),
             });
         }
-    };
-    let dir = ctx
-        .results
-        .join(boot_dir_name(&boot.suite, &boot.kernel.name));
-    let outcome = boot_and_run(plan, idxs, ctx, &dir, &mut |line| {
-        if let Some(w) = WireRun::from_line(line) {
-            let id = w.test.clone();
-            finish(&id, w.into_run(), &mut pending);
-        } else if let Some(&idx) = pending.values().next() {
-            let _ = events.send(Event::Output {
-                idx,
-                line: line.to_string(),
-            });
-        }
-    });
-    // The file is complete even where the console mangled a line.
-    if let Ok(text) = std::fs::read_to_string(dir.join(EVENTS_FILE)) {
-        for w in text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<WireRun>(l).ok())
-        {
-            let id = w.test.clone();
-            finish(&id, w.into_run(), &mut pending);
-        }
-    }
-    let why = match outcome {
-        Ok(0) => "the agent finished without reporting this test".to_string(),
-        Ok(status) => format!("the agent exited with status {status} before reporting this test"),
-        Err(e) => e,
-    };
-    let serial = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
-    for (id, _) in pending.clone() {
-        let test = id
-            .rsplit_once('.')
-            .map_or(id.as_str(), |(_, t)| t)
-            .to_string();
-        let run = TestRun {
-            judged: Judged {
-                results: vec![SubResult {
-                    name: test,
-                    outcome: Outcome::Error(format!(
-                        "virtual host {}: {why}; serial log: {}",
-                        boot.kernel.name,
-                        dir.join("serial.log").display()
-                    )),
-                    detail: None,
-                }],
-                infos: vec![],
-            },
-            log: serial.clone(),
-            stderr: String::new(),
-            elapsed: Duration::ZERO,
-            end: None,
-        };
-        finish(&id, run, &mut pending);
+        break;
     }
 }
 
@@ -236,16 +303,18 @@ fn boot_and_run(
     ctx: &LaneContext,
     dir: &Path,
     on_line: &mut (dyn FnMut(&str) + Send),
-) -> Result<i32, String> {
+) -> Result<i32, HostFailure> {
+    let fail = |why: String| HostFailure { why, wedged: false };
     let first = &plan[idxs[0]];
     let boot = first.boot.as_ref().expect("a virtual test has a boot");
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
     let initrd = initramfs::build(&ctx.images, &boot.kernel, &InitramfsSpec::default())
-        .map_err(|e| format!("initramfs: {e}"))?;
+        .map_err(|e| fail(format!("initramfs: {e}")))?;
     // The agent starts in another working directory.
     let manifest = std::fs::canonicalize(&boot.manifest)
-        .map_err(|e| format!("{}: {e}", boot.manifest.display()))?;
+        .map_err(|e| fail(format!("{}: {e}", boot.manifest.display())))?;
     let mut args = vec![
         "agent".to_string(),
         manifest.display().to_string(),
@@ -284,7 +353,10 @@ fn boot_and_run(
     cfg.timeout = boot.timeout;
     // Kernel messages would interleave with the agent's event lines.
     cfg.extra_append.push("quiet".into());
-    let report = boot::run(&cfg, |_, line| on_line(line)).map_err(|e| e.to_string());
+    let report = boot::run(&cfg, |_, line| on_line(line)).map_err(|e| HostFailure {
+        wedged: matches!(&e, BootError::Failed(f) if f.failure.is_wedge()),
+        why: e.to_string(),
+    });
     let _ = std::fs::remove_dir_all(&scratch);
     report.map(|r| r.agent_status)
 }
@@ -315,6 +387,7 @@ mod tests {
             stderr: String::new(),
             elapsed: Duration::from_millis(12),
             end: None,
+            reruns: vec![],
         };
         let line = WireRun::new("vhost-smoke.env", &run).to_line();
         assert!(!line.contains('\n'));
@@ -323,6 +396,126 @@ mod tests {
         assert_eq!(back.judged, run.judged);
         assert_eq!(back.log, run.log);
         assert!(WireRun::from_line("ukci-event: {\"test\": trunc").is_none());
+    }
+
+    /// One boot: the tests it reports and how it ends.
+    type FakeBoot = Box<dyn Fn(&[String]) -> (Vec<&'static str>, Result<i32, HostFailure>)>;
+
+    /// The debian:6.1 tests of a two-test virtual suite, run by `boots`
+    /// (one closure per boot, given the tests it should run); the finished
+    /// runs by test id.
+    fn run_with_boots(boots: Vec<FakeBoot>) -> (BTreeMap<String, TestRun>, Vec<Vec<String>>) {
+        let plan = crate::plan::tests::virtual_plan(crate::plan::tests::VIRTUAL);
+        let idxs: Vec<usize> = (0..plan.len())
+            .filter(|&i| plan[i].env.label() == "debian:6.1")
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut asked = Vec::new();
+        let mut boots = boots.into_iter();
+        run_boots(
+            &plan,
+            &idxs,
+            Path::new("/nonexistent"),
+            &tx,
+            |these, _dir, on_line| {
+                let ids: Vec<String> = these.iter().map(|&i| plan[i].id()).collect();
+                asked.push(ids.clone());
+                let (reported, status) = boots.next().expect("no more boots expected")(&ids);
+                for id in reported {
+                    on_line(&WireRun::new(id, &pass_run()).to_line());
+                }
+                status
+            },
+        );
+        drop(tx);
+        let runs = rx
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Finished { idx, run } => Some((plan[idx].id(), *run)),
+                _ => None,
+            })
+            .collect();
+        (runs, asked)
+    }
+
+    fn pass_run() -> TestRun {
+        TestRun {
+            judged: Judged {
+                results: vec![SubResult {
+                    name: "r".into(),
+                    outcome: Outcome::Pass,
+                    detail: None,
+                }],
+                infos: vec![],
+            },
+            log: String::new(),
+            stderr: String::new(),
+            elapsed: Duration::ZERO,
+            end: None,
+            reruns: vec![],
+        }
+    }
+
+    fn wedged() -> Result<i32, HostFailure> {
+        Err(HostFailure {
+            why: "the host kernel wedged: task xtask:148 blocked".into(),
+            wedged: true,
+        })
+    }
+
+    fn outcome(run: &TestRun) -> &str {
+        run.judged.results[0].outcome.word()
+    }
+
+    #[test]
+    fn a_wedged_host_gets_one_fresh_boot_for_the_unreported_tests() {
+        let (runs, asked) = run_with_boots(vec![
+            Box::new(|_| (vec!["v.env"], wedged())),
+            Box::new(|_| (vec!["v.nested"], Ok(0))),
+        ]);
+        assert_eq!(asked, [vec!["v.env", "v.nested"], vec!["v.nested"]]);
+        assert_eq!(outcome(&runs["v.env"]), "pass");
+        assert!(
+            runs["v.env"].reruns.is_empty(),
+            "reported by the first boot"
+        );
+        assert_eq!(outcome(&runs["v.nested"]), "pass");
+        let rerun = &runs["v.nested"].reruns;
+        assert_eq!(rerun.len(), 1);
+        assert!(
+            rerun[0].starts_with(
+                "the host kernel wedged: task xtask:148 blocked (boot 1); serial log: "
+            ),
+            "{rerun:?}"
+        );
+    }
+
+    #[test]
+    fn a_second_wedge_or_any_other_host_failure_is_an_error() {
+        let (runs, asked) = run_with_boots(vec![
+            Box::new(|_| (vec![], wedged())),
+            Box::new(|_| (vec![], wedged())),
+        ]);
+        assert_eq!(asked.len(), 2);
+        for run in runs.values() {
+            assert_eq!(outcome(run), "error");
+            assert_eq!(run.reruns.len(), 1);
+        }
+        let (runs, asked) = run_with_boots(vec![Box::new(|_| {
+            let failed = HostFailure {
+                why: "kernel panic: Attempted to kill init!".into(),
+                wedged: false,
+            };
+            (vec!["v.env"], Err(failed))
+        })]);
+        assert_eq!(asked.len(), 1);
+        assert_eq!(outcome(&runs["v.env"]), "pass");
+        let msg = runs["v.nested"].judged.results[0]
+            .outcome
+            .message()
+            .unwrap();
+        assert!(msg.contains("Attempted to kill init"), "{msg}");
+        assert!(runs["v.nested"].reruns.is_empty());
     }
 
     #[test]

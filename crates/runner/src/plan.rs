@@ -342,7 +342,7 @@ fn decide(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::envmatch::Version;
     use crate::manifest;
@@ -446,7 +446,31 @@ reason = "why"
         }
     }
 
-    const VIRTUAL: &str = r#"
+    /// The plan of a virtual manifest on debian:6.1 and debian:6.12.
+    pub(crate) fn virtual_plan(text: &str) -> Vec<PlannedTest> {
+        let m = manifest::parse(Path::new("v.toml"), text).unwrap();
+        plan(
+            &[m],
+            &host(),
+            &auto(),
+            Path::new("/g"),
+            Path::new("/s"),
+            &both_kernels(),
+        )
+    }
+
+    fn both_kernels() -> PlanOptions {
+        let mut opts = PlanOptions::default();
+        opts.resolved
+            .insert("debian:6.1".into(), kernel("debian:6.1", "6.1.0-56-amd64"));
+        opts.resolved.insert(
+            "debian:6.12".into(),
+            kernel("debian:6.12", "6.12.117+deb12-amd64"),
+        );
+        opts
+    }
+
+    pub(crate) const VIRTUAL: &str = r#"
 [lane]
 kind = "virtual"
 kernels = ["debian:6.1", "debian:6.12"]
@@ -464,22 +488,7 @@ requires = { host_kernel = ">=6.12" }
 
     #[test]
     fn a_virtual_suite_plans_every_test_once_per_kernel() {
-        let m = manifest::parse(Path::new("v.toml"), VIRTUAL).unwrap();
-        let mut opts = PlanOptions::default();
-        opts.resolved
-            .insert("debian:6.1".into(), kernel("debian:6.1", "6.1.0-56-amd64"));
-        opts.resolved.insert(
-            "debian:6.12".into(),
-            kernel("debian:6.12", "6.12.117+deb12-amd64"),
-        );
-        let p = plan(
-            &[m],
-            &host(),
-            &auto(),
-            Path::new("/g"),
-            Path::new("/s"),
-            &opts,
-        );
+        let p = virtual_plan(VIRTUAL);
         let got: Vec<_> = p
             .iter()
             .map(|t| (t.id(), t.env.label(), t.host_checks))
@@ -508,6 +517,7 @@ requires = { host_kernel = ">=6.12" }
 
         // --kernel replaces the list; the agent plans the suite where it runs.
         let m = manifest::parse(Path::new("v.toml"), VIRTUAL).unwrap();
+        let mut opts = both_kernels();
         opts.kernels = vec!["debian:6.12".into()];
         let p = plan(
             std::slice::from_ref(&m),

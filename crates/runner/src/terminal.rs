@@ -124,7 +124,14 @@ fn finished_lines(t: &PlannedTest, run: &TestRun) -> String {
             r.name
         ));
     }
+    for why in &run.reruns {
+        s.push_str(&format!("\n         rerun after {}", first_line(why)));
+    }
     s
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
 }
 
 #[derive(Default)]
@@ -167,6 +174,16 @@ pub fn summary(plan: &[PlannedTest], runs: &[Option<TestRun>]) -> String {
         let [p, f, sk, xf, xp, e] = c.0;
         s.push_str(&format!(
             "{name:<width$} {p:>5} {f:>5} {sk:>5} {xf:>5} {xp:>5} {e:>5}\n"
+        ));
+    }
+    let rerun = runs
+        .iter()
+        .flatten()
+        .filter(|r| !r.reruns.is_empty())
+        .count();
+    if rerun > 0 {
+        s.push_str(&format!(
+            "{rerun} test(s) ran again on a fresh virtual host after one wedged (see their rerun lines)\n"
         ));
     }
     s
