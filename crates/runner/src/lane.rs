@@ -30,6 +30,9 @@ pub struct WireRun {
     pub log: String,
     pub stderr: String,
     pub elapsed_ms: u64,
+    /// `uname -r` of the host the agent ran on.
+    #[serde(default)]
+    pub host_kernel: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,7 +62,14 @@ impl WireRun {
             log: run.log.clone(),
             stderr: run.stderr.clone(),
             elapsed_ms: run.elapsed.as_millis() as u64,
+            host_kernel: String::new(),
         }
+    }
+
+    /// The same, naming the kernel it ran on.
+    pub fn on_kernel(mut self, release: &str) -> Self {
+        self.host_kernel = release.to_string();
+        self
     }
 
     pub fn into_run(self) -> TestRun {
@@ -166,6 +176,19 @@ pub struct HostFailure {
     pub wedged: bool,
 }
 
+/// The error result for a test whose agent ran on another kernel than the
+/// plan's (whose `uname -r` is the report's `host.kernel` property).
+pub fn wrong_kernel(planned: &str, booted: &str) -> Option<SubResult> {
+    (planned != booted).then(|| SubResult {
+        name: "host.kernel".into(),
+        outcome: Outcome::Error(format!(
+            "the virtual host runs kernel `{booted}` (uname -r), the plan expected `{planned}`: \
+             remove its cached kernel under images/kernels/ and run again"
+        )),
+        detail: None,
+    })
+}
+
 /// Whether the tests a failed boot left unreported get another boot.
 pub fn boot_again(failure: &HostFailure, boot_no: u32, unreported: usize) -> bool {
     failure.wedged && boot_no < MAX_BOOTS && unreported > 0
@@ -210,8 +233,12 @@ fn run_boots(
         });
         let finish = |w: WireRun, pending: &mut BTreeMap<String, usize>| {
             if let Some(idx) = pending.remove(&w.test) {
+                let booted = w.host_kernel.clone();
                 let mut run = w.into_run();
                 run.reruns = reruns.clone();
+                if let Some(wrong) = wrong_kernel(&plan[idx].env.host_kernel, &booted) {
+                    run.judged.results.push(wrong);
+                }
                 let _ = events.send(Event::Finished {
                     idx,
                     run: Box::new(run),
@@ -422,7 +449,11 @@ mod tests {
                 asked.push(ids.clone());
                 let (reported, status) = boots.next().expect("no more boots expected")(&ids);
                 for id in reported {
-                    on_line(&WireRun::new(id, &pass_run()).to_line());
+                    on_line(
+                        &WireRun::new(id, &pass_run())
+                            .on_kernel("6.1.0-56-amd64")
+                            .to_line(),
+                    );
                 }
                 status
             },
@@ -487,6 +518,19 @@ mod tests {
                 "the host kernel wedged: task xtask:148 blocked (boot 1); serial log: "
             ),
             "{rerun:?}"
+        );
+    }
+
+    #[test]
+    fn a_result_from_another_kernel_than_planned_is_an_error() {
+        assert_eq!(wrong_kernel("6.1.0-56-amd64", "6.1.0-56-amd64"), None);
+        let e = wrong_kernel("6.1.0-56-amd64", "6.12.117+deb12-amd64").unwrap();
+        assert_eq!(e.name, "host.kernel");
+        let msg = e.outcome.message().unwrap();
+        assert!(msg.contains("runs kernel `6.12.117+deb12-amd64`"), "{msg}");
+        assert!(
+            wrong_kernel("6.1.0-56-amd64", "").is_some(),
+            "an agent that names no kernel"
         );
     }
 

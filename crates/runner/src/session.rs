@@ -343,7 +343,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
         s.spawn(|| exec::execute(&plan, cores, &lane_ctx, tx));
         for e in rx {
             if let Event::Finished { idx, run } = e {
-                let w = WireRun::new(&plan[idx].id(), &run);
+                let w = WireRun::new(&plan[idx].id(), &run).on_kernel(&facts.host_kernel);
                 if let Ok(json) = serde_json::to_string(&w) {
                     let _ = writeln!(events, "{json}");
                     let _ = events.sync_data();
