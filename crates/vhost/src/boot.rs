@@ -230,6 +230,14 @@ pub fn kernel_cmdline(cfg: &BootConfig) -> String {
         &hung,
         "loglevel=4",
     ];
+    if cfg.accel == Accel::Tcg {
+        // A periodic local-APIC tick on every CPU, busy or idle. With
+        // one-shot timers a single timer interrupt or wake-up IPI that TCG
+        // fails to deliver leaves a CPU halted for good (RCU: "timer wakeup
+        // didn't happen"), and every sleep queued on it never returns; with a
+        // periodic tick the next tick, at most 1/HZ later, repairs it.
+        words.extend(["nohz=off", "highres=off", "lapic=notscdeadline"]);
+    }
     words.extend(cfg.extra_append.iter().map(String::as_str));
     words.join(" ")
 }
@@ -806,10 +814,17 @@ mod tests {
     #[test]
     fn kvm_uses_a_split_irqchip_for_interrupt_remapping() {
         let mut c = cfg();
+        let tcg = kernel_cmdline(&c);
         c.accel = Accel::Kvm;
         let a = args_of(&c);
         assert_eq!(value_after(&a, "-machine"), ["q35,kernel-irqchip=split"]);
         assert_eq!(value_after(&a, "-accel"), ["kvm"]);
+        // The periodic tick is TCG's only.
+        let kvm = kernel_cmdline(&c);
+        for w in ["nohz=off", "highres=off"] {
+            assert!(tcg.split(' ').any(|x| x == w), "{tcg}");
+            assert!(!kvm.split(' ').any(|x| x == w), "{kvm}");
+        }
     }
 
     #[test]
