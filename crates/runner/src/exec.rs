@@ -28,6 +28,23 @@ pub struct TestRun {
     pub reruns: Vec<String>,
 }
 
+impl TestRun {
+    /// A run that booted nothing: only these results.
+    pub fn without_vm(results: Vec<SubResult>) -> Self {
+        TestRun {
+            judged: Judged {
+                results,
+                infos: vec![],
+            },
+            log: String::new(),
+            stderr: String::new(),
+            elapsed: Duration::ZERO,
+            end: None,
+            reruns: vec![],
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Event {
     Started {
@@ -138,42 +155,23 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
         Decision::Skip(why) => Some(why),
         Decision::Run => None,
     }) {
-        return TestRun {
-            judged: Judged {
-                results: t
-                    .checks
-                    .iter()
-                    .map(|c| SubResult {
-                        name: c.clone(),
-                        outcome: Outcome::Skip(why.clone()),
-                        detail: None,
-                    })
-                    .collect(),
-                infos: vec![],
-            },
-            log: String::new(),
-            stderr: String::new(),
-            elapsed: Duration::ZERO,
-            end: None,
-            reruns: vec![],
-        };
+        return TestRun::without_vm(
+            t.checks
+                .iter()
+                .map(|c| SubResult {
+                    name: c.clone(),
+                    outcome: Outcome::Skip(why.clone()),
+                    detail: None,
+                })
+                .collect(),
+        );
     }
     if let Err(e) = create_scratch(t) {
-        return TestRun {
-            judged: Judged {
-                results: vec![SubResult {
-                    name: t.test.clone(),
-                    outcome: Outcome::Error(e),
-                    detail: None,
-                }],
-                infos: vec![],
-            },
-            log: String::new(),
-            stderr: String::new(),
-            elapsed: Duration::ZERO,
-            end: None,
-            reruns: vec![],
-        };
+        return TestRun::without_vm(vec![SubResult {
+            name: t.test.clone(),
+            outcome: Outcome::Error(e),
+            detail: None,
+        }]);
     }
     let fin = if t.host_checks {
         host_checks(t, host)

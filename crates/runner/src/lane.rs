@@ -294,25 +294,17 @@ fn run_boots(
                 .rsplit_once('.')
                 .map_or(id.as_str(), |(_, t)| t)
                 .to_string();
-            let run = TestRun {
-                judged: Judged {
-                    results: vec![SubResult {
-                        name: test,
-                        outcome: Outcome::Error(format!(
-                            "virtual host {}: {why}; serial log: {}",
-                            boot.kernel.name,
-                            dir.join("serial.log").display()
-                        )),
-                        detail: None,
-                    }],
-                    infos: vec![],
-                },
-                log: serial.clone(),
-                stderr: String::new(),
-                elapsed: Duration::ZERO,
-                end: None,
-                reruns: reruns.clone(),
-            };
+            let mut run = TestRun::without_vm(vec![SubResult {
+                name: test,
+                outcome: Outcome::Error(format!(
+                    "virtual host {}: {why}; serial log: {}",
+                    boot.kernel.name,
+                    dir.join("serial.log").display()
+                )),
+                detail: None,
+            }]);
+            run.log = serial.clone();
+            run.reruns = reruns.clone();
             let _ = events.send(Event::Finished {
                 idx,
                 run: Box::new(run),
@@ -470,21 +462,11 @@ mod tests {
     }
 
     fn pass_run() -> TestRun {
-        TestRun {
-            judged: Judged {
-                results: vec![SubResult {
-                    name: "r".into(),
-                    outcome: Outcome::Pass,
-                    detail: None,
-                }],
-                infos: vec![],
-            },
-            log: String::new(),
-            stderr: String::new(),
-            elapsed: Duration::ZERO,
-            end: None,
-            reruns: vec![],
-        }
+        TestRun::without_vm(vec![SubResult {
+            name: "r".into(),
+            outcome: Outcome::Pass,
+            detail: None,
+        }])
     }
 
     fn wedged() -> Result<i32, HostFailure> {
