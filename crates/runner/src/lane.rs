@@ -18,6 +18,8 @@ use ukci_vhost::initramfs::{self, InitramfsSpec};
 
 /// Prefix of an event line on the agent's stdout.
 pub const EVENT: &str = "ukci-event: ";
+/// Prefix of the line the agent prints when a test starts (its id follows).
+pub const STARTED: &str = "ukci-started: ";
 /// The file in the results folder that holds every event line.
 pub const EVENTS_FILE: &str = "events.jsonl";
 
@@ -246,9 +248,12 @@ fn run_boots(
             }
         };
         let these: Vec<usize> = pending.values().copied().collect();
+        let mut started: Vec<String> = Vec::new();
         let outcome = boot_and_run(&these, &dir, &mut |line| {
             if let Some(w) = WireRun::from_line(line) {
                 finish(w, &mut pending);
+            } else if let Some((_, id)) = line.trim_end_matches('\r').split_once(STARTED) {
+                started.push(id.to_string());
             } else if let Some(&idx) = pending.values().next() {
                 let _ = events.send(Event::Output {
                     idx,
@@ -294,10 +299,15 @@ fn run_boots(
                 .rsplit_once('.')
                 .map_or(id.as_str(), |(_, t)| t)
                 .to_string();
+            let when = if started.contains(&id) {
+                "while this test ran"
+            } else {
+                "before this test started"
+            };
             let mut run = TestRun::without_vm(vec![SubResult {
                 name: test,
                 outcome: Outcome::Error(format!(
-                    "virtual host {}: {why}; serial log: {}",
+                    "virtual host {} ({when}): {why}; serial log: {}",
                     boot.kernel.name,
                     dir.join("serial.log").display()
                 )),
@@ -439,6 +449,8 @@ mod tests {
             |these, _dir, on_line| {
                 let ids: Vec<String> = these.iter().map(|&i| plan[i].id()).collect();
                 asked.push(ids.clone());
+                // The agent starts the first test it was given.
+                on_line(&format!("noise{STARTED}{}\r", ids[0]));
                 let (reported, status) = boots.next().expect("no more boots expected")(&ids);
                 for id in reported {
                     on_line(
@@ -527,6 +539,19 @@ mod tests {
             assert_eq!(outcome(run), "error");
             assert_eq!(run.reruns.len(), 1);
         }
+        let msg = |id: &str| {
+            runs[id].judged.results[0]
+                .outcome
+                .message()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            msg("v.env").contains("(while this test ran)"),
+            "{}",
+            msg("v.env")
+        );
+        assert!(msg("v.nested").contains("(before this test started)"));
         let (runs, asked) = run_with_boots(vec![Box::new(|_| {
             let failed = HostFailure {
                 why: "kernel panic: Attempted to kill init!".into(),
@@ -541,6 +566,7 @@ mod tests {
             .message()
             .unwrap();
         assert!(msg.contains("Attempted to kill init"), "{msg}");
+        assert!(msg.contains("(before this test started)"), "{msg}");
         assert!(runs["v.nested"].reruns.is_empty());
     }
 

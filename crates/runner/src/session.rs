@@ -342,7 +342,9 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
     std::thread::scope(|s| {
         s.spawn(|| exec::execute(&plan, cores, &lane_ctx, tx));
         for e in rx {
-            if let Event::Finished { idx, run } = e {
+            if let Event::Started { idx } = e {
+                println!("\n{}{}", lane::STARTED, plan[idx].id());
+            } else if let Event::Finished { idx, run } = e {
                 let w = WireRun::new(&plan[idx].id(), &run).on_kernel(&facts.host_kernel);
                 if let Ok(json) = serde_json::to_string(&w) {
                     let _ = writeln!(events, "{json}");
