@@ -240,11 +240,22 @@ pub fn run_with(
         match guard.child.try_wait() {
             Ok(Some(_)) => break guard.reap(),
             Ok(None) if Instant::now() >= start + limit(ready_at) => timed_out = true,
-            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) => {
+                let left = (start + limit(ready_at)).saturating_duration_since(Instant::now());
+                wait_for_exit(pgid, left);
+            }
             Err(e) => break Err(e),
         }
     };
     let _ = out_thread.join();
+    if timed_out {
+        // SIGKILL is delivered at once but a process takes a moment to
+        // die: return only when none of the group runs any more (bounded).
+        let until = Instant::now() + Duration::from_secs(2);
+        while group_alive(pgid) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     // Anything still queued arrived before the end.
     for line in rx.try_iter() {
         take(&line, &mut out, &mut ready_at);
@@ -265,6 +276,31 @@ pub fn run_with(
         stderr,
         elapsed: start.elapsed(),
         ready_at,
+    }
+}
+
+/// Sleeps until process `pid` (a child not yet reaped) exits or `left`
+/// has passed, whichever comes first.
+fn wait_for_exit(pid: i32, left: Duration) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // (or -1); nothing else is touched.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        // Kernels before 5.3: a short sleep keeps the wait bounded.
+        std::thread::sleep(left.min(Duration::from_millis(1)));
+        return;
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: `pfd` is one valid pollfd for the call's duration; `fd` is
+    // ours and closed exactly once.
+    unsafe {
+        libc::poll(&mut pfd, 1, ms);
+        libc::close(fd);
     }
 }
 
