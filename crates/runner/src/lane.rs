@@ -166,16 +166,17 @@ pub fn boot_dir_name(suite: &str, kernel: &str) -> String {
 }
 
 /// How often one (suite, kernel) may boot: a second boot runs only the tests
-/// a wedged first host left unreported; any other host failure is final.
+/// a first host that broke down (wedged, or QEMU crashed) left unreported;
+/// any other host failure is final.
 pub const MAX_BOOTS: u32 = 2;
 
 /// Why a boot gave no agent status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostFailure {
     pub why: String,
-    /// The host kernel wedged (see [`boot::Failure::is_wedge`]): the tests it
-    /// left unreported may run again on a fresh host.
-    pub wedged: bool,
+    /// The emulated host broke down (see [`boot::Failure::is_breakdown`]):
+    /// the tests it left unreported may run again on a fresh host.
+    pub breakdown: bool,
 }
 
 /// The error result for a test whose agent ran on another kernel than the
@@ -193,7 +194,7 @@ pub fn wrong_kernel(planned: &str, booted: &str) -> Option<SubResult> {
 
 /// Whether the tests a failed boot left unreported get another boot.
 pub fn boot_again(failure: &HostFailure, boot_no: u32, unreported: usize) -> bool {
-    failure.wedged && boot_no < MAX_BOOTS && unreported > 0
+    failure.breakdown && boot_no < MAX_BOOTS && unreported > 0 && !crate::supervise::interrupted()
 }
 
 /// Boots the virtual host for the tests `idxs` (one suite, one kernel) and
@@ -279,7 +280,7 @@ fn run_boots(
                 let _ = events.send(Event::Output {
                     idx: *pending.values().next().expect("pending is not empty"),
                     line: format!(
-                        "virtual host {}: boot {boot_no} wedged; the {} unreported test(s) run on a fresh host",
+                        "virtual host {}: boot {boot_no} broke down; the {} unreported test(s) run on a fresh host",
                         boot.kernel.name,
                         pending.len()
                     ),
@@ -333,7 +334,10 @@ fn boot_and_run(
     dir: &Path,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<i32, HostFailure> {
-    let fail = |why: String| HostFailure { why, wedged: false };
+    let fail = |why: String| HostFailure {
+        why,
+        breakdown: false,
+    };
     let first = &plan[idxs[0]];
     let boot = first.boot.as_ref().expect("a virtual test has a boot");
     let _ = std::fs::remove_dir_all(dir);
@@ -383,7 +387,7 @@ fn boot_and_run(
     // Kernel messages would interleave with the agent's event lines.
     cfg.extra_append.push("quiet".into());
     let report = boot::run(&cfg, |_, line| on_line(line)).map_err(|e| HostFailure {
-        wedged: matches!(&e, BootError::Failed(f) if f.failure.is_wedge()),
+        breakdown: matches!(&e, BootError::Failed(f) if f.failure.is_breakdown()),
         why: e.to_string(),
     });
     let _ = std::fs::remove_dir_all(&scratch);
@@ -484,7 +488,7 @@ mod tests {
     fn wedged() -> Result<i32, HostFailure> {
         Err(HostFailure {
             why: "the host kernel wedged: task xtask:148 blocked".into(),
-            wedged: true,
+            breakdown: true,
         })
     }
 
@@ -555,7 +559,7 @@ mod tests {
         let (runs, asked) = run_with_boots(vec![Box::new(|_| {
             let failed = HostFailure {
                 why: "kernel panic: Attempted to kill init!".into(),
-                wedged: false,
+                breakdown: false,
             };
             (vec!["v.env"], Err(failed))
         })]);

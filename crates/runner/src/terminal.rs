@@ -183,7 +183,7 @@ pub fn summary(plan: &[PlannedTest], runs: &[Option<TestRun>]) -> String {
         .count();
     if rerun > 0 {
         s.push_str(&format!(
-            "{rerun} test(s) ran again on a fresh virtual host after one wedged (see their rerun lines)\n"
+            "{rerun} test(s) ran again on a fresh virtual host after one broke down (see their rerun lines)\n"
         ));
     }
     s
