@@ -200,8 +200,8 @@ pub fn boot_again(failure: &HostFailure, boot_no: u32, unreported: usize) -> boo
 /// Boots the virtual host for the tests `idxs` (one suite, one kernel) and
 /// sends their `Finished` events. A test the agent never reported ends as an
 /// error naming what happened to the host, with its serial log; when the
-/// host wedged, such tests first run once more on a fresh host, and the
-/// wedge is recorded on their results as a rerun.
+/// host broke down, such tests first run once more on a fresh host, and the
+/// breakdown is recorded on their results as a rerun.
 pub fn run_boot(plan: &[PlannedTest], idxs: &[usize], ctx: &LaneContext, events: &Sender<Event>) {
     run_boots(plan, idxs, &ctx.results, events, |these, dir, on_line| {
         boot_and_run(plan, these, ctx, dir, on_line)
