@@ -10,8 +10,7 @@
 //! details of the passing results.
 
 use super::{
-    Options, Stop, acquire_pair, buffers, compare, fill_pattern, pick_namespace, ready,
-    release_pair, seed,
+    Options, Stop, acquire_pair, buffers, compare, fill_pattern, pick_namespace, release_pair, seed,
 };
 use crate::ctrl::{Controller, DmaRange};
 use crate::error::Error;
@@ -22,16 +21,6 @@ use ukci_protocol::Reporter;
 
 /// The small transfer measured.
 pub const SMALL: usize = 4096;
-
-pub fn bench<M: Mmio, D: Dma, C: Clock, W: Write>(
-    ctrl: &mut Controller<M, D, C>,
-    opts: &Options,
-    r: &mut Reporter<W>,
-) {
-    r.push("nvme.bench");
-    let _ = run(ctrl, opts, r);
-    r.pop();
-}
 
 /// Bytes per second as MiB/s with two decimals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,12 +44,11 @@ impl fmt::Display for Rate {
     }
 }
 
-fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
+pub(crate) fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
     ctrl: &mut Controller<M, D, C>,
     opts: &Options,
     r: &mut Reporter<W>,
 ) -> Result<(), Stop> {
-    ready(ctrl, r)?;
     let (nsid, ns) = pick_namespace(ctrl, opts, r)?;
     let block = ns.block_size() as usize;
     let max = ctrl.max_transfer() / block * block;

@@ -3,7 +3,7 @@
 
 use super::queues::expect;
 use super::{
-    Options, Stop, acquire_pair, buffers, pick_namespace, read_compare, ready, release_pair, seed,
+    Options, Stop, acquire_pair, buffers, pick_namespace, read_compare, release_pair, seed,
     write_pattern,
 };
 use crate::cmd::{self, Command};
@@ -13,22 +13,11 @@ use crate::status;
 use core::fmt::Write;
 use ukci_protocol::Reporter;
 
-pub fn errors<M: Mmio, D: Dma, C: Clock, W: Write>(
-    ctrl: &mut Controller<M, D, C>,
-    opts: &Options,
-    r: &mut Reporter<W>,
-) {
-    r.push("nvme.errors");
-    let _ = run(ctrl, opts, r);
-    r.pop();
-}
-
-fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
+pub(crate) fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
     ctrl: &mut Controller<M, D, C>,
     opts: &Options,
     r: &mut Reporter<W>,
 ) -> Result<(), Stop> {
-    ready(ctrl, r)?;
     let (nsid, ns) = pick_namespace(ctrl, opts, r)?;
     let block = ns.block_size() as usize;
 

@@ -1,7 +1,7 @@
 //! `nvme.identify`: who the controller is, and whether its identify data
 //! agrees with itself.
 
-use super::{Function, Options, ready};
+use super::{Function, Options};
 use crate::ctrl::Controller;
 use crate::hal::{Clock, Dma, Mmio};
 use crate::identify::{ControllerData, SecondaryCtrl, ascii};
@@ -165,20 +165,7 @@ impl Write for Text {
     }
 }
 
-pub fn identify<M: Mmio, D: Dma, C: Clock, W: Write>(
-    ctrl: &mut Controller<M, D, C>,
-    func: &Function,
-    opts: &Options,
-    r: &mut Reporter<W>,
-) {
-    r.push("nvme.identify");
-    if ready(ctrl, r).is_ok() {
-        run(ctrl, func, opts, r);
-    }
-    r.pop();
-}
-
-fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
+pub(crate) fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
     ctrl: &mut Controller<M, D, C>,
     func: &Function,
     opts: &Options,

@@ -21,11 +21,8 @@ mod identify;
 mod queues;
 mod rw;
 
-pub use bench::{Rate, bench};
-pub use errors::errors;
-pub use identify::{describe, identify};
-pub use queues::queues;
-pub use rw::rw;
+pub use bench::Rate;
+pub use identify::describe;
 
 use crate::ctrl::{Controller, DmaRange};
 use crate::error::Error;
@@ -140,14 +137,25 @@ pub fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
     opts: &Options,
     r: &mut Reporter<W>,
 ) -> bool {
-    match name {
-        "nvme.identify" => identify(ctrl, func, opts, r),
-        "nvme.rw" => rw(ctrl, opts, r),
-        "nvme.queues" => queues(ctrl, opts, r),
-        "nvme.errors" => errors(ctrl, opts, r),
-        BENCH => bench(ctrl, opts, r),
+    type Check<M, D, C, W> =
+        fn(&mut Controller<M, D, C>, &Function, &Options, &mut Reporter<W>) -> Result<(), Stop>;
+    let (name, check): (&'static str, Check<M, D, C, W>) = match name {
+        "nvme.identify" => ("nvme.identify", |c, f, o, r| {
+            identify::run(c, f, o, r);
+            Ok(())
+        }),
+        "nvme.rw" => ("nvme.rw", |c, _, o, r| rw::run(c, o, r)),
+        "nvme.queues" => ("nvme.queues", |c, _, o, r| queues::run(c, o, r)),
+        "nvme.errors" => ("nvme.errors", |c, _, o, r| errors::run(c, o, r)),
+        BENCH => (BENCH, |c, _, o, r| bench::run(c, o, r)),
         _ => return false,
+    };
+    r.push(name);
+    // A check that stops has reported why.
+    if ready(ctrl, r).is_ok() {
+        let _ = check(ctrl, func, opts, r);
     }
+    r.pop();
     true
 }
 

@@ -1,9 +1,7 @@
 //! `nvme.queues`: create every I/O queue pair the controller grants, use
 //! each one, delete them all.
 
-use super::{
-    MAX_PAIRS, Options, Stop, buffers, pick_namespace, read_compare, ready, seed, write_pattern,
-};
+use super::{MAX_PAIRS, Options, Stop, buffers, pick_namespace, read_compare, seed, write_pattern};
 use crate::cmd::Command;
 use crate::ctrl::Controller;
 use crate::hal::{Clock, Dma, Mmio};
@@ -12,22 +10,11 @@ use crate::status;
 use core::fmt::Write;
 use ukci_protocol::Reporter;
 
-pub fn queues<M: Mmio, D: Dma, C: Clock, W: Write>(
-    ctrl: &mut Controller<M, D, C>,
-    opts: &Options,
-    r: &mut Reporter<W>,
-) {
-    r.push("nvme.queues");
-    let _ = run(ctrl, opts, r);
-    r.pop();
-}
-
-fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
+pub(crate) fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
     ctrl: &mut Controller<M, D, C>,
     opts: &Options,
     r: &mut Reporter<W>,
 ) -> Result<(), Stop> {
-    ready(ctrl, r)?;
     let granted = ctrl.io_pairs_granted();
     let n = granted.min(opts.max_pairs).min(MAX_PAIRS);
     r.info(format_args!(

@@ -1,7 +1,7 @@
 //! `nvme.rw`: write, flush, read back, compare byte for byte.
 
 use super::{
-    Options, Stop, acquire_pair, buffers, pick_namespace, read_compare, ready, release_pair, seed,
+    Options, Stop, acquire_pair, buffers, pick_namespace, read_compare, release_pair, seed,
     write_pattern,
 };
 use crate::PAGE_SIZE;
@@ -20,22 +20,11 @@ struct Case {
     offset: usize,
 }
 
-pub fn rw<M: Mmio, D: Dma, C: Clock, W: Write>(
-    ctrl: &mut Controller<M, D, C>,
-    opts: &Options,
-    r: &mut Reporter<W>,
-) {
-    r.push("nvme.rw");
-    let _ = run(ctrl, opts, r);
-    r.pop();
-}
-
-fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
+pub(crate) fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
     ctrl: &mut Controller<M, D, C>,
     opts: &Options,
     r: &mut Reporter<W>,
 ) -> Result<(), Stop> {
-    ready(ctrl, r)?;
     let (nsid, ns) = pick_namespace(ctrl, opts, r)?;
     let block = ns.block_size() as usize;
     let max = ctrl.max_transfer() / block * block;
