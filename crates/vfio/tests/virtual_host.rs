@@ -33,17 +33,12 @@ fn debian(series: &str) -> Result<Kernel, String> {
             "qemu-system-x86_64 not found (install qemu-system-x86 from bookworm-backports)".into(),
         );
     }
-    if !images()
-        .join(format!("kernels/debian-{series}.resolved"))
-        .exists()
-        && !have("apt-cache")
-    {
-        return Err(format!(
-            "debian:{series} is not cached and apt is not available"
-        ));
-    }
     let spec = KernelSpec::parse(&format!("debian:{series}")).unwrap();
-    KernelStore::new(&images())
+    let store = KernelStore::new(&images());
+    if !store.is_cached(&spec) && !have("apt-cache") {
+        return Err(format!("{spec} is not cached and apt is not available"));
+    }
+    store
         .get(&spec, Refresh::IfMissing)
         .map_err(|e| format!("debian:{series}: {e}"))
 }

@@ -361,17 +361,31 @@ impl KernelStore {
         }
     }
 
+    /// Whether `spec` can be had without apt: a `dir:` kernel, or a Debian
+    /// kernel resolved and unpacked here before.
+    pub fn is_cached(&self, spec: &KernelSpec) -> bool {
+        match spec {
+            KernelSpec::Dir(_) => true,
+            KernelSpec::Debian(series) => self.cached(&spec.to_string(), *series).is_some(),
+        }
+    }
+
     fn record_path(&self, series: Series) -> PathBuf {
         self.root.join(format!("debian-{series}.resolved"))
+    }
+
+    /// The recorded resolution of `series`, when its tree is still there.
+    fn cached(&self, name: &str, series: Series) -> Option<Kernel> {
+        fs::read_to_string(self.record_path(series))
+            .ok()
+            .and_then(|t| Record::parse(&t))
+            .and_then(|r| self.kernel_from_record(name, &r).ok())
     }
 
     fn debian(&self, name: &str, series: Series, refresh: Refresh) -> Result<Kernel, KernelError> {
         let record_path = self.record_path(series);
         if refresh == Refresh::IfMissing
-            && let Some(kernel) = fs::read_to_string(&record_path)
-                .ok()
-                .and_then(|t| Record::parse(&t))
-                .and_then(|r| self.kernel_from_record(name, &r).ok())
+            && let Some(kernel) = self.cached(name, series)
         {
             return Ok(kernel);
         }
@@ -799,7 +813,11 @@ linux-image-6.12.90+deb12.1-amd64 | 6.12.90-1~bpo12+1 | http://deb.debian.org/de
         fs::create_dir_all(tree.join("boot")).unwrap();
         fs::create_dir_all(tree.join("lib/modules").join(&r.release)).unwrap();
         fs::write(tree.join("boot/vmlinuz-6.12.95+deb12-amd64"), b"MZ").unwrap();
+        let spec = KernelSpec::parse("debian:6.12").unwrap();
+        assert!(!store.is_cached(&spec), "no record yet");
         fs::write(d.join("kernels/debian-6.12.resolved"), r.render()).unwrap();
+        assert!(store.is_cached(&spec));
+        assert!(!store.is_cached(&KernelSpec::parse("debian:6.1").unwrap()));
         let k = store
             .get(
                 &KernelSpec::parse("debian:6.12").unwrap(),

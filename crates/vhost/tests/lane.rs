@@ -71,19 +71,12 @@ fn debian(series: &str) -> Result<Kernel, String> {
             "qemu-system-x86_64 not found (install qemu-system-x86 from bookworm-backports)".into(),
         );
     }
-    if !images()
-        .join(format!("kernels/debian-{series}.resolved"))
-        .exists()
-        && !have("apt-cache")
-    {
-        return Err(format!(
-            "debian:{series} is not cached and apt is not available"
-        ));
-    }
     let spec = KernelSpec::parse(&format!("debian:{series}")).unwrap();
-    Ok(KernelStore::new(&images())
-        .get(&spec, Refresh::IfMissing)
-        .unwrap())
+    let store = KernelStore::new(&images());
+    if !store.is_cached(&spec) && !have("apt-cache") {
+        return Err(format!("{spec} is not cached and apt is not available"));
+    }
+    Ok(store.get(&spec, Refresh::IfMissing).unwrap())
 }
 
 #[test]
@@ -131,10 +124,6 @@ fn lane_facts(series: &str) {
     fs::create_dir_all(&results).unwrap();
     let script = results.join("agent.sh");
     fs::write(&script, AGENT).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut fs::metadata(&script).unwrap().permissions(),
-        0o755,
-    );
     fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let agent = Agent {
         program: fs::canonicalize(&script).unwrap(),
