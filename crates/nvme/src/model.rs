@@ -594,6 +594,19 @@ impl Model {
         }
     }
 
+    /// The ring size of a Create I/O CQ/SQ command, after the checks both
+    /// share: a size within MQES, a page-aligned ring, physically contiguous.
+    fn ring_entries(&self, cmd: &Command) -> Result<u16, Code> {
+        let entries = (cmd.cdw10 >> 16) + 1;
+        if entries < 2 || entries > self.cfg.mqes as u32 + 1 {
+            return Err(status::INVALID_QUEUE_SIZE);
+        }
+        if cmd.prp1 == 0 || !cmd.prp1.is_multiple_of(PAGE_SIZE as u64) || cmd.cdw11 & 1 == 0 {
+            return Err(status::INVALID_FIELD);
+        }
+        Ok(entries as u16)
+    }
+
     fn admin_inner(&mut self, cmd: &Command) -> Result<u32, Code> {
         let qid = cmd.cdw10 as u16;
         let max = self.cfg.max_io_pairs;
@@ -621,17 +634,10 @@ impl Model {
                 if qid == 0 || qid > max || self.cqs[qid as usize].is_some() {
                     return Err(status::INVALID_QUEUE_IDENTIFIER);
                 }
-                let entries = (cmd.cdw10 >> 16) + 1;
-                if entries < 2 || entries > self.cfg.mqes as u32 + 1 {
-                    return Err(status::INVALID_QUEUE_SIZE);
-                }
-                if cmd.prp1 == 0 || !cmd.prp1.is_multiple_of(PAGE_SIZE as u64) || cmd.cdw11 & 1 == 0
-                {
-                    return Err(status::INVALID_FIELD);
-                }
+                let entries = self.ring_entries(cmd)?;
                 self.cqs[qid as usize] = Some(Cq {
                     base: cmd.prp1,
-                    entries: entries as u16,
+                    entries,
                     tail: 0,
                     phase: true,
                 });
@@ -646,17 +652,10 @@ impl Model {
                 if qid == 0 || qid > max || self.sqs[qid as usize].is_some() {
                     return Err(status::INVALID_QUEUE_IDENTIFIER);
                 }
-                let entries = (cmd.cdw10 >> 16) + 1;
-                if entries < 2 || entries > self.cfg.mqes as u32 + 1 {
-                    return Err(status::INVALID_QUEUE_SIZE);
-                }
-                if cmd.prp1 == 0 || !cmd.prp1.is_multiple_of(PAGE_SIZE as u64) || cmd.cdw11 & 1 == 0
-                {
-                    return Err(status::INVALID_FIELD);
-                }
+                let entries = self.ring_entries(cmd)?;
                 self.sqs[qid as usize] = Some(Sq {
                     base: cmd.prp1,
-                    entries: entries as u16,
+                    entries,
                     head: 0,
                     tail: 0,
                     cqid,
