@@ -2,10 +2,7 @@
 //! the controller keeps working afterwards.
 
 use super::queues::expect;
-use super::{
-    Options, Stop, acquire_pair, buffers, pick_namespace, read_compare, release_pair, seed,
-    write_pattern,
-};
+use super::{Options, Pattern, Stop, acquire_pair, buffers, pick_namespace, release_pair, seed};
 use crate::cmd::{self, Command};
 use crate::ctrl::Controller;
 use crate::hal::{Clock, Dma, Mmio};
@@ -91,17 +88,10 @@ pub(crate) fn run<M: Mmio, D: Dma, C: Clock, W: Write>(
         let admin = ctrl.identify_controller();
         let seed = seed(ctrl, opts) ^ 0xe77;
         let lba = ns.nsze - 1;
-        let io = write_pattern(
-            ctrl,
-            &mut q,
-            nsid,
-            lba,
-            1,
-            wbuf.range(0, block).expect("sized"),
-            block,
-            seed,
-        )
-        .and_then(|()| read_compare(ctrl, &mut q, nsid, lba, 1, one, block, seed));
+        let pat = Pattern { nsid, block, seed };
+        let io = pat
+            .write(ctrl, &mut q, lba, 1, wbuf.range(0, block).expect("sized"))
+            .and_then(|()| pat.read_compare(ctrl, &mut q, lba, 1, one));
         match (admin, io) {
             (Ok(_), Ok(None)) => r.check(
                 true,

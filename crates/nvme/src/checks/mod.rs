@@ -389,38 +389,43 @@ pub(crate) fn buffers<M: Mmio, D: Dma, C: Clock, W: Write>(
     }
 }
 
-/// Writes the pattern for `blocks` at `slba` through `q`.
-#[allow(clippy::too_many_arguments)] // one command's full description
-pub(crate) fn write_pattern<M: Mmio, D: Dma, C: Clock>(
-    ctrl: &mut Controller<M, D, C>,
-    q: &mut IoQueue,
-    nsid: u32,
-    slba: u64,
-    blocks: u32,
-    data: DmaRange,
-    block: usize,
-    seed: u64,
-) -> Result<(), Error> {
-    fill_pattern(ctrl.dma(), data, slba, block, seed);
-    ctrl.write(q, nsid, slba, blocks, data)
+/// The data a check writes and reads back: namespace `nsid` with blocks of
+/// `block` bytes, filled from `seed` (see [`pattern_byte`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pattern {
+    pub nsid: u32,
+    pub block: usize,
+    pub seed: u64,
 }
 
-/// Reads `blocks` at `slba` through `q` into a poisoned buffer and compares.
-#[allow(clippy::too_many_arguments)] // one command's full description
-pub(crate) fn read_compare<M: Mmio, D: Dma, C: Clock>(
-    ctrl: &mut Controller<M, D, C>,
-    q: &mut IoQueue,
-    nsid: u32,
-    slba: u64,
-    blocks: u32,
-    data: DmaRange,
-    block: usize,
-    seed: u64,
-) -> Result<Option<Mismatch>, Error> {
-    // Whatever the buffer held must not survive a read that moved nothing.
-    ctrl.dma().fill(data.addr, data.len, 0xa5);
-    ctrl.read(q, nsid, slba, blocks, data)?;
-    Ok(compare(ctrl.dma(), data, slba, block, seed))
+impl Pattern {
+    /// Writes the pattern for `blocks` at `slba` through `q`.
+    pub fn write<M: Mmio, D: Dma, C: Clock>(
+        &self,
+        ctrl: &mut Controller<M, D, C>,
+        q: &mut IoQueue,
+        slba: u64,
+        blocks: u32,
+        data: DmaRange,
+    ) -> Result<(), Error> {
+        fill_pattern(ctrl.dma(), data, slba, self.block, self.seed);
+        ctrl.write(q, self.nsid, slba, blocks, data)
+    }
+
+    /// Reads `blocks` at `slba` through `q` into a poisoned buffer and compares.
+    pub fn read_compare<M: Mmio, D: Dma, C: Clock>(
+        &self,
+        ctrl: &mut Controller<M, D, C>,
+        q: &mut IoQueue,
+        slba: u64,
+        blocks: u32,
+        data: DmaRange,
+    ) -> Result<Option<Mismatch>, Error> {
+        // Whatever the buffer held must not survive a read that moved nothing.
+        ctrl.dma().fill(data.addr, data.len, 0xa5);
+        ctrl.read(q, self.nsid, slba, blocks, data)?;
+        Ok(compare(ctrl.dma(), data, slba, self.block, self.seed))
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `nvme.queues`: create every I/O queue pair the controller grants, use
 //! each one, delete them all.
 
-use super::{MAX_PAIRS, Options, Stop, buffers, pick_namespace, read_compare, seed, write_pattern};
+use super::{MAX_PAIRS, Options, Pattern, Stop, buffers, pick_namespace, seed};
 use crate::cmd::Command;
 use crate::ctrl::Controller;
 use crate::hal::{Clock, Dma, Mmio};
@@ -162,7 +162,11 @@ fn use_each<M: Mmio, D: Dma, C: Clock, W: Write>(
     let Ok((wbuf, rbuf)) = buffers(ctrl, n * block, r) else {
         return;
     };
-    let seed = seed(ctrl, opts) ^ 0x9e37_79b9;
+    let pat = Pattern {
+        nsid,
+        block,
+        seed: seed(ctrl, opts) ^ 0x9e37_79b9,
+    };
     let mut outcome: Result<(), (usize, &'static str, crate::Error)> = Ok(());
     let mut mismatch = None;
     'run: {
@@ -176,7 +180,7 @@ fn use_each<M: Mmio, D: Dma, C: Clock, W: Write>(
                     break 'run;
                 }
             };
-            if let Err(e) = write_pattern(ctrl, q, nsid, lba, 1, data, block, seed) {
+            if let Err(e) = pat.write(ctrl, q, lba, 1, data) {
                 outcome = Err((i, "write", e));
                 break 'run;
             }
@@ -192,7 +196,7 @@ fn use_each<M: Mmio, D: Dma, C: Clock, W: Write>(
             let lba = i as u64;
             let res = rbuf
                 .range(i * block, block)
-                .and_then(|d| read_compare(ctrl, q, nsid, lba, 1, d, block, seed));
+                .and_then(|d| pat.read_compare(ctrl, q, lba, 1, d));
             match res {
                 Ok(None) => {}
                 Ok(Some(m)) => {

@@ -1,9 +1,6 @@
 //! `nvme.rw`: write, flush, read back, compare byte for byte.
 
-use super::{
-    Options, Stop, acquire_pair, buffers, pick_namespace, read_compare, release_pair, seed,
-    write_pattern,
-};
+use super::{Options, Pattern, Stop, acquire_pair, buffers, pick_namespace, release_pair, seed};
 use crate::PAGE_SIZE;
 use crate::ctrl::Controller;
 use crate::hal::{Clock, Dma, DmaBuf, Mmio};
@@ -190,9 +187,10 @@ fn one<M: Mmio, D: Dma, C: Clock, W: Write>(
     let result = (|| {
         let w = wbuf.range(offset, bytes)?;
         let rd = rbuf.range(offset, bytes)?;
-        write_pattern(ctrl, q, nsid, lba, blocks, w, block, seed)?;
+        let pat = Pattern { nsid, block, seed };
+        pat.write(ctrl, q, lba, blocks, w)?;
         ctrl.flush(q, nsid)?;
-        read_compare(ctrl, q, nsid, lba, blocks, rd, block, seed)
+        pat.read_compare(ctrl, q, lba, blocks, rd)
     })();
     match result {
         Ok(None) => {
@@ -250,19 +248,11 @@ fn adjacent<M: Mmio, D: Dma, C: Clock, W: Write>(
     let result = (|| {
         let first = wbuf.range(0, bytes / 2)?;
         let second = wbuf.range(bytes / 2, bytes / 2)?;
-        write_pattern(ctrl, q, nsid, lba, half, first, block, seed)?;
-        write_pattern(ctrl, q, nsid, lba + half as u64, half, second, block, seed)?;
+        let pat = Pattern { nsid, block, seed };
+        pat.write(ctrl, q, lba, half, first)?;
+        pat.write(ctrl, q, lba + half as u64, half, second)?;
         ctrl.flush(q, nsid)?;
-        read_compare(
-            ctrl,
-            q,
-            nsid,
-            lba,
-            2 * half,
-            rbuf.range(0, bytes)?,
-            block,
-            seed,
-        )
+        pat.read_compare(ctrl, q, lba, 2 * half, rbuf.range(0, bytes)?)
     })();
     match result {
         Ok(m) => {
