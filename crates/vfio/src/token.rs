@@ -1,7 +1,7 @@
 //! The VF token: a UUID shared by the PF's user and the VFs' users. It is a
 //! secret (whoever knows it can open the VFs), so it never reaches an argv,
 //! a log line or a report: [`Token`] prints as `<redacted>`, and the only
-//! ways out are the VFIO calls in this crate and [`Token::write_private_file`].
+//! ways out are the VFIO calls in this crate and [`Token::write_private_with`].
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -38,23 +38,6 @@ impl Token {
         self.0.hyphenated().to_string()
     }
 
-    /// Writes the token as text (36 characters and a newline) to a new file in
-    /// `dir` that only the owner can read (mode 0600, created exclusively),
-    /// for handing it to another process without an argv. Returns its path.
-    pub fn write_private_file(&self, dir: &Path) -> io::Result<PathBuf> {
-        let path = dir.join(format!("vf-token-{}", Uuid::new_v4().simple()));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        writeln!(f, "{}", self.text())?;
-        f.sync_all()?;
-        Ok(path)
-    }
-}
-
-impl Token {
     /// Writes a file only the owner can read (mode 0600, created exclusively)
     /// whose content `render` makes from the token's text — a QEMU
     /// `-readconfig` file with `vf-token`, say — so that another process gets
@@ -178,7 +161,9 @@ mod tests {
     fn the_private_file_is_owner_only_and_holds_the_text() {
         let dir = tempfile::tempdir().unwrap();
         let t = Token::random();
-        let p = t.write_private_file(dir.path()).unwrap();
+        let p = t
+            .write_private_with(dir.path(), |text| format!("{text}\n"))
+            .unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(
