@@ -6,9 +6,9 @@
 use crate::hostcheck::HostContext;
 use crate::manifest::MachineType;
 use crate::outcome;
-use crate::qemu::{self, Boot, VmConfig, VmDevice};
+use crate::plan;
+use crate::qemu::{self, VmConfig, VmDevice};
 use crate::supervise::{self, End, Finished};
-use crate::units::ByteSize;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -55,11 +55,9 @@ fn vf_vm(ctx: &HostContext, config: &Path, append: &str) -> VmConfig {
         machine: MachineType::Q35,
         accel: "tcg".into(),
         cpu: "max".into(),
-        memory: ByteSize::mib(128),
+        memory: plan::DEFAULT_MEMORY,
         smp: 1,
-        boot: Boot::Pvh {
-            kernel: ctx.guest.clone(),
-        },
+        boot: plan::guest_boot(MachineType::Q35, &ctx.guest),
         append: append.into(),
         devices: vec![VmDevice::ReadConfig {
             file: config.to_path_buf(),
