@@ -194,7 +194,7 @@ pub fn wrong_kernel(planned: &str, booted: &str) -> Option<SubResult> {
 
 /// Whether the tests a failed boot left unreported get another boot.
 pub fn boot_again(failure: &HostFailure, boot_no: u32, unreported: usize) -> bool {
-    failure.breakdown && boot_no < MAX_BOOTS && unreported > 0 && !crate::supervise::interrupted()
+    failure.breakdown && boot_no < MAX_BOOTS && unreported > 0
 }
 
 /// Boots the virtual host for the tests `idxs` (one suite, one kernel) and
@@ -276,7 +276,10 @@ fn run_boots(
             Ok(status) => {
                 format!("the agent exited with status {status} before reporting this test")
             }
-            Err(failure) if boot_again(&failure, boot_no, pending.len()) => {
+            Err(failure)
+                if boot_again(&failure, boot_no, pending.len())
+                    && !crate::supervise::interrupted() =>
+            {
                 let _ = events.send(Event::Output {
                     idx: *pending.values().next().expect("pending is not empty"),
                     line: format!(
