@@ -294,3 +294,120 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// Files under `dir` holding a VF token as QEMU's config or the VFIO device
+/// name spell it (`vf-token = "<uuid>"`, `vf_token=<uuid>`): what a leak
+/// looks like from outside, without knowing the value.
+fn files_with_token_text(dir: &Path) -> Vec<PathBuf> {
+    fn spelled(text: &[u8]) -> bool {
+        let lower = text.to_ascii_lowercase();
+        ["vf-token", "vf_token"].iter().any(|key| {
+            lower.windows(key.len()).enumerate().any(|(i, w)| {
+                w == key.as_bytes() && {
+                    let rest = &lower[i + key.len()..];
+                    let value: Vec<u8> = rest
+                        .iter()
+                        .skip_while(|c| matches!(c, b' ' | b'=' | b'"'))
+                        .take(9)
+                        .copied()
+                        .collect();
+                    value.len() == 9
+                        && value[..8].iter().all(u8::is_ascii_hexdigit)
+                        && value[8] == b'-'
+                }
+            })
+        })
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| spelled(&b)) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_token_spelling_is_found() {
+    let dir = std::env::temp_dir().join(format!("ukci-it-spell-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    std::fs::write(
+        dir.join("a/cfg"),
+        "  vf-token = \"2ab74924-c335-45f4-9b16-8569e5b08258\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("log"), "0000:03:00.1 vf_token=<redacted>\n").unwrap();
+    let found = files_with_token_text(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(found, [dir.join("a/cfg")]);
+}
+
+/// Ctrl-C while the VF guest runs inside a virtual host: the run ends
+/// interrupted, and no file the run wrote (reports, virtual host folders,
+/// scratch) holds a token.
+#[test]
+fn no_token_reaches_a_file_even_after_an_interrupt_during_a_vf_guest() {
+    let reports = std::env::temp_dir().join(format!("ukci-it-vfint-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root())
+        .args([
+            "test",
+            "manifests/vf-token.toml",
+            "--kernel",
+            "debian:6.12",
+            "--filter",
+            "vf-guest",
+            "--reports",
+        ])
+        .arg(&reports)
+        .env("CI", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The agent announces the test on the host's console, then takes the
+    // PF, brings a VF up and starts the guest with it.
+    let started = |p: &Path| {
+        std::fs::read_to_string(p.join("vhost/vf-token@debian-6.12/serial.log"))
+            .is_ok_and(|s| s.contains("ukci-started: vf-token.vf-guest"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    let mut run_dir = None;
+    while run_dir.is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        run_dir = std::fs::read_dir(&reports)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| started(p));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    if run_dir.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&reports);
+        panic!("the VF guest never started inside the virtual host");
+    }
+    // Bringing the VF up takes about a second, the guest several: this
+    // lands while the PF driver holds the token and QEMU reads it.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // SAFETY: kill only sends SIGINT to the child this test spawned.
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let status = child.wait().unwrap();
+    let leaks: Vec<PathBuf> = [reports.clone(), root().join("images/scratch")]
+        .iter()
+        .flat_map(|d| files_with_token_text(d))
+        .collect();
+    let _ = std::fs::remove_dir_all(&reports);
+    assert_eq!(status.code(), Some(exitcode::INTERRUPTED));
+    assert!(leaks.is_empty(), "token text in {leaks:?}");
+}

@@ -7,7 +7,7 @@ use crate::outcome::{self, Expect, Judged, Outcome, SubResult};
 use crate::plan::{Decision, PlannedTest};
 use crate::qemu;
 use crate::qemu::VmDevice;
-use crate::supervise::{self, End, Finished};
+use crate::supervise::{End, Finished};
 use crate::vf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
@@ -178,7 +178,7 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
     } else if t.vm.devices.contains(&VmDevice::NvmeVf) {
         vf::run_guest_with_vf(host, &t.vm, t.timeout, &mut on_line)
     } else {
-        supervise::run(qemu::QEMU.as_ref(), &t.vm.args(), t.timeout, on_line)
+        qemu::run(&t.vm, t.timeout, on_line)
     };
     for s in &t.scratch {
         let _ = std::fs::remove_file(&s.path);

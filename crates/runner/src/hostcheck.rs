@@ -68,6 +68,11 @@ pub const HOST_CHECKS: &[HostCheck] = &[
         summary: "the runner is SIGKILLed at points of a VF run; the next run restores every device exactly",
         run: vf::crash_recovery,
     },
+    HostCheck {
+        name: "vf-token.secrets",
+        summary: "no file the run has written holds any VF token the run used (run it last)",
+        run: vf::no_secret_files,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static HostCheck> {

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
+use ukci_vfio::token;
 use ukci_vhost::boot::{self, Agent, BootConfig, BootError};
 use ukci_vhost::initramfs::{self, InitramfsSpec};
 
@@ -35,6 +36,10 @@ pub struct WireRun {
     /// `uname -r` of the host the agent ran on.
     #[serde(default)]
     pub host_kernel: String,
+    /// Digests of every VF token the agent has used so far, for the
+    /// runner's end-of-run scan (never the tokens themselves).
+    #[serde(default)]
+    pub tokens: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -65,6 +70,7 @@ impl WireRun {
             stderr: run.stderr.clone(),
             elapsed_ms: run.elapsed.as_millis() as u64,
             host_kernel: String::new(),
+            tokens: token::remembered().iter().map(|d| d.to_string()).collect(),
         }
     }
 
@@ -74,7 +80,11 @@ impl WireRun {
         self
     }
 
+    /// The run, after remembering the agent's token digests for the scan.
     pub fn into_run(self) -> TestRun {
+        for d in self.tokens.iter().filter_map(|t| token::Digest::parse(t)) {
+            token::remember(d);
+        }
         let results = self
             .results
             .into_iter()

@@ -2,9 +2,12 @@
 //! as separate arguments (never a shell string).
 
 use crate::manifest::MachineType;
+use crate::supervise::{self, Finished};
 use crate::units::ByteSize;
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use ukci_protocol::exit::{ISA_DEBUG_EXIT_PORT, ISA_DEBUG_EXIT_SIZE};
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -55,9 +58,22 @@ pub enum VmDevice {
     /// An NVMe VF of the host's PF; the executor brings it online and puts
     /// a `ReadConfig` in its place for the run.
     NvmeVf,
-    /// Devices from a private `-readconfig` file: how a VF and its token
-    /// reach QEMU without appearing in its argv.
-    ReadConfig { file: PathBuf },
+    /// Devices from a `-readconfig` file that QEMU inherits as descriptor
+    /// `fd` (an anonymous sealed memfd): how a VF and its token reach QEMU
+    /// without appearing in its argv or in any file.
+    ReadConfig { fd: RawFd },
+}
+
+/// Runs `vm` under supervision, handing QEMU the descriptors its devices
+/// are read from.
+pub fn run(vm: &VmConfig, timeout: Duration, on_line: impl FnMut(&str)) -> Finished {
+    supervise::run_inheriting(
+        QEMU.as_ref(),
+        &vm.args(),
+        &vm.inherited_fds(),
+        timeout,
+        on_line,
+    )
 }
 
 /// The `-cpu` model used when a manifest names none.
@@ -71,6 +87,17 @@ pub fn default_cpu(accel: &str, kvm_module: Option<&str>) -> String {
 }
 
 impl VmConfig {
+    /// The descriptors QEMU must inherit to read its devices.
+    pub fn inherited_fds(&self) -> Vec<RawFd> {
+        self.devices
+            .iter()
+            .filter_map(|d| match d {
+                VmDevice::ReadConfig { fd } => Some(*fd),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The arguments after the QEMU binary.
     pub fn args(&self) -> Vec<OsString> {
         let mut a = Args::default();
@@ -122,7 +149,9 @@ impl VmDevice {
     fn push_args(&self, i: usize, a: &mut Args) {
         match self {
             VmDevice::NvmeVf => {}
-            VmDevice::ReadConfig { file } => a.pair("-readconfig", file),
+            VmDevice::ReadConfig { fd } => {
+                a.pair("-readconfig", ukci_vfio::token::proc_fd_path(*fd))
+            }
             VmDevice::Nvme {
                 serial,
                 image,

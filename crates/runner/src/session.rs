@@ -256,9 +256,16 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
         }
     });
     term.finish();
+    let scratch = &lane.host.scratch;
     if crate::supervise::interrupted() {
         eprintln!("interrupted: no report was written");
-        return exitcode::INTERRUPTED;
+        return match secret_scan(&[&dir, scratch]) {
+            Ok(()) => exitcode::INTERRUPTED,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exitcode::ERROR
+            }
+        };
     }
     if opts.strict {
         for (t, run) in plan.iter().zip(runs.iter_mut()) {
@@ -273,7 +280,33 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
             return exitcode::ERROR;
         }
     }
+    if let Err(e) = secret_scan(&[&dir, scratch]) {
+        eprintln!("error: {e}");
+        return exitcode::ERROR;
+    }
     exit_status(&runs)
+}
+
+/// The end of every run: no file under `dirs` (what the run wrote, virtual
+/// hosts' folders included) may hold any VF token the run used — its own or
+/// one an agent or a child reported by digest. A hit names the files, never
+/// the value.
+pub fn secret_scan(dirs: &[&Path]) -> Result<(), String> {
+    let tokens = ukci_vfio::token::remembered();
+    let found: Vec<String> = dirs
+        .iter()
+        .flat_map(|d| ukci_vfio::token::files_holding_tokens(d, &tokens))
+        .map(|p| p.display().to_string())
+        .collect();
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "a VF token of this run was found in {} file(s): {} (help: remove them; they hold a secret that opens this host's VFs)",
+            found.len(),
+            found.join(", ")
+        ))
+    }
 }
 
 /// Inside a virtual host: runs the named tests of one manifest here and
@@ -354,7 +387,13 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
             }
         }
     });
-    exitcode::OK
+    match secret_scan(&[results]) {
+        Ok(()) => exitcode::OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exitcode::ERROR
+        }
+    }
 }
 
 /// Under `--strict` a skip counts as a failure unless the manifest's plan

@@ -1,21 +1,23 @@
 //! VFs for guests, the way a userspace PF/VF deployment uses them: vfio-pci
 //! owns the PF, ukci's userspace PF driver holds it with a fresh secret
 //! token and brings a VF online, and QEMU gets the VF with that token
-//! through a private `-readconfig` file — never through its argv.
+//! through a `-readconfig` file it inherits as an anonymous sealed memfd —
+//! never through its argv, never through a file with a name.
 
 use crate::hostcheck::HostContext;
 use crate::manifest::MachineType;
 use crate::outcome;
 use crate::plan;
 use crate::qemu::{self, VmConfig, VmDevice};
-use crate::supervise::{self, End, Finished};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use crate::supervise::{End, Finished};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use ukci_protocol::Reporter;
 use ukci_vfio::checks::{FunctionState, Lane, pf_on_vfio};
 use ukci_vfio::nvme_pf::PfDriver;
+use ukci_vfio::token::{self, SecretFile};
 use ukci_vfio::vfio::Vfio;
 use ukci_vfio::{Host, Sysfs, Token};
 
@@ -49,8 +51,8 @@ pub fn with_vf<T>(lane: &mut Lane<'_>, f: impl FnOnce(&str, &Token) -> T) -> Res
     Ok(out)
 }
 
-/// A guest VM on q35 with one VF, its token in a private config file.
-fn vf_vm(ctx: &HostContext, config: &Path, append: &str) -> VmConfig {
+/// A guest VM on q35 with one VF, its token in a sealed config file.
+fn vf_vm(ctx: &HostContext, config: &SecretFile, append: &str) -> VmConfig {
     VmConfig {
         machine: MachineType::Q35,
         accel: "tcg".into(),
@@ -60,7 +62,7 @@ fn vf_vm(ctx: &HostContext, config: &Path, append: &str) -> VmConfig {
         boot: plan::guest_boot(MachineType::Q35, &ctx.guest),
         append: append.into(),
         devices: vec![VmDevice::ReadConfig {
-            file: config.to_path_buf(),
+            fd: config.raw_fd(),
         }],
     }
 }
@@ -74,29 +76,10 @@ fn token_in_any_argv(token: &Token) -> Option<u32> {
     })
 }
 
-/// Files under `dir` whose content holds the token.
-fn files_with_token(dir: &Path, token: &Token) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(p),
-                Ok(t) if t.is_file() && std::fs::read(&p).is_ok_and(|b| token.appears_in(&b)) => {
-                    out.push(p);
-                }
-                _ => {}
-            }
-        }
-    }
-    out
-}
-
 /// Runs a VF guest and, while it runs, looks for the token in every argv.
 fn run_vf_guest(
     ctx: &HostContext,
-    config: &Path,
+    config: &SecretFile,
     append: &str,
     token: &Token,
     on_line: &mut dyn FnMut(&str),
@@ -104,7 +87,7 @@ fn run_vf_guest(
     let vm = vf_vm(ctx, config, append);
     let mut leak = None;
     let mut scanned = false;
-    let fin = supervise::run(qemu::QEMU.as_ref(), &vm.args(), VF_GUEST_TIMEOUT, |l| {
+    let fin = qemu::run(&vm, VF_GUEST_TIMEOUT, |l| {
         if !scanned {
             scanned = true;
             leak = token_in_any_argv(token);
@@ -120,8 +103,8 @@ pub fn qemu_honours_token(lane: &mut Lane<'_>, ctx: &HostContext, r: &mut Report
     let _ = std::fs::create_dir_all(&ctx.scratch);
     let res = with_vf(lane, |vf, token| {
         for (case, cfg) in [
-            ("none", token_config(ctx, vf, None)),
-            ("wrong", token_config(ctx, vf, Some(&Token::random()))),
+            ("none", token_config(vf, None)),
+            ("wrong", token_config(vf, Some(&Token::random()))),
         ] {
             match cfg {
                 Err(e) => {
@@ -129,9 +112,7 @@ pub fn qemu_honours_token(lane: &mut Lane<'_>, ctx: &HostContext, r: &mut Report
                 }
                 Ok(file) => {
                     let vm = vf_vm(ctx, &file, "checks=boot.smoke");
-                    let fin =
-                        supervise::run(qemu::QEMU.as_ref(), &vm.args(), VF_GUEST_TIMEOUT, |_| {});
-                    let _ = std::fs::remove_file(&file);
+                    let fin = qemu::run(&vm, VF_GUEST_TIMEOUT, |_| {});
                     let msg = fin
                         .stderr
                         .lines()
@@ -149,14 +130,13 @@ pub fn qemu_honours_token(lane: &mut Lane<'_>, ctx: &HostContext, r: &mut Report
                 }
             }
         }
-        match token_config(ctx, vf, Some(token)) {
+        match token_config(vf, Some(token)) {
             Err(e) => {
                 r.check(false, "right: started", format_args!("config file: {e}"));
             }
             Ok(file) => {
                 let (fin, leak) =
                     run_vf_guest(ctx, &file, "checks=nvme.identify", token, &mut |_| {});
-                let _ = std::fs::remove_file(&file);
                 let j = outcome::judge("right", &["nvme.identify".to_string()], &fin);
                 let ok = j.results.iter().all(|x| x.outcome.as_expected());
                 let cntlid = j
@@ -184,8 +164,8 @@ pub fn qemu_honours_token(lane: &mut Lane<'_>, ctx: &HostContext, r: &mut Report
                 );
             }
         }
-        let root = ctx.scratch.parent().unwrap_or(&ctx.scratch);
-        let files = files_with_token(root, token);
+        let root = run_folder(ctx);
+        let files = token::files_holding_tokens(root, &[token.digest()]);
         r.check(
             files.is_empty(),
             "token absent from every file written",
@@ -198,15 +178,34 @@ pub fn qemu_honours_token(lane: &mut Lane<'_>, ctx: &HostContext, r: &mut Report
     r.pop();
 }
 
-fn token_config(ctx: &HostContext, vf: &str, token: Option<&Token>) -> std::io::Result<PathBuf> {
+fn token_config(vf: &str, token: Option<&Token>) -> std::io::Result<SecretFile> {
     match token {
-        Some(t) => t.write_private_with(&ctx.scratch, |text| vf_config(vf, Some(text))),
-        None => {
-            let p = ctx.scratch.join("vf-no-token.cfg");
-            std::fs::write(&p, vf_config(vf, None))?;
-            Ok(p)
-        }
+        Some(t) => t.sealed_config(|text| vf_config(vf, Some(text))),
+        None => SecretFile::new(vf_config(vf, None).as_bytes()),
     }
+}
+
+/// Everything this run wrote on this host: the folder holding its scratch
+/// folder (in a virtual host, the agent's whole results folder).
+fn run_folder(ctx: &HostContext) -> &Path {
+    ctx.scratch.parent().unwrap_or(&ctx.scratch)
+}
+
+/// `vf-token.secrets`: no file the run has written so far holds any token
+/// the run used — its own, the crash-recovery children's, every VF guest's.
+pub fn no_secret_files(_: &mut Lane<'_>, ctx: &HostContext, r: &mut Reporter<&mut String>) {
+    let tokens = token::remembered();
+    let root = run_folder(ctx);
+    let files = token::files_holding_tokens(root, &tokens);
+    r.check(
+        files.is_empty(),
+        "vf-token.secrets: no file holds a token",
+        format_args!(
+            "tokens={} searched={} found={files:?}",
+            tokens.len(),
+            root.display()
+        ),
+    );
 }
 
 /// Runs a guest test with a VF: the PF driver holds the PF and the VF is
@@ -237,13 +236,11 @@ pub fn run_guest_with_vf(
         pf,
     };
     let res = with_vf(&mut lane, |vf, token| {
-        let file = token.write_private_with(&ctx.scratch, |t| vf_config(vf, Some(t)))?;
+        let file = token.sealed_config(|t| vf_config(vf, Some(t)))?;
         let mut vm = vm.clone();
         vm.devices.retain(|d| !matches!(d, VmDevice::NvmeVf));
-        vm.devices.push(VmDevice::ReadConfig { file: file.clone() });
-        let fin = supervise::run(qemu::QEMU.as_ref(), &vm.args(), timeout, on_line);
-        let _ = std::fs::remove_file(&file);
-        Ok::<_, std::io::Error>(fin)
+        vm.devices.push(VmDevice::ReadConfig { fd: file.raw_fd() });
+        Ok::<_, std::io::Error>(qemu::run(&vm, timeout, on_line))
     });
     let _ = host.restore();
     match res {
@@ -259,7 +256,8 @@ pub const CRASH_POINTS: &[&str] = &["after-bind", "after-vfs", "during-guest"];
 pub const CRASH_REACHED: &str = "ukci-crash-point: reached";
 
 /// The child side (`cargo xtask crash-point`): a VF run that stops at
-/// `point`, says so, and waits to be killed.
+/// `point`, says so, and waits to be killed. Its token comes from the parent
+/// on stdin, so the parent's end-of-run scan knows it.
 pub fn crash_child(point: &str, pf: &str, journal: &Path, guest: &Path, scratch: &Path) -> i32 {
     let reached = || {
         println!("{CRASH_REACHED}");
@@ -283,7 +281,15 @@ pub fn crash_child(point: &str, pf: &str, journal: &Path, guest: &Path, scratch:
     let Ok(mut vfio) = Vfio::new(lane.host.sys()) else {
         return 4;
     };
-    let Ok(mut drv) = PfDriver::open(&mut vfio, pf, Token::random()) else {
+    let mut line = String::new();
+    let Some(token) = std::io::stdin()
+        .read_line(&mut line)
+        .ok()
+        .and_then(|_| Token::parse(&line))
+    else {
+        return 9;
+    };
+    let Ok(mut drv) = PfDriver::open(&mut vfio, pf, token) else {
         return 5;
     };
     let Ok(vfs) = drv.bring_up_vfs(lane.host, 1) else {
@@ -299,16 +305,13 @@ pub fn crash_child(point: &str, pf: &str, journal: &Path, guest: &Path, scratch:
         scratch: scratch.into(),
         guest: guest.into(),
     };
-    let Ok(file) = drv
-        .token()
-        .write_private_with(scratch, |t| vf_config(&vfs[0].0, Some(t)))
-    else {
+    let Ok(file) = drv.token().sealed_config(|t| vf_config(&vfs[0].0, Some(t))) else {
         return 7;
     };
     // A guest that reports, then stays up without a verdict until killed.
     let vm = vf_vm(&ctx, &file, "checks=selftest.no-exit");
     let mut said = false;
-    supervise::run(qemu::QEMU.as_ref(), &vm.args(), VF_GUEST_TIMEOUT, |_| {
+    qemu::run(&vm, VF_GUEST_TIMEOUT, |_| {
         if !said {
             said = true;
             println!("{CRASH_REACHED}");
@@ -335,7 +338,7 @@ pub fn crash_recovery(lane: &mut Lane<'_>, ctx: &HostContext, r: &mut Reporter<&
             .arg(&ctx.guest)
             .arg("--scratch")
             .arg(&ctx.scratch)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -346,6 +349,12 @@ pub fn crash_recovery(lane: &mut Lane<'_>, ctx: &HostContext, r: &mut Reporter<&
                 continue;
             }
         };
+        // The child's token, made (and remembered) here, handed over a pipe.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = Token::random()
+                .send(&mut stdin)
+                .and_then(|()| stdin.flush());
+        }
         let reached = wait_for_point(&mut child, Duration::from_secs(150));
         // SIGKILL: nothing of the child's own cleanup runs.
         let _ = child.kill();

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::RawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -121,7 +122,7 @@ pub fn run(
     timeout: Duration,
     on_line: impl FnMut(&str),
 ) -> Finished {
-    run_with(program, args, timeout, None, on_line)
+    spawn_and_wait(program, args, timeout, None, &[], on_line)
 }
 
 /// [`run`], with an earlier deadline until the `ready` line has appeared.
@@ -130,9 +131,34 @@ pub fn run_with(
     args: &[OsString],
     timeout: Duration,
     ready: Option<Ready<'_>>,
+    on_line: impl FnMut(&str),
+) -> Finished {
+    spawn_and_wait(program, args, timeout, ready, &[], on_line)
+}
+
+/// [`run`], with the descriptors `inherit` (close-on-exec here) open in
+/// the child under the same numbers — how a secret reaches QEMU without an
+/// argv or a file.
+pub fn run_inheriting(
+    program: &OsStr,
+    args: &[OsString],
+    inherit: &[RawFd],
+    timeout: Duration,
+    on_line: impl FnMut(&str),
+) -> Finished {
+    spawn_and_wait(program, args, timeout, None, inherit, on_line)
+}
+
+fn spawn_and_wait(
+    program: &OsStr,
+    args: &[OsString],
+    timeout: Duration,
+    ready: Option<Ready<'_>>,
+    inherit: &[RawFd],
     mut on_line: impl FnMut(&str),
 ) -> Finished {
     let start = Instant::now();
+    let inherit = inherit.to_vec();
     let mut ready_at = None;
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -140,14 +166,21 @@ pub fn run_with(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: the closure runs between fork and exec and only calls prctl,
-    // which is async-signal-safe. PR_SET_PDEATHSIG makes the kernel kill
-    // the child if the spawning thread dies (even by SIGKILL), so no VM
-    // outlives the runner.
+    // SAFETY: the closure runs between fork and exec and only calls prctl
+    // and fcntl, which are async-signal-safe, and allocates nothing.
+    // PR_SET_PDEATHSIG makes the kernel kill the child if the spawning
+    // thread dies (even by SIGKILL), so no VM outlives the runner. Clearing
+    // FD_CLOEXEC in the child alone hands it exactly the descriptors asked
+    // for; the parent's copies stay close-on-exec for every other child.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            for &fd in &inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -402,5 +435,49 @@ mod tests {
             |_| {},
         );
         assert!(matches!(f.end, End::SpawnFailed(ref m) if m.contains("/nonexistent/qemu")));
+    }
+
+    #[test]
+    fn only_the_named_descriptors_reach_the_child() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut pass = tempfile_cloexec("passed");
+        let keep = tempfile_cloexec("kept back");
+        pass.flush().unwrap();
+        let (p, k) = (pass.as_raw_fd(), keep.as_raw_fd());
+        let script = format!(
+            "cat /proc/self/fd/{p}; echo; cat /proc/self/fd/{k} 2>/dev/null || echo closed"
+        );
+        let f = run_inheriting(
+            OsStr::new("sh"),
+            &["-c".into(), script.into()],
+            &[p],
+            Duration::from_secs(5),
+            |_| {},
+        );
+        assert_eq!(f.end, End::Exited(0));
+        assert_eq!(f.stdout, "passed\nclosed\n");
+    }
+
+    /// A close-on-exec descriptor (as Rust opens every file) of an
+    /// unlinked file holding `text`.
+    fn tempfile_cloexec(text: &str) -> std::fs::File {
+        use std::io::{Seek, Write};
+        let path = std::env::temp_dir().join(format!(
+            "ukci-supervise-{}-{}",
+            std::process::id(),
+            text.len()
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f.rewind().unwrap();
+        f
     }
 }

@@ -1,14 +1,23 @@
 //! The VF token: a UUID shared by the PF's user and the VFs' users. It is a
 //! secret (whoever knows it can open the VFs), so it never reaches an argv,
-//! a log line or a report: [`Token`] prints as `<redacted>`, and the only
-//! ways out are the VFIO calls in this crate and [`Token::write_private_with`].
+//! a log line, a report or a file: [`Token`] prints as `<redacted>`, and the
+//! only ways out are the VFIO calls in this crate and [`Token::sealed_config`],
+//! an anonymous in-memory file that a child process inherits.
+//!
+//! Every token a process makes is remembered as a [`Digest`] (SHA-256 of its
+//! text), which may be shown and passed between processes; the end-of-run
+//! scan ([`files_holding_tokens`]) looks for every remembered token in every
+//! file a run wrote.
 
+use std::collections::BTreeSet;
 use std::fmt;
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 /// What a token (or anything else secret) prints as.
@@ -20,9 +29,20 @@ pub const REDACTED: &str = "<redacted>";
 pub struct Token(Uuid);
 
 impl Token {
-    /// A fresh version-4 UUID from the operating system's random source.
+    /// A fresh version-4 UUID from the operating system's random source,
+    /// remembered for the end-of-run scan.
     pub fn random() -> Token {
-        Token(Uuid::new_v4())
+        let t = Token(Uuid::new_v4());
+        remember(t.digest());
+        t
+    }
+
+    /// Reads a token's text (another process's, handed over a pipe) and
+    /// remembers it.
+    pub fn parse(text: &str) -> Option<Token> {
+        let t = Token(Uuid::try_parse(text.trim()).ok()?);
+        remember(t.digest());
+        Some(t)
     }
 
     pub fn from_bytes(bytes: [u8; 16]) -> Token {
@@ -38,34 +58,181 @@ impl Token {
         self.0.hyphenated().to_string()
     }
 
-    /// Writes a file only the owner can read (mode 0600, created exclusively)
-    /// whose content `render` makes from the token's text — a QEMU
-    /// `-readconfig` file with `vf-token`, say — so that another process gets
-    /// the token without an argv. Returns its path.
-    pub fn write_private_with(
-        &self,
-        dir: &Path,
-        render: impl FnOnce(&str) -> String,
-    ) -> io::Result<PathBuf> {
-        let path = dir.join(format!("vf-token-{}", Uuid::new_v4().simple()));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        f.write_all(render(&self.text()).as_bytes())?;
-        f.sync_all()?;
-        Ok(path)
+    /// Hands the token to a child process over a pipe (its stdin), one line
+    /// that [`Token::parse`] reads.
+    pub fn send(&self, pipe: &mut std::process::ChildStdin) -> io::Result<()> {
+        writeln!(pipe, "{}", self.text())
+    }
+
+    /// What the token may be shown as: the SHA-256 of its text.
+    pub fn digest(&self) -> Digest {
+        Digest::of(self.text().as_bytes())
+    }
+
+    /// An anonymous, sealed in-memory file whose content `render` makes
+    /// from the token's text — a QEMU `-readconfig` file with `vf-token`,
+    /// say. It never has a name on any filesystem; a child process reads it
+    /// as [`SecretFile::path`] after inheriting it, and it is gone when the
+    /// last descriptor closes.
+    pub fn sealed_config(&self, render: impl FnOnce(&str) -> String) -> io::Result<SecretFile> {
+        SecretFile::new(render(&self.text()).as_bytes())
     }
 
     /// Whether the token's text occurs in `haystack` (an argv, a file), for
     /// the checks that prove it never leaks.
     pub fn appears_in(&self, haystack: &[u8]) -> bool {
-        let t = self.text();
-        haystack
-            .windows(t.len())
-            .any(|w| w.eq_ignore_ascii_case(t.as_bytes()))
+        uuids_in(haystack).any(|u| u == self.0)
     }
+}
+
+/// A sealed memfd holding a secret (see [`Token::sealed_config`]).
+#[derive(Debug)]
+pub struct SecretFile {
+    fd: OwnedFd,
+}
+
+impl SecretFile {
+    /// A sealed memfd holding `content`.
+    pub fn new(content: &[u8]) -> io::Result<SecretFile> {
+        // SAFETY: the name is a NUL-terminated literal; memfd_create returns
+        // a new descriptor or -1 and touches no memory of ours.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"ukci-vf-token".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut f = File::from(fd);
+        f.write_all(content)?;
+        let seals =
+            libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        // SAFETY: F_ADD_SEALS on a memfd we own; no pointers are passed.
+        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SecretFile { fd: f.into() })
+    }
+
+    /// The descriptor a child must inherit (it is close-on-exec in this
+    /// process, so no other child gets it).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The path a child that inherited [`Self::raw_fd`] opens it by.
+    pub fn path(&self) -> PathBuf {
+        proc_fd_path(self.raw_fd())
+    }
+}
+
+/// `/proc/self/fd/N`: works in a process that has descriptor `N`, also
+/// where `/dev/fd` does not exist (a bare initramfs).
+pub fn proc_fd_path(fd: RawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{fd}"))
+}
+
+/// The SHA-256 of a token's text: safe to print, log and pass around.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    fn of(bytes: &[u8]) -> Digest {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    /// Parses the 64 hex digits [`Digest`] prints as.
+    pub fn parse(hex: &str) -> Option<Digest> {
+        let hex = hex.trim();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Digest(out))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+/// Every token this process made, read or was told of.
+static REMEMBERED: Mutex<BTreeSet<Digest>> = Mutex::new(BTreeSet::new());
+
+/// Adds a token (by its digest) to those the end-of-run scan looks for.
+pub fn remember(d: Digest) {
+    REMEMBERED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(d);
+}
+
+/// The digests of every token this process made, read or was told of.
+pub fn remembered() -> Vec<Digest> {
+    REMEMBERED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .copied()
+        .collect()
+}
+
+/// Every UUID written out in `text` (hyphenated, any case).
+fn uuids_in(text: &[u8]) -> impl Iterator<Item = Uuid> + '_ {
+    const LEN: usize = 36;
+    let shaped = |w: &[u8]| {
+        w.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+    };
+    text.windows(LEN)
+        .filter(move |w| shaped(w))
+        .filter_map(|w| Uuid::try_parse_ascii(w).ok())
+}
+
+/// Files under `dir` (recursively) that hold the text of a token whose
+/// digest is in `digests`. The paths are safe to show; the values are not
+/// returned.
+pub fn files_holding_tokens(dir: &Path, digests: &[Digest]) -> Vec<PathBuf> {
+    let wanted: BTreeSet<Digest> = digests.iter().copied().collect();
+    let holds = |bytes: &[u8]| {
+        uuids_in(bytes).any(|u| wanted.contains(&Digest::of(u.hyphenated().to_string().as_bytes())))
+    };
+    let mut out = Vec::new();
+    if wanted.is_empty() {
+        return out;
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() && std::fs::read(&p).is_ok_and(|b| holds(&b)) => {
+                    out.push(p);
+                }
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 impl fmt::Debug for Token {
@@ -114,7 +281,6 @@ impl NameToken<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_token_never_prints_its_value() {
@@ -158,18 +324,63 @@ mod tests {
     }
 
     #[test]
-    fn the_private_file_is_owner_only_and_holds_the_text() {
-        let dir = tempfile::tempdir().unwrap();
+    fn the_sealed_config_has_no_name_and_holds_the_text() {
         let t = Token::random();
-        let p = t
-            .write_private_with(dir.path(), |text| format!("{text}\n"))
+        let f = t
+            .sealed_config(|text| format!("vf-token = \"{text}\"\n"))
             .unwrap();
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(
-            std::fs::read_to_string(&p).unwrap(),
-            format!("{}\n", t.text())
+        assert!(!f.path().to_string_lossy().contains(&t.text()));
+        let link = std::fs::read_link(f.path()).unwrap();
+        assert!(
+            link.to_string_lossy().starts_with("/memfd:"),
+            "not an anonymous file: {}",
+            link.display()
         );
-        assert!(!p.to_string_lossy().contains(&t.text()));
+        assert_eq!(
+            std::fs::read_to_string(f.path()).unwrap(),
+            format!("vf-token = \"{}\"\n", t.text())
+        );
+        // Sealed: not even its owner can change it.
+        let w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(f.path())
+            .and_then(|mut w| w.write_all(b"changed"));
+        assert!(w.is_err(), "a sealed secret file was written");
+    }
+
+    #[test]
+    fn the_scan_names_every_file_holding_a_remembered_token_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, other) = (Token::random(), Token::random(), Uuid::new_v4());
+        std::fs::create_dir(dir.path().join("vhost")).unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        write("junit.xml", format!("<x>{}</x>", a.text().to_uppercase()));
+        write("vhost/serial.log", format!("vf_token={}\r\n", b.text()));
+        write("clean.log", format!("uuid {other} and {a}"));
+        let found = files_holding_tokens(dir.path(), &[a.digest(), b.digest()]);
+        let names: Vec<_> = found
+            .iter()
+            .map(|p| {
+                p.strip_prefix(dir.path())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(names, ["junit.xml", "vhost/serial.log"]);
+        assert!(files_holding_tokens(dir.path(), &[]).is_empty());
+    }
+
+    #[test]
+    fn tokens_are_remembered_and_digests_round_trip() {
+        let t = Token::random();
+        assert!(remembered().contains(&t.digest()));
+        let d = t.digest();
+        assert_eq!(Digest::parse(&d.to_string()), Some(d));
+        assert!(!d.to_string().contains(&t.text()[..8]));
+        let heard = Token::parse(&format!(" {}\n", t.text())).unwrap();
+        assert_eq!(heard, t);
+        assert_eq!(Token::parse("nope"), None);
+        assert_eq!(Digest::parse("zz"), None);
     }
 }

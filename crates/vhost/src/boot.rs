@@ -682,8 +682,9 @@ pub fn run(
     if let Some(dir) = cfg.serial_log.parent() {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    let mut log =
-        io::BufWriter::new(fs::File::create(&cfg.serial_log).map_err(io_err(&cfg.serial_log))?);
+    // Unbuffered, one write per line: the log is complete up to the last
+    // line even when the runner is killed.
+    let mut log = fs::File::create(&cfg.serial_log).map_err(io_err(&cfg.serial_log))?;
 
     // The shared supervisor: own process group, killed and reaped on every
     // path, dies with the runner, and Ctrl-C reaches it.
@@ -698,11 +699,10 @@ pub fn run(
             line: &is_ready,
         }),
         |line| {
-            let _ = writeln!(log, "{line}");
+            let _ = log.write_all(format!("{line}\n").as_bytes());
             on_line(start.elapsed(), line);
         },
     );
-    let _ = log.flush();
     let total = fin.elapsed;
     let ready = fin.ready_at;
     let ending = match fin.end {
