@@ -132,6 +132,7 @@ pub fn run(layout: &Layout, runs: usize) -> Result<i32> {
         &facts,
         &layout.guest_image(),
         &layout.images().join("accel-probe.txt"),
+        host::KVM_PROBE_LIMIT,
     );
     let module = facts.kvm_module.as_deref();
     let guest = layout.guest_image();

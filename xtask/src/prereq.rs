@@ -135,6 +135,7 @@ pub fn doctor(layout: &Layout) -> i32 {
                 &facts,
                 &layout.guest_image(),
                 &layout.images().join("accel-probe.txt"),
+                host::KVM_PROBE_LIMIT,
             );
             println!("accel auto    {} ({})", c.accel, c.reason);
             if c.accel == "tcg" {

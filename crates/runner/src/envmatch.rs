@@ -16,6 +16,13 @@ pub struct Environment {
     pub host_kernel: String,
     /// `kvm_intel`, `kvm_amd`, `kvm_pvm`, or none.
     pub kvm_module: Option<String>,
+    /// The layer below the KVM under test, where ukci knows it: `tcg`
+    /// inside a virtual host under TCG (QEMU's emulation of SVM is what
+    /// kvm_amd runs on), `kvm` inside one under KVM.
+    pub kvm_host: Option<String>,
+    /// What the kernel said of its KVM modules (their dmesg lines, a load
+    /// error), where ukci loaded them.
+    pub kvm_log: String,
     pub cpu_model: String,
     /// Set when the tests run inside a virtual test host.
     pub virtual_host: Option<VirtualHost>,
@@ -69,8 +76,15 @@ impl Environment {
                 "kvm.module",
                 self.kvm_module.clone().unwrap_or_else(|| "none".into()),
             ),
+            (
+                "kvm.host",
+                self.kvm_host.clone().unwrap_or_else(|| "unknown".into()),
+            ),
             ("cpu.model", self.cpu_model.clone()),
         ]);
+        if !self.kvm_log.is_empty() {
+            p.push(("kvm.log", self.kvm_log.clone()));
+        }
         p
     }
 }
@@ -213,6 +227,8 @@ pub struct EnvMatch {
     pub host_kernel: Option<VersionReq>,
     /// `kvm_intel`, `kvm_amd`, `kvm_pvm` or `none`.
     pub kvm_module: Option<OneOrMany>,
+    /// The layer below the KVM under test: `tcg`, `kvm` or `unknown`.
+    pub kvm_host: Option<OneOrMany>,
 }
 
 impl EnvMatch {
@@ -253,6 +269,12 @@ impl EnvMatch {
                 return Err(format!("needs KVM module {m}, this host has {have}"));
             }
         }
+        if let Some(h) = &self.kvm_host {
+            let have = env.kvm_host.as_deref().unwrap_or("unknown");
+            if !h.contains(have) {
+                return Err(format!("needs KVM running on {h}, here it runs on {have}"));
+            }
+        }
         Ok(())
     }
 }
@@ -268,6 +290,8 @@ mod tests {
             qemu_version: Version(vec![10, 0, 2]),
             host_kernel: "6.1.0-28-amd64".into(),
             kvm_module: Some("kvm_pvm".into()),
+            kvm_host: None,
+            kvm_log: String::new(),
             cpu_model: "AMD EPYC".into(),
             virtual_host: None,
         }

@@ -1,6 +1,7 @@
 //! Execution: runs the plan's VMs, `jobs` at a time, and emits events.
 //! Executors never format output; reporters consume the events.
 
+use crate::envmatch::Environment;
 use crate::hostcheck::{self, HostContext};
 use crate::lane::{self, LaneContext};
 use crate::outcome::{self, Expect, Judged, Outcome, SubResult};
@@ -26,6 +27,10 @@ pub struct TestRun {
     /// Earlier runs of this test that gave no result, each as why (a wedged
     /// virtual host); this run is the one that counts.
     pub reruns: Vec<String>,
+    /// The environment the test ran in where it was decided while running
+    /// (inside a virtual host: its accelerator, KVM module, what KVM runs
+    /// on); otherwise the plan's.
+    pub env: Option<Environment>,
 }
 
 impl TestRun {
@@ -41,6 +46,7 @@ impl TestRun {
             elapsed: Duration::ZERO,
             end: None,
             reruns: vec![],
+            env: None,
         }
     }
 }
@@ -201,6 +207,7 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
         elapsed: fin.elapsed,
         end: Some(fin.end),
         reruns: vec![],
+        env: None,
     }
 }
 

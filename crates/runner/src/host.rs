@@ -16,6 +16,11 @@ pub struct HostFacts {
     pub qemu_version: Option<Version>,
     pub host_kernel: String,
     pub kvm_module: Option<String>,
+    /// The layer below this host's KVM, where known (see
+    /// [`crate::envmatch::Environment::kvm_host`]).
+    pub kvm_host: Option<String>,
+    /// What the kernel said of its KVM modules, where ukci loaded them.
+    pub kvm_log: String,
     pub cpu_model: String,
     /// Whether `/dev/kvm` exists and opens read-write.
     pub dev_kvm: Result<(), String>,
@@ -28,6 +33,8 @@ pub fn detect() -> HostFacts {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into()),
         kvm_module: kvm_module(Path::new("/sys/module")),
+        kvm_host: None,
+        kvm_log: String::new(),
         cpu_model: cpu_model(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         dev_kvm: dev_kvm(),
     }
@@ -93,9 +100,13 @@ pub struct AccelChoice {
 /// a TCG boot of the guest takes well under a second here.
 pub const KVM_PROBE_LIMIT: Duration = Duration::from_secs(2);
 
-/// Decides `auto` by booting the real guest under KVM once. The answer is
-/// cached in `cache` keyed by everything it depends on.
-pub fn resolve_auto(facts: &HostFacts, guest: &Path, cache: &Path) -> AccelChoice {
+/// The same inside a virtual host under TCG, where starting any QEMU takes
+/// seconds whatever its accelerator.
+pub const KVM_PROBE_LIMIT_NESTED: Duration = Duration::from_secs(60);
+
+/// Decides `auto` by booting the real guest under KVM once, for at most
+/// `limit`. The answer is cached in `cache` keyed by everything it depends on.
+pub fn resolve_auto(facts: &HostFacts, guest: &Path, cache: &Path, limit: Duration) -> AccelChoice {
     if let Err(e) = &facts.dev_kvm {
         return AccelChoice {
             accel: "tcg".into(),
@@ -106,7 +117,7 @@ pub fn resolve_auto(facts: &HostFacts, guest: &Path, cache: &Path) -> AccelChoic
     if let Some(choice) = read_cache(cache, &key) {
         return choice;
     }
-    let choice = probe_kvm(facts, guest);
+    let choice = probe_kvm(facts, guest, limit);
     let _ = std::fs::write(
         cache,
         format!("{key}\n{}\n{}\n", choice.accel, choice.reason),
@@ -138,7 +149,7 @@ fn read_cache(cache: &Path, key: &str) -> Option<AccelChoice> {
     })
 }
 
-fn probe_kvm(facts: &HostFacts, guest: &Path) -> AccelChoice {
+fn probe_kvm(facts: &HostFacts, guest: &Path, limit: Duration) -> AccelChoice {
     let module = facts.kvm_module.as_deref();
     let vm = VmConfig {
         machine: MachineType::Microvm,
@@ -154,7 +165,7 @@ fn probe_kvm(facts: &HostFacts, guest: &Path) -> AccelChoice {
         append: "checks=boot.smoke".into(),
         devices: vec![],
     };
-    let fin = supervise::run(qemu::QEMU.as_ref(), &vm.args(), KVM_PROBE_LIMIT, |_| {});
+    let fin = supervise::run(qemu::QEMU.as_ref(), &vm.args(), limit, |_| {});
     let module = module.unwrap_or("unknown module");
     match fin.end {
         End::Exited(s) if Verdict::from_status(s as u32).is_some() => AccelChoice {
@@ -168,7 +179,7 @@ fn probe_kvm(facts: &HostFacts, guest: &Path) -> AccelChoice {
             accel: "tcg".into(),
             reason: format!(
                 "auto: a probe boot under KVM ({module}) gave no verdict within {} s{}",
-                KVM_PROBE_LIMIT.as_secs(),
+                limit.as_secs(),
                 if module == "kvm_pvm" {
                     " (kvm_pvm emulates firmware and paging-off code instruction by instruction)"
                 } else {

@@ -15,9 +15,10 @@ pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) ->
     for (t, run) in plan.iter().zip(runs) {
         let Some(run) = run else { continue };
         let key = (t.suite.clone(), t.env.label());
+        let env = run.env.as_ref().unwrap_or(&t.env);
         let suite = suites.entry(key).or_insert_with(|| {
             let mut s = TestSuite::new(format!("{} [{}]", t.suite, t.env.label()));
-            for (k, v) in t.env.properties() {
+            for (k, v) in env.properties() {
                 s.add_property(Property::new(k, v));
             }
             s.add_property(Property::new("manifest", t.manifest.display().to_string()));
@@ -102,6 +103,7 @@ mod tests {
             elapsed: Duration::from_millis(5),
             end: None,
             reruns: reruns.iter().map(|s| s.to_string()).collect(),
+            env: None,
         }
     }
 

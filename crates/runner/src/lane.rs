@@ -4,6 +4,7 @@
 //! serial console; the same events are kept in the results folder, which is
 //! what counts when the console interleaved them with kernel messages.
 
+use crate::envmatch::Environment;
 use crate::exec::{Event, TestRun};
 use crate::hostcheck::HostContext;
 use crate::outcome::{Judged, Outcome, SubResult};
@@ -40,6 +41,48 @@ pub struct WireRun {
     /// runner's end-of-run scan (never the tokens themselves).
     #[serde(default)]
     pub tokens: Vec<String>,
+    /// What the agent decided and found for this test: the accelerator
+    /// and the KVM it ran on.
+    #[serde(default)]
+    pub env: Option<WireEnv>,
+}
+
+/// The part of a test's environment only the agent knows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireEnv {
+    pub accel: String,
+    pub accel_reason: String,
+    pub kvm_module: Option<String>,
+    pub kvm_host: Option<String>,
+    pub kvm_log: String,
+    pub cpu_model: String,
+}
+
+impl WireEnv {
+    pub fn of(env: &Environment) -> WireEnv {
+        WireEnv {
+            accel: env.accel.clone(),
+            accel_reason: env.accel_reason.clone(),
+            kvm_module: env.kvm_module.clone(),
+            kvm_host: env.kvm_host.clone(),
+            kvm_log: env.kvm_log.clone(),
+            cpu_model: env.cpu_model.clone(),
+        }
+    }
+
+    /// The planned environment of a virtual-lane test, completed with what
+    /// the agent found.
+    pub fn apply(self, planned: &Environment) -> Environment {
+        Environment {
+            accel: self.accel,
+            accel_reason: self.accel_reason,
+            kvm_module: self.kvm_module,
+            kvm_host: self.kvm_host.or_else(|| planned.kvm_host.clone()),
+            kvm_log: self.kvm_log,
+            cpu_model: self.cpu_model,
+            ..planned.clone()
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -71,6 +114,7 @@ impl WireRun {
             elapsed_ms: run.elapsed.as_millis() as u64,
             host_kernel: String::new(),
             tokens: token::remembered().iter().map(|d| d.to_string()).collect(),
+            env: run.env.as_ref().map(WireEnv::of),
         }
     }
 
@@ -118,6 +162,7 @@ impl WireRun {
             elapsed: Duration::from_millis(self.elapsed_ms),
             end: None,
             reruns: vec![],
+            env: None,
         }
     }
 
@@ -159,6 +204,10 @@ pub fn runner_binary() -> PathBuf {
 pub const VIRTUAL_PF: &str = "0000:01:00.0";
 /// The variable that tells the agent which PF it may use.
 pub const PF_ENV: &str = "UKCI_PF";
+/// Tells the agent what its host's KVM runs on ([`crate::plan::VHOST_ACCEL`]).
+pub const KVM_HOST_ENV: &str = "UKCI_KVM_HOST";
+/// Tells the agent the run's `--accel`, when one was given.
+pub const ACCEL_ENV: &str = "UKCI_ACCEL";
 
 /// The folder name of one boot's results.
 pub fn boot_dir_name(suite: &str, kernel: &str) -> String {
@@ -247,7 +296,9 @@ fn run_boots(
         let finish = |w: WireRun, pending: &mut BTreeMap<String, usize>| {
             if let Some(idx) = pending.remove(&w.test) {
                 let booted = w.host_kernel.clone();
+                let env = w.env.clone().map(|e| e.apply(&plan[idx].env));
                 let mut run = w.into_run();
+                run.env = env;
                 run.reruns = reruns.clone();
                 if let Some(wrong) = wrong_kernel(&plan[idx].env.host_kernel, &booted) {
                     run.judged.results.push(wrong);
@@ -374,10 +425,15 @@ fn boot_and_run(
     let agent = Agent {
         program: ctx.agent.clone(),
         args,
-        env: vec![
-            ("CI".into(), "1".into()),
-            (PF_ENV.into(), VIRTUAL_PF.into()),
-        ],
+        env: [
+            ("CI", "1"),
+            (PF_ENV, VIRTUAL_PF),
+            (KVM_HOST_ENV, crate::plan::VHOST_ACCEL),
+        ]
+        .into_iter()
+        .chain(boot.accel.map(|a| (ACCEL_ENV, a.word())))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
         chroot: true,
     };
     // The namespace image stays out of the results folder the agent writes
@@ -434,6 +490,7 @@ mod tests {
             elapsed: Duration::from_millis(12),
             end: None,
             reruns: vec![],
+            env: None,
         };
         let line = WireRun::new("vhost-smoke.env", &run).to_line();
         assert!(!line.contains('\n'));

@@ -146,6 +146,23 @@ pub enum Accel {
     Tcg,
 }
 
+impl Accel {
+    /// As manifests and `--accel` spell it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    pub fn from_word(w: &str) -> Option<Accel> {
+        [Accel::Auto, Accel::Kvm, Accel::Tcg]
+            .into_iter()
+            .find(|a| a.word() == w)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Test {

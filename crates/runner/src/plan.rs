@@ -51,6 +51,8 @@ pub struct VirtualBoot {
     pub kernel: Kernel,
     pub topology: Topology,
     pub timeout: Duration,
+    /// `--accel`, which the agent applies to every test as this run does.
+    pub accel: Option<Accel>,
 }
 
 impl PartialEq for VirtualBoot {
@@ -63,6 +65,8 @@ impl PartialEq for VirtualBoot {
 pub const DEFAULT_LANE_TIMEOUT: Duration = Duration::from_secs(600);
 /// What the virtual host emulates.
 pub const IOMMU: &str = "intel-iommu,intremap=on,caching-mode=on";
+/// What the virtual host runs under, so what its KVM runs on.
+pub const VHOST_ACCEL: &str = "tcg";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -146,6 +150,7 @@ pub fn plan(
                         timeout: lane
                             .and_then(|l| l.timeout)
                             .map_or(DEFAULT_LANE_TIMEOUT, |t| t.0),
+                        accel: opts.accel,
                     })
                 })
                 .collect()
@@ -161,10 +166,11 @@ pub fn plan(
                 let d = &m.defaults;
                 let requested = opts.accel.or(t.accel).or(d.accel).unwrap_or(Accel::Auto);
                 let (accel, accel_reason) = match (boot, requested) {
-                    (Some(_), _) => (
-                        "tcg".to_string(),
-                        "the virtual host runs under TCG, and its guests under TCG inside it"
-                            .to_string(),
+                    // The agent decides, as this host decides `auto`: by a
+                    // probe boot under the virtual host's own KVM.
+                    (Some(_), a) => (
+                        a.word().to_string(),
+                        "decided inside the virtual host (a probe boot under its KVM)".to_string(),
                     ),
                     (None, Accel::Auto) => (auto.accel.clone(), auto.reason.clone()),
                     (None, Accel::Kvm) => ("kvm".to_string(), "requested".to_string()),
@@ -177,6 +183,8 @@ pub fn plan(
                         qemu_version: host.qemu_version.clone().unwrap_or_default(),
                         host_kernel: host.host_kernel.clone(),
                         kvm_module: host.kvm_module.clone(),
+                        kvm_host: host.kvm_host.clone(),
+                        kvm_log: host.kvm_log.clone(),
                         cpu_model: host.cpu_model.clone(),
                         virtual_host: None,
                     },
@@ -186,6 +194,8 @@ pub fn plan(
                         qemu_version: host.qemu_version.clone().unwrap_or_default(),
                         host_kernel: b.kernel.release.clone(),
                         kvm_module: None,
+                        kvm_host: Some(VHOST_ACCEL.to_string()),
+                        kvm_log: String::new(),
                         cpu_model: "QEMU TCG max".into(),
                         virtual_host: Some(VirtualHost {
                             kernel: b.kernel.name.clone(),
@@ -327,6 +337,21 @@ fn decide(
     env: &Environment,
     host: &HostFacts,
 ) -> Decision {
+    // The accelerator and the KVM of a virtual host are known only inside
+    // it: the agent plans the test again there and decides on those.
+    if env.virtual_host.is_some() {
+        for req in [&m.requires, &t.requires] {
+            let known_here = crate::envmatch::EnvMatch {
+                qemu: req.qemu.clone(),
+                host_kernel: req.host_kernel.clone(),
+                ..Default::default()
+            };
+            if let Err(why) = known_here.check(env) {
+                return Decision::Skip(why);
+            }
+        }
+        return Decision::Run;
+    }
     if env.accel == "kvm"
         && env.virtual_host.is_none()
         && let Err(e) = &host.dev_kvm
@@ -352,6 +377,8 @@ pub(crate) mod tests {
             qemu_version: Some(Version(vec![10, 0, 2])),
             host_kernel: "6.18.44".into(),
             kvm_module: Some("kvm_pvm".into()),
+            kvm_host: None,
+            kvm_log: String::new(),
             cpu_model: "EPYC".into(),
             dev_kvm: Ok(()),
         }
@@ -508,7 +535,10 @@ requires = { host_kernel = ">=6.12" }
         );
         assert_eq!(p[3].decision, Decision::Run);
         assert_eq!(p[0].boot.as_ref().unwrap().topology.vfs, 4);
-        assert_eq!(p[0].env.accel, "tcg");
+        // The agent decides the accelerator inside the host; what its KVM
+        // runs on is known here.
+        assert_eq!(p[0].env.accel, "auto");
+        assert_eq!(p[0].env.kvm_host.as_deref(), Some("tcg"));
         assert!(
             p[0].env
                 .properties()

@@ -107,6 +107,7 @@ pub fn auto_accel(
             facts,
             &layout.guest_image(),
             &layout.images().join("accel-probe.txt"),
+            host::KVM_PROBE_LIMIT,
         )
     } else {
         AccelChoice {
@@ -320,15 +321,20 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
         }
     };
     let opts = PlanOptions {
-        accel: Some(Accel::Tcg),
+        accel: std::env::var(lane::ACCEL_ENV)
+            .ok()
+            .and_then(|a| Accel::from_word(&a)),
         agent: true,
         ..Default::default()
     };
-    let facts = host::detect();
-    let auto = AccelChoice {
-        accel: "tcg".into(),
-        reason: "inside the virtual host".into(),
-    };
+    let facts = agent_facts(results);
+    let auto = host::resolve_auto(
+        &facts,
+        &layout.guest_image(),
+        &std::env::temp_dir().join("ukci-accel-probe.txt"),
+        host::KVM_PROBE_LIMIT_NESTED,
+    );
+    println!("ukci-accel: auto = {} ({})", auto.accel, auto.reason);
     let scratch = results.join("scratch");
     let plan: Vec<PlannedTest> = plan::plan(
         &manifests,
@@ -377,7 +383,8 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
         for e in rx {
             if let Event::Started { idx } = e {
                 println!("\n{}{}", lane::STARTED, plan[idx].id());
-            } else if let Event::Finished { idx, run } = e {
+            } else if let Event::Finished { idx, mut run } = e {
+                run.env = Some(plan[idx].env.clone());
                 let w = WireRun::new(&plan[idx].id(), &run).on_kernel(&facts.host_kernel);
                 if let Ok(json) = serde_json::to_string(&w) {
                     let _ = writeln!(events, "{json}");
@@ -394,6 +401,42 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
             exitcode::ERROR
         }
     }
+}
+
+/// This virtual host's facts, with its KVM as `/init` loaded it: what the
+/// modules said (the load log in `results`, the kernel's `kvm` lines) and
+/// what KVM runs on (the runner says, through [`lane::KVM_HOST_ENV`]).
+fn agent_facts(results: &Path) -> HostFacts {
+    let mut facts = host::detect();
+    facts.kvm_host = std::env::var(lane::KVM_HOST_ENV).ok();
+    let loads =
+        std::fs::read_to_string(results.join(ukci_vhost::initramfs::KVM_LOG)).unwrap_or_default();
+    let dmesg = ukci_vfio::kmsg::Watch::from_oldest().lines();
+    facts.kvm_log = kvm_log(&loads, &dmesg);
+    if let Err(e) = &mut facts.dev_kvm {
+        e.push_str(&format!(" ({})", facts.kvm_log));
+    }
+    facts
+}
+
+/// One line of what the KVM modules did: each module's load outcome, then
+/// the kernel's messages about KVM (`kvm_amd: Nested Paging enabled`, an
+/// insmod's "disagrees about version of symbol").
+pub fn kvm_log(loads: &str, dmesg: &[String]) -> String {
+    let said = dmesg
+        .iter()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("kvm") || l.contains("svm") || l.contains("vmx")
+        })
+        .map(|l| l.trim());
+    loads
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .chain(said)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Under `--strict` a skip counts as a failure unless the manifest's plan
@@ -486,6 +529,22 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kvm_log_says_what_each_module_did_and_what_the_kernel_said() {
+        let loads = "kvm: loaded\nkvm_amd: insmod failed: insmod: can't insert 'kvm_amd.ko': Invalid parameters\n\n";
+        let dmesg = [
+            "virtio_blk virtio0: 1/0/0 default/read/poll queues".to_string(),
+            "kvm_amd: disagrees about version of symbol kvm_x86_ops ".to_string(),
+            "SVM: TSC scaling supported".to_string(),
+        ];
+        assert_eq!(
+            kvm_log(loads, &dmesg),
+            "kvm: loaded; kvm_amd: insmod failed: insmod: can't insert 'kvm_amd.ko': Invalid parameters; \
+             kvm_amd: disagrees about version of symbol kvm_x86_ops; SVM: TSC scaling supported"
+        );
+        assert_eq!(kvm_log("", &[]), "");
+    }
 
     #[test]
     fn dates() {

@@ -15,15 +15,22 @@ pub struct Watch {
 impl Watch {
     /// Starts watching at the end of the log.
     pub fn start() -> Watch {
+        let w = Watch::from_oldest();
+        if let Some(f) = &w.file {
+            // SAFETY: lseek on a file descriptor we own; no memory is involved.
+            unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_END) };
+        }
+        w
+    }
+
+    /// Watches from the oldest record the kernel still holds (its boot, on
+    /// a fresh virtual host).
+    pub fn from_oldest() -> Watch {
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open("/dev/kmsg")
             .ok();
-        if let Some(f) = &file {
-            // SAFETY: lseek on a file descriptor we own; no memory is involved.
-            unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_END) };
-        }
         Watch { file }
     }
 

@@ -2,7 +2,8 @@
 # /init of the ukci virtual host (busybox sh, PID 1).
 # Loads the modules listed in /etc/ukci/modules, mounts the host root (9p tag
 # hostroot, read-only) at /host and the results folder (9p tag results) at
-# /results, reads the agent settings from /results/ukci-agent.conf, runs the
+# /results, loads KVM (/etc/ukci/modules.kvm, logged to /results/kvm-modules.log),
+# reads the agent settings from /results/ukci-agent.conf, runs the
 # agent and powers off. Every outcome ends in a UKCI-VHOST: marker line and a
 # power-off; the supervisor on the host reads the markers.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -33,6 +34,24 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host ||
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 results /results ||
 	fail "cannot mount the results folder (9p tag results)"
 [ -f /results/ukci-agent.conf ] || fail "no ukci-agent.conf in the results folder"
+
+# KVM where the CPU model has it. A module that does not load leaves the host
+# without KVM (the agent says why), not without its agent.
+: > /results/kvm-modules.log
+while read -r flag name params; do
+	[ -n "$name" ] || continue
+	if [ "$flag" = absent ]; then
+		echo "$name: absent: this kernel has no such module" >> /results/kvm-modules.log
+	elif [ "$flag" != - ] && ! grep -qw "$flag" /proc/cpuinfo; then
+		echo "$name: skipped: the CPU model has no $flag" >> /results/kvm-modules.log
+	# shellcheck disable=SC2086 # params are separate key=value words
+	elif err=$(insmod "/lib/modules/$name.ko" $params 2>&1); then
+		echo "$name: loaded" >> /results/kvm-modules.log
+	else
+		echo "$name: insmod failed: $err" >> /results/kvm-modules.log
+	fi
+done < /etc/ukci/modules.kvm
+echo "UKCI-VHOST: kvm $(tr '\n' ';' < /results/kvm-modules.log) uptime=$(up)"
 # Sets UKCI_CHROOT, UKCI_RESULTS_HOST and the agent's argv ("set -- ...").
 . /results/ukci-agent.conf
 

@@ -9,7 +9,7 @@
 //! init script and busybox; per-run settings (which agent, where the results
 //! go) are not in the image but in the results share (see [`crate::boot`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +24,16 @@ pub const INIT_SCRIPT: &str = include_str!("init.sh");
 
 /// Where `/init` finds the module load list inside the image.
 pub const MODULE_LIST_PATH: &str = "etc/ukci/modules";
+
+/// Where `/init` finds the KVM modules: `flag name [params...]` per line, in
+/// load order; a module whose CPU flag `/proc/cpuinfo` lacks is not loaded
+/// (`-`: no flag needed). A KVM module that does not load leaves the host
+/// without KVM, never without its agent.
+pub const KVM_LIST_PATH: &str = "etc/ukci/modules.kvm";
+
+/// Where `/init` writes what became of each KVM module, in the results
+/// folder: `name: loaded`, `name: skipped: ...`, or insmod's own error.
+pub const KVM_LOG: &str = "kvm-modules.log";
 
 /// Bumped whenever the image layout changes, so old cache entries are not reused.
 const FORMAT: &str = "ukci-vhost-initramfs-1";
@@ -70,12 +80,40 @@ pub fn lane_modules() -> Vec<ModuleLoad> {
     ]
 }
 
+/// A KVM vendor module, loaded where the CPU model has its feature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvmLoad {
+    pub module: ModuleLoad,
+    /// The `/proc/cpuinfo` flag the module needs (`svm`, `vmx`).
+    pub cpu_flag: &'static str,
+}
+
+/// KVM for both vendors: QEMU's TCG `-cpu max` emulates SVM, so there
+/// `kvm_amd` loads; `kvm_intel` loads where a CPU model has VMX.
+pub fn kvm_modules() -> Vec<KvmLoad> {
+    vec![
+        KvmLoad {
+            module: ModuleLoad::new("kvm_amd"),
+            cpu_flag: "svm",
+        },
+        KvmLoad {
+            module: ModuleLoad::new("kvm_intel"),
+            cpu_flag: "vmx",
+        },
+    ]
+}
+
 /// What goes into the image besides the modules.
 #[derive(Debug, Clone)]
 pub struct InitramfsSpec {
     /// A statically linked busybox (Debian's `busybox-static`: `/bin/busybox`).
     pub busybox: PathBuf,
     pub modules: Vec<ModuleLoad>,
+    /// Loaded after the shares are mounted; a failure is logged, not fatal.
+    pub kvm: Vec<KvmLoad>,
+    /// Modules taken from these `.ko` files instead of the kernel's tree
+    /// (a KVM built from patched sources), by module name.
+    pub replacements: BTreeMap<String, PathBuf>,
 }
 
 impl Default for InitramfsSpec {
@@ -83,6 +121,8 @@ impl Default for InitramfsSpec {
         InitramfsSpec {
             busybox: PathBuf::from("/bin/busybox"),
             modules: lane_modules(),
+            kvm: kvm_modules(),
+            replacements: BTreeMap::new(),
         }
     }
 }
@@ -404,6 +444,26 @@ pub fn dependency_closure(
     Ok(order)
 }
 
+/// The lines of [`KVM_LIST_PATH`]: `flag name [params...]` in load order,
+/// the flag of a vendor module its CPU feature and `-` for what it needs;
+/// a vendor module the kernel does not have as `absent name`.
+pub fn kvm_list(load_order: &[String], present: &[&KvmLoad], absent: &[&KvmLoad]) -> String {
+    let mut out = String::new();
+    for name in load_order {
+        let vendor = present.iter().find(|k| &k.module.name == name);
+        out.push_str(vendor.map_or("-", |k| k.cpu_flag));
+        out.push(' ');
+        out.push_str(&module_list(
+            std::slice::from_ref(name),
+            &[vendor.map_or_else(|| ModuleLoad::new(name), |k| k.module.clone())],
+        ));
+    }
+    for k in absent {
+        out.push_str(&format!("absent {}\n", k.module.name));
+    }
+    out
+}
+
 /// The lines of `/etc/ukci/modules`: `name [params...]` in load order.
 pub fn module_list(load_order: &[String], requested: &[ModuleLoad]) -> String {
     let mut out = String::new();
@@ -516,9 +576,23 @@ pub fn build(
         .bytes(spec.busybox.as_os_str().as_encoded_bytes())
         .bytes(&bb_meta.len().to_le_bytes())
         .bytes(&mtime(&bb_meta).to_le_bytes());
-    for m in &spec.modules {
+    for m in spec
+        .modules
+        .iter()
+        .chain(spec.kvm.iter().map(|k| &k.module))
+    {
         h.bytes(m.name.as_bytes())
             .bytes(m.params.join(" ").as_bytes());
+    }
+    for k in &spec.kvm {
+        h.bytes(k.cpu_flag.as_bytes());
+    }
+    for (name, path) in &spec.replacements {
+        let meta = fs::metadata(path).map_err(io_err(path))?;
+        h.bytes(name.as_bytes())
+            .bytes(path.as_os_str().as_encoded_bytes())
+            .bytes(&meta.len().to_le_bytes())
+            .bytes(&mtime(&meta).to_le_bytes());
     }
     let mut files: Vec<_> = index.iter().collect();
     files.sort_by(|a, b| a.0.cmp(b.0));
@@ -562,24 +636,40 @@ pub fn build(
 
     let builtin = builtin_modules(&kernel.modules_dir);
     let mut blobs: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut lookup = |name: &str| {
+        let file = match spec.replacements.get(name) {
+            Some(path) => Some(ModuleFile {
+                path: path.clone(),
+                size: 0,
+                mtime: 0,
+            }),
+            None => index.get(name).cloned(),
+        };
+        if let Some(file) = file {
+            let data = load_module(&file)?;
+            let deps = modinfo_depends(&data);
+            blobs.insert(name.to_owned(), data);
+            Ok(Lookup::Module(deps))
+        } else if builtin.contains(name) {
+            Ok(Lookup::Builtin)
+        } else {
+            Ok(Lookup::Missing)
+        }
+    };
     let wanted: Vec<String> = spec.modules.iter().map(|m| m.name.clone()).collect();
-    let order = dependency_closure(
-        &wanted,
-        |name| {
-            if let Some(file) = index.get(name) {
-                let data = load_module(file)?;
-                let deps = modinfo_depends(&data);
-                blobs.insert(name.to_owned(), data);
-                Ok(Lookup::Module(deps))
-            } else if builtin.contains(name) {
-                Ok(Lookup::Builtin)
-            } else {
-                Ok(Lookup::Missing)
-            }
-        },
-        &kernel.modules_dir,
-    )?;
+    let order = dependency_closure(&wanted, &mut lookup, &kernel.modules_dir)?;
     let list = module_list(&order, &spec.modules);
+    // KVM a kernel lacks altogether is left out here and said in the log.
+    let (kvm_present, kvm_absent): (Vec<&KvmLoad>, Vec<&KvmLoad>) =
+        spec.kvm.iter().partition(|k| {
+            spec.replacements.contains_key(&k.module.name) || index.contains_key(&k.module.name)
+        });
+    let kvm_wanted: Vec<String> = kvm_present.iter().map(|k| k.module.name.clone()).collect();
+    let kvm_order: Vec<String> = dependency_closure(&kvm_wanted, &mut lookup, &kernel.modules_dir)?
+        .into_iter()
+        .filter(|m| !order.contains(m))
+        .collect();
+    let kvm_list = kvm_list(&kvm_order, &kvm_present, &kvm_absent);
 
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let tmp = dir.join(format!(".{stem}.{}.tmp", std::process::id()));
@@ -613,10 +703,11 @@ pub fn build(
             cpio.symlink(applet, &applet_link_target(applet))?;
         }
         cpio.file("init", 0o755, INIT_SCRIPT.as_bytes())?;
-        for name in &order {
+        for name in order.iter().chain(&kvm_order) {
             cpio.file(&format!("lib/modules/{name}.ko"), 0o644, &blobs[name])?;
         }
         cpio.file(MODULE_LIST_PATH, 0o644, list.as_bytes())?;
+        cpio.file(KVM_LIST_PATH, 0o644, kvm_list.as_bytes())?;
         cpio.file(
             "etc/ukci/release",
             0o644,
@@ -722,6 +813,14 @@ pub fn read_cpio_file(path: &Path) -> Result<Vec<CpioEntry>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kvm_list_gates_vendor_modules_on_their_cpu_flag() {
+        let kvm = kvm_modules();
+        let order: Vec<String> = ["kvm", "ccp", "kvm_amd"].map(String::from).to_vec();
+        let list = kvm_list(&order, &[&kvm[0]], &[&kvm[1]]);
+        assert_eq!(list, "- kvm\n- ccp\nsvm kvm_amd\nabsent kvm_intel\n");
+    }
 
     #[test]
     fn cpio_round_trips_names_modes_sizes_and_trailer() {
@@ -927,6 +1026,8 @@ mod tests {
                 ModuleLoad::new("virtio_pci"),
                 ModuleLoad::with_params("9p", &["debug=0"]),
             ],
+            kvm: vec![],
+            replacements: BTreeMap::new(),
         };
         let images = root.join("images");
         let first = build(&images, &kernel, &spec).unwrap();
