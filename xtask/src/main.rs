@@ -134,7 +134,7 @@ enum Cmd {
 }
 
 fn exit_table() -> String {
-    let mut s = String::from("Exit status of `test`:\n");
+    let mut s = String::from("Exit status of `test` and `restore`:\n");
     for (code, what) in exitcode::TABLE {
         s.push_str(&format!("  {code:>3}  {what}\n"));
     }
@@ -224,16 +224,14 @@ fn run(cli: Cli) -> i32 {
         Cmd::Ci => ci::run(&layout),
         Cmd::Bench { runs } => bench::run(&layout, runs),
         Cmd::Matrix { paths } => Ok(matrix(&layout, paths)),
-        Cmd::Restore => Ok(match session::restore(&layout) {
-            Ok(m) => {
-                println!("{m}");
-                exitcode::OK
+        Cmd::Restore => {
+            let r = session::restore(&layout);
+            match &r {
+                session::Restored::Done(m) => println!("{m}"),
+                session::Restored::Busy(m) | session::Restored::Left(m) => eprintln!("error: {m}"),
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                exitcode::HOST
-            }
-        }),
+            Ok(r.exit_code())
+        }
         Cmd::CrashPoint {
             point,
             pf,

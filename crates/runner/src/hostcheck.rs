@@ -99,12 +99,20 @@ pub fn run(checks: &[String], ctx: &HostContext) -> String {
             }
         }
         Ok((mut host, replay)) => {
-            if !replay.restored.is_empty() || !replay.failed.is_empty() {
+            if !replay.restored.is_empty() || !replay.left.is_empty() {
                 r.info(format_args!(
-                    "restore journal of an earlier run replayed: {} restored, {} failed",
+                    "restore journal of an earlier run replayed: {} restored, {} left",
                     replay.restored.len(),
-                    replay.failed.len()
+                    replay.left.len()
                 ));
+            }
+            for line in replay
+                .left
+                .iter()
+                .map(ToString::to_string)
+                .chain(replay.notes)
+            {
+                r.info(format_args!("{line}"));
             }
             let mut lane = Lane {
                 host: &mut host,

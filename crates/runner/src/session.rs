@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use ukci_vfio::journal::Why;
 use ukci_vhost::kernel::{Kernel, KernelSpec, KernelStore, Refresh};
 
 /// Where things live in a checkout.
@@ -164,43 +165,113 @@ pub fn make_plan(layout: &Layout, manifests: &[Manifest], opts: &PlanOptions) ->
     )
 }
 
-/// Runs the tests and writes the reports; returns the exit status.
+/// What `restore` found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// Everything is as it was (or there was nothing to do): what was done.
+    Done(String),
+    /// Another live run holds the journal: it is that run's, not a crashed
+    /// one's, and nothing was replayed.
+    Busy(String),
+    /// Not everything could be put back; the journal is kept. Names each line
+    /// left and what to do.
+    Left(String),
+}
+
+impl Restored {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Restored::Done(_) => exitcode::OK,
+            Restored::Busy(_) => exitcode::BUSY,
+            Restored::Left(_) => exitcode::RESTORE,
+        }
+    }
+}
+
 /// Puts back whatever a crashed run left changed on this host, as its
-/// journal recorded; a summary of what was done.
-pub fn restore(layout: &Layout) -> Result<String, String> {
-    let journal = layout.journal();
+/// journal recorded, touching only the PF the host config names.
+pub fn restore(layout: &Layout) -> Restored {
+    let config = layout.host_config();
+    let (pf, _) = hostcheck::local_pf(&config);
+    restore_with(
+        ukci_vfio::Sysfs::system(),
+        &layout.journal(),
+        pf.as_deref(),
+        &config,
+    )
+}
+
+fn restore_with(
+    sys: ukci_vfio::Sysfs,
+    journal: &Path,
+    pf: Option<&str>,
+    config: &Path,
+) -> Restored {
     if !journal.exists() {
-        return Ok(format!(
+        return Restored::Done(format!(
             "nothing to restore: no journal at {}",
             journal.display()
         ));
     }
-    let (_, rep) = ukci_vfio::Host::open(ukci_vfio::Sysfs::system(), &journal, &[])
-        .map_err(|e| format!("{}: {e}", journal.display()))?;
+    let allowed: Vec<&str> = pf.into_iter().collect();
+    let rep = match ukci_vfio::Host::open(sys, journal, &allowed) {
+        Ok((_, rep)) => rep,
+        Err(e @ ukci_vfio::Error::Busy { .. }) => return Restored::Busy(e.to_string()),
+        Err(e) => return Restored::Left(e.to_string()),
+    };
     if rep.ok() {
-        Ok(format!(
-            "restored {} change(s) recorded in {}",
-            rep.restored.len(),
-            journal.display()
-        ))
-    } else {
-        Err(format!(
-            "{} change(s) could not be restored ({} restored); the journal {} is kept: {:?}",
-            rep.failed.len(),
-            rep.restored.len(),
-            journal.display(),
-            rep.failed
-        ))
+        return Restored::Done(rep.notes.first().cloned().unwrap_or_else(|| {
+            format!(
+                "restored {} change(s) recorded in {}",
+                rep.restored.len(),
+                journal.display()
+            )
+        }));
     }
+    let mut out = format!(
+        "{} change(s) restored, {} left; the restore journal {} is kept:",
+        rep.restored.len(),
+        rep.left.len(),
+        journal.display()
+    );
+    for l in &rep.left {
+        out.push_str(&format!("\n  {l}"));
+    }
+    let has = |f: fn(&Why) -> bool| rep.left.iter().any(|l| f(&l.why));
+    out.push_str("\nwhat to do:");
+    if has(|w| matches!(w, Why::Unreadable)) {
+        out.push_str(
+            "\n  unreadable: put back by hand the state the line recorded (or correct the \
+             line), then delete it from the journal",
+        );
+    }
+    if has(|w| matches!(w, Why::Refused(_))) {
+        out.push_str(&format!(
+            "\n  refused: the host uses that function, or {} does not name it: free it \
+             (unmount, take the interface down) or name it there",
+            config.display()
+        ));
+    }
+    if has(|w| matches!(w, Why::Failed(_))) {
+        out.push_str("\n  failed: the error says why the kernel refused the write; fix that");
+    }
+    out.push_str(
+        "\nthen run `cargo xtask restore` again; it removes the journal once nothing is left",
+    );
+    Restored::Left(out)
 }
 
+/// Runs the tests and writes the reports; returns the exit status.
 pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) -> i32 {
     if layout.journal().exists() {
         match restore(layout) {
-            Ok(m) => eprintln!("{m}"),
-            Err(e) => {
-                eprintln!("error: an earlier run left devices changed: {e}");
-                return exitcode::HOST;
+            Restored::Done(m) => eprintln!("{m}"),
+            // That run puts back its own changes; a test here that needs the
+            // PF reports the same.
+            Restored::Busy(m) => eprintln!("note: not replayed: {m}"),
+            Restored::Left(m) => {
+                eprintln!("error: an earlier run left devices changed: {m}");
+                return exitcode::RESTORE;
             }
         }
     }
@@ -529,6 +600,56 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A journal at `text` under an empty fake root; the host config names no PF.
+    fn journal(text: &str) -> (tempfile::TempDir, PathBuf, ukci_vfio::Sysfs) {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("restore.journal");
+        std::fs::write(&path, text).unwrap();
+        let sys = ukci_vfio::Sysfs::new(t.path());
+        (t, path, sys)
+    }
+
+    #[test]
+    fn restore_keeps_an_unreadable_line_and_says_where_and_what_to_do() {
+        let text = "ukci-vfio-journal 1\nsriov_numvfs 0000:7f:00.0 0\nmangled\n";
+        let (_t, path, sys) = journal(text);
+        let r = restore_with(sys, &path, None, Path::new("/etc/ukci/host.toml"));
+        assert_eq!(r.exit_code(), exitcode::RESTORE);
+        let Restored::Left(m) = r else {
+            panic!("{r:?}")
+        };
+        assert!(m.contains("line 3: `mangled`: unreadable"), "{m}");
+        assert!(m.contains("put back by hand"), "{m}");
+        assert!(m.contains("run `cargo xtask restore` again"), "{m}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    #[test]
+    fn restore_names_the_run_that_holds_the_journal_and_leaves_it_alone() {
+        let text = "ukci-vfio-journal 1\nsriov_numvfs 0000:7f:00.0 0\n";
+        let (_t, path, sys) = journal(text);
+        let _held = ukci_vfio::journal::Journal::open(&path).unwrap();
+        let r = restore_with(sys, &path, None, Path::new("/etc/ukci/host.toml"));
+        assert_eq!(r.exit_code(), exitcode::BUSY);
+        let Restored::Busy(m) = r else {
+            panic!("{r:?}")
+        };
+        assert!(m.contains(&std::process::id().to_string()), "{m}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    #[test]
+    fn restore_removes_a_journal_cut_before_its_first_entry_with_a_note() {
+        let (_t, path, sys) = journal("");
+        let r = restore_with(sys, &path, None, Path::new("/etc/ukci/host.toml"));
+        let Restored::Done(m) = &r else {
+            panic!("{r:?}")
+        };
+        assert!(m.contains("recorded no change"), "{m}");
+        assert_eq!(r.exit_code(), exitcode::OK);
+        assert!(!path.exists());
+    }
 
     #[test]
     fn the_kvm_log_says_what_each_module_did_and_what_the_kernel_said() {

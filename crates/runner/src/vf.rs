@@ -362,16 +362,16 @@ pub fn crash_recovery(lane: &mut Lane<'_>, ctx: &HostContext, r: &mut Reporter<&
         let mid = FunctionState::read(lane.host.sys(), &lane.pf);
         let replay = Host::open(Sysfs::system(), &journal, &[lane.pf.as_str()]);
         let after = FunctionState::read(lane.host.sys(), &lane.pf);
-        let (restored, failed) = match &replay {
-            Ok((_, rep)) => (rep.restored.len(), rep.failed.len()),
+        let (restored, left) = match &replay {
+            Ok((_, rep)) => (rep.restored.len(), rep.left.len()),
             Err(_) => (0, 0),
         };
         r.check(
-            reached && replay.is_ok() && after == before && failed == 0,
+            reached && replay.is_ok() && after == before && left == 0,
             &format!("{point}: restored"),
             format_args!(
                 "reached={reached} killed={:?} before=[{before}] at-kill=[{mid}] after=[{after}] \
-                 restored_entries={restored} failed={failed} took_ms={}{}",
+                 restored_entries={restored} left={left} took_ms={}{}",
                 status
                     .ok()
                     .and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),

@@ -118,9 +118,9 @@ fn main() -> ExitCode {
             now == before && replayed.ok() && !replayed.restored.is_empty(),
             "vfio.journal: replay-after-crash",
             format_args!(
-                "restored_entries={} failed={} before=[{before}] now=[{now}]",
+                "restored_entries={} left={} before=[{before}] now=[{now}]",
                 replayed.restored.len(),
-                replayed.failed.len()
+                replayed.left.len()
             ),
         );
     }

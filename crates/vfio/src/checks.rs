@@ -664,12 +664,12 @@ pub fn journal_restored<W: fmt::Write>(
                 rep.ok() && &now == before && !lane.host.journal_path().exists(),
                 name,
                 format_args!(
-                    "restored_entries={} failed={} before=[{before}] now=[{now}]{}",
+                    "restored_entries={} left={} before=[{before}] now=[{now}]{}",
                     rep.restored.len(),
-                    rep.failed.len(),
-                    rep.failed
+                    rep.left.len(),
+                    rep.left
                         .first()
-                        .map(|f| format!(" first_failure=\"{f}\""))
+                        .map(|l| format!(" first_left=\"{l}\""))
                         .unwrap_or_default()
                 ),
             );

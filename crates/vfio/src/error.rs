@@ -51,6 +51,12 @@ pub enum Error {
     },
     #[error("restore journal {path}: {what}")]
     Journal { path: String, what: String },
+    #[error(
+        "restore journal {path} is in use by {}, which may be changing devices now; \
+         let it finish (it puts back what it changed), then try again",
+        holder(*pid)
+    )]
+    Busy { path: String, pid: Option<u32> },
     #[error("{0}")]
     Other(String),
 }
@@ -70,6 +76,14 @@ impl Error {
             Error::Os(e) => &e.kmsg,
             _ => &[],
         }
+    }
+}
+
+/// The process holding a journal, as its lock file names it.
+fn holder(pid: Option<u32>) -> String {
+    match pid {
+        Some(p) => format!("ukci process {p}"),
+        None => "another process (its pid is not written yet)".into(),
     }
 }
 

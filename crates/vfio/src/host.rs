@@ -16,12 +16,13 @@ pub struct Host {
 }
 
 impl Host {
-    /// Opens the journal at `journal` and first puts back whatever an earlier
-    /// run left changed. `allowed` are the functions this run may touch.
+    /// Takes the journal at `journal` (for as long as the `Host` lives; see
+    /// [`Journal::open`]) and first puts back whatever an earlier run left
+    /// changed. `allowed` are the functions this run may touch.
     pub fn open(sys: Sysfs, journal: &Path, allowed: &[&str]) -> Result<(Host, ReplayReport)> {
         let mut host = Host {
             sys,
-            journal: Journal::new(journal),
+            journal: Journal::open(journal)?,
             allowed: allowed.iter().map(|s| (*s).to_owned()).collect(),
         };
         let report = host.restore()?;
@@ -81,11 +82,21 @@ impl Host {
         Ok(())
     }
 
-    /// Replays the journal (newest change first) and removes it when every
-    /// entry was put back. A failed entry is kept for the next attempt.
+    /// Replays the journal (newest change first) through the same guard as
+    /// [`Host::apply`], and removes it when every entry was put back. When
+    /// anything is left (an unreadable line, a refused or failed entry) the
+    /// whole journal is kept for the next attempt.
     pub fn restore(&mut self) -> Result<ReplayReport> {
-        let entries = self.journal.entries()?;
-        let report = journal::replay(&self.sys, &entries);
+        let Some(contents) = self.journal.read()? else {
+            return Ok(ReplayReport::default());
+        };
+        let mut report = journal::replay(&self.sys, &contents, |bdf| self.may_touch(bdf));
+        if contents.is_empty() {
+            report.notes.push(format!(
+                "the restore journal {} recorded no change (a run stopped before its first): removed",
+                self.journal.path().display()
+            ));
+        }
         if report.ok() {
             self.journal.clear()?;
         }
@@ -232,5 +243,112 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("/dev/nvme0n1 on /data"), "{msg}");
         assert_eq!(sys.attr(PF, "sriov_numvfs").unwrap(), "0");
+    }
+
+    /// A journal a crashed run left: VFs on, then a line nobody can read.
+    fn crashed(t: &tempfile::TempDir, sys: &Sysfs) -> (std::path::PathBuf, String) {
+        fs::write(sys.device_dir(PF).join("sriov_numvfs"), "2\n").unwrap();
+        let jp = t.path().join("journal");
+        let text = format!(
+            "{}\nsriov_numvfs {PF} 0\ndriver_override {PF} ?%zz\n",
+            journal::HEADER
+        );
+        fs::write(&jp, &text).unwrap();
+        (jp, text)
+    }
+
+    #[test]
+    fn an_unreadable_line_is_reported_by_number_and_never_dropped() {
+        let (t, sys) = fake(false);
+        let (jp, text) = crashed(&t, &sys);
+        let (mut host, rep) = Host::open(sys.clone(), &jp, &[PF]).unwrap();
+        // What can be read is put back; the rest stays on disk.
+        assert_eq!(rep.restored, vec![format!("sriov_numvfs {PF} 0")]);
+        assert_eq!(sys.attr(PF, "sriov_numvfs").unwrap(), "0");
+        assert_eq!(
+            rep.left.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec![format!("line 3: `driver_override {PF} ?%zz`: unreadable")]
+        );
+        assert_eq!(fs::read_to_string(&jp).unwrap(), text);
+        // This run's own changes are appended and put back; the line stays.
+        host.set_numvfs(PF, 1).unwrap();
+        let rep = host.restore().unwrap();
+        assert_eq!(rep.left.len(), 1, "{rep:?}");
+        assert_eq!(sys.attr(PF, "sriov_numvfs").unwrap(), "0");
+        let now = fs::read_to_string(&jp).unwrap();
+        assert!(now.starts_with(&text), "{now}");
+        // Once a person deals with the line, the journal goes.
+        drop(host);
+        fs::write(&jp, format!("{}\nsriov_numvfs {PF} 0\n", journal::HEADER)).unwrap();
+        let (_, rep) = Host::open(sys.clone(), &jp, &[PF]).unwrap();
+        assert!(rep.ok() && !jp.exists(), "{rep:?}");
+    }
+
+    #[test]
+    fn a_journal_cut_before_its_first_entry_is_empty_with_a_note() {
+        let (t, sys) = fake(false);
+        let jp = t.path().join("journal");
+        for text in ["", "ukci-vfio-jour", journal::HEADER] {
+            fs::write(&jp, text).unwrap();
+            let (_, rep) = Host::open(sys.clone(), &jp, &[PF]).unwrap();
+            assert!(rep.ok() && rep.restored.is_empty(), "{rep:?}");
+            assert!(rep.notes[0].contains("recorded no change"), "{rep:?}");
+            assert!(!jp.exists(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_second_run_neither_replays_nor_removes_the_journal_of_a_live_one() {
+        let (t, sys) = fake(false);
+        let jp = t.path().join("journal");
+        let (mut a, _) = Host::open(sys.clone(), &jp, &[PF]).unwrap();
+        a.set_numvfs(PF, 2).unwrap();
+        let e = Host::open(sys.clone(), &jp, &[PF]).err().unwrap();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("in use by ukci process {}", std::process::id())),
+            "{msg}"
+        );
+        assert_eq!(
+            sys.attr(PF, "sriov_numvfs").unwrap(),
+            "2",
+            "A's change stands"
+        );
+        assert!(jp.exists());
+        // A goes on journaling into the same file, and its restore is whole.
+        a.set_numvfs(PF, 1).unwrap();
+        assert_eq!(a.journal.read().unwrap().unwrap().entries.len(), 3);
+        let rep = a.restore().unwrap();
+        assert!(rep.ok(), "{rep:?}");
+        assert_eq!(sys.attr(PF, "sriov_numvfs").unwrap(), "0");
+        drop(a);
+        Host::open(sys, &jp, &[PF]).unwrap();
+    }
+
+    #[test]
+    fn replay_refuses_a_function_the_host_now_uses_and_keeps_the_entry() {
+        let (t, sys) = fake(true);
+        let (jp, _) = crashed(&t, &sys);
+        let (_, rep) = Host::open(sys.clone(), &jp, &[PF]).unwrap();
+        assert_eq!(sys.attr(PF, "sriov_numvfs").unwrap(), "2", "untouched");
+        assert!(rep.restored.is_empty());
+        let left: Vec<String> = rep.left.iter().map(ToString::to_string).collect();
+        assert!(left[0].starts_with("line 2: "), "{left:?}");
+        assert!(left[0].contains("/dev/nvme0n1 on /data"), "{left:?}");
+        assert!(left[1].starts_with("line 3: "), "{left:?}");
+        assert!(jp.exists());
+    }
+
+    #[test]
+    fn replay_refuses_a_function_this_run_was_not_given() {
+        let (t, sys) = fake(false);
+        let (jp, text) = crashed(&t, &sys);
+        let (_, rep) = Host::open(sys.clone(), &jp, &["0000:02:00.0"]).unwrap();
+        assert_eq!(sys.attr(PF, "sriov_numvfs").unwrap(), "2", "untouched");
+        assert!(
+            matches!(&rep.left[0].why, journal::Why::Refused(r) if r.contains("not one of")),
+            "{rep:?}"
+        );
+        assert_eq!(fs::read_to_string(&jp).unwrap(), text);
     }
 }
