@@ -235,7 +235,11 @@ pub fn plan(
                                     .unwrap_or(ByteSize::mib(16)),
                             });
                             devices.push(VmDevice::Nvme {
-                                serial: dev.serial.clone().unwrap_or_else(|| format!("ukci-{i}")),
+                                serial: dev
+                                    .serial
+                                    .as_ref()
+                                    .map(|s| s.get_ref().clone())
+                                    .unwrap_or_else(|| format!("ukci-{i}")),
                                 image: path,
                                 sriov_max_vfs: dev
                                     .sriov_max_vfs
@@ -271,9 +275,11 @@ pub fn plan(
                 let expects = m
                     .expectations
                     .iter()
-                    .filter(|e| glob(&e.test, t.name.get_ref()) && e.when.check(&env).is_ok())
+                    .filter(|e| {
+                        glob(e.test.get_ref(), t.name.get_ref()) && e.when.check(&env).is_ok()
+                    })
                     .map(|e| PlannedExpect {
-                        result: e.result.clone(),
+                        result: e.result.get_ref().clone(),
                         known_bug: *e.outcome.get_ref() == ExpectedOutcome::Kfail,
                         reason: e.reason.get_ref().clone(),
                     })
@@ -415,7 +421,7 @@ reason = "why"
         assert_eq!(p[1].vm.cpu, "host,-arch-capabilities");
         assert_eq!(
             p[1].decision,
-            Decision::Skip("needs QEMU >=11.0, this host has 10.0.2".into())
+            Decision::Skip("needs QEMU >=11.0, this run has 10.0.2".into())
         );
         assert!(p[1].expects.is_empty());
     }
@@ -504,7 +510,7 @@ requires = { host_kernel = ">=6.12" }
         );
         assert_eq!(
             p[1].decision,
-            Decision::Skip("needs host kernel >=6.12, this host runs 6.1.0-56-amd64".into())
+            Decision::Skip("needs host kernel >=6.12, this run has 6.1.0-56-amd64".into())
         );
         assert_eq!(p[3].decision, Decision::Run);
         assert_eq!(p[0].boot.as_ref().unwrap().topology.vfs, 4);
