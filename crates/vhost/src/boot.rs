@@ -76,8 +76,13 @@ impl Topology {
         }
     }
 
-    /// QEMU's realize-time constraints, checked before QEMU is started so
-    /// the message says which field to change.
+    /// Namespaces in the subsystem: each is a file and a `-drive`.
+    pub const MAX_NAMESPACES: u32 = 16;
+    /// A namespace's backing file is created for every boot.
+    pub const MAX_NAMESPACE_BYTES: u64 = 4 << 30;
+
+    /// QEMU's realize-time constraints and ukci's bounds, checked before
+    /// QEMU is started so the message says which field to change.
     pub fn validate(&self) -> Result<(), String> {
         let vfs = u32::from(self.vfs);
         let checks = [
@@ -115,12 +120,13 @@ impl Topology {
                 ),
             ),
             (
-                self.namespaces >= 1,
-                "namespaces must be at least 1".to_owned(),
+                (1..=Self::MAX_NAMESPACES).contains(&self.namespaces),
+                format!("namespaces must be from 1 to {}", Self::MAX_NAMESPACES),
             ),
             (
-                self.namespace_bytes >= 1 << 20 && self.namespace_bytes.is_multiple_of(4096),
-                "namespace_bytes must be a multiple of 4096 and at least 1 MiB".to_owned(),
+                (1 << 20..=Self::MAX_NAMESPACE_BYTES).contains(&self.namespace_bytes)
+                    && self.namespace_bytes.is_multiple_of(4096),
+                "namespace_size must be a multiple of 4K from 1M to 4G".to_owned(),
             ),
         ];
         match checks.into_iter().find(|(ok, _)| !ok) {
