@@ -275,7 +275,8 @@ fn list_checks() -> i32 {
     for c in ukci_protocol::catalogue::CHECKS {
         println!("{:<28} {}", c.name, c.summary);
         if !c.args.is_empty() {
-            println!("{:<28} args: {}", "", c.args.join(", "));
+            let keys: Vec<&str> = c.args.iter().map(|a| a.key).collect();
+            println!("{:<28} args: {}", "", keys.join(", "));
         }
     }
     exitcode::OK
@@ -300,7 +301,7 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
         Ok(k) => opts.resolved = k,
         Err(e) => {
             eprintln!("error: {e}");
-            return exitcode::USAGE;
+            return e.code;
         }
     }
     let plan = session::make_plan(layout, &manifests, &opts);

@@ -133,6 +133,27 @@ fn malformed_manifests_exit_with_the_manifest_code_and_a_position() {
         );
         assert!(r.stderr.contains(what), "{file}: {}", r.stderr);
     }
+    // Every problem of a file at once, in file order, one line each.
+    let path = "tests/manifests/bad/three-errors.toml";
+    let r = xtask_test(&[path]);
+    assert_eq!(r.code, exitcode::MANIFEST, "{}", r.stderr);
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    let want = [
+        (":5:7:", "invalid type: string \"two\""),
+        (":10:1:", "unknown field `timout`"),
+        (":14:11:", "unknown check `cr-pin.v9`"),
+    ];
+    assert_eq!(errors.len(), want.len(), "{}", r.stderr);
+    for (line, (pos, what)) in errors.iter().zip(want) {
+        assert!(
+            line.starts_with(&format!("error: {path}{pos}")) && line.contains(what),
+            "{line}"
+        );
+    }
     let r = xtask_test(&["tests/manifests/bad/missing.toml"]);
     assert_eq!(r.code, exitcode::MANIFEST, "{}", r.stderr);
     assert!(

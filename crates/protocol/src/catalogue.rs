@@ -9,8 +9,103 @@ use core::fmt::{self, Write};
 pub struct Check {
     pub name: &'static str,
     pub summary: &'static str,
-    /// Argument keys the check reads from the command line.
-    pub args: &'static [&'static str],
+    /// Arguments the check reads from the command line.
+    pub args: &'static [Arg],
+}
+
+/// A `key=value` argument of a check, with what its value may be.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Arg {
+    pub key: &'static str,
+    pub kind: ArgKind,
+}
+
+/// What an argument's value may be; the runner rejects anything else in a
+/// manifest, the guest parses the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgKind {
+    /// A PCI address `bb:dd.f` (hex), optionally `ssss:bb:dd.f`.
+    PciAddress,
+    /// A number (decimal or 0x-prefixed hex) from `min` to `max`.
+    Number {
+        min: u64,
+        max: u64,
+        what: &'static str,
+    },
+}
+
+impl ArgKind {
+    /// `Ok` when `value` is one of this kind, else what is allowed.
+    pub fn check(self, value: &str) -> Result<(), &'static str> {
+        match self {
+            ArgKind::PciAddress => pci_address(value).map(|_| ()).ok_or(
+                "a PCI address bb:dd.f in hex (device 00 to 1f, function 0 to 7), e.g. 00:04.0",
+            ),
+            ArgKind::Number { min, max, what } => match parse_number(value) {
+                Some(n) if (min..=max).contains(&n) => Ok(()),
+                _ => Err(what),
+            },
+        }
+    }
+}
+
+/// `nvme.bdf`: the NVMe function to use (default: the first one found).
+pub const NVME_BDF: Arg = Arg {
+    key: "nvme.bdf",
+    kind: ArgKind::PciAddress,
+};
+/// `nvme.nsid`: the namespace to use (default: the first active one).
+pub const NVME_NSID: Arg = Arg {
+    key: "nvme.nsid",
+    kind: ArgKind::Number {
+        min: 1,
+        max: 0xffff_fffe,
+        what: "a namespace ID from 1 to 0xfffffffe",
+    },
+};
+/// `nvme.max-bytes`: bytes a data check may write (and read back) in a run.
+pub const NVME_MAX_BYTES: Arg = Arg {
+    key: "nvme.max-bytes",
+    kind: ArgKind::Number {
+        min: 4096,
+        max: 1 << 40,
+        what: "a number of bytes from 4096 to 2^40 (decimal or 0x hex)",
+    },
+};
+/// `nvme.queues`: the most I/O queue pairs `nvme.queues` creates.
+pub const NVME_QUEUES: Arg = Arg {
+    key: "nvme.queues",
+    kind: ArgKind::Number {
+        min: 1,
+        max: 64,
+        what: "a number of queue pairs from 1 to 64",
+    },
+};
+
+/// A PCI address `bb:dd.f` (hex), optionally with a 4-digit segment in
+/// front: (bus, device, function).
+pub fn pci_address(s: &str) -> Option<(u8, u8, u8)> {
+    let s = match s.split_once(':') {
+        Some((seg, rest)) if rest.contains(':') && seg.len() == 4 => rest,
+        _ => s,
+    };
+    let (bus, rest) = s.split_once(':')?;
+    let (dev, func) = rest.split_once('.')?;
+    let hex = |t: &str, len: usize| {
+        (t.len() <= len && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u8::from_str_radix(t, 16).ok())
+            .flatten()
+    };
+    let (bus, dev, func) = (hex(bus, 2)?, hex(dev, 2)?, hex(func, 1)?);
+    (dev < 32 && func < 8).then_some((bus, dev, func))
+}
+
+/// A number as the command line carries it: decimal or 0x-prefixed hex.
+pub fn parse_number(v: &str) -> Option<u64> {
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
 }
 
 const fn check(name: &'static str, summary: &'static str) -> Check {
@@ -42,27 +137,27 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "nvme.identify",
         summary: "reports the NVMe controller's identity (PF or VF) and checks its controller and namespace data agree",
-        args: &["nvme.bdf", "nvme.nsid"],
+        args: &[NVME_BDF, NVME_NSID],
     },
     Check {
         name: "nvme.rw",
         summary: "writes distinct patterns from one block up to MDTS (PRP1, PRP2, PRP lists), flushes, reads back and compares",
-        args: &["nvme.bdf", "nvme.nsid", "nvme.max-bytes"],
+        args: &[NVME_BDF, NVME_NSID, NVME_MAX_BYTES],
     },
     Check {
         name: "nvme.queues",
         summary: "creates every I/O queue pair the controller grants, does I/O on each, deletes them",
-        args: &["nvme.bdf", "nvme.nsid", "nvme.queues"],
+        args: &[NVME_BDF, NVME_NSID, NVME_QUEUES],
     },
     Check {
         name: "nvme.errors",
         summary: "invalid opcodes, reads past the end and queue misuse fail with the right status; the controller keeps working",
-        args: &["nvme.bdf", "nvme.nsid"],
+        args: &[NVME_BDF, NVME_NSID],
     },
     Check {
         name: "nvme.bench",
         summary: "sequential write and read throughput (MiB/s, queue depth 1) for 4 KiB and MDTS-sized transfers; the data read back is checked",
-        args: &["nvme.bdf", "nvme.nsid", "nvme.max-bytes"],
+        args: &[NVME_BDF, NVME_NSID, NVME_MAX_BYTES],
     },
     check(
         "cr-pin.detect",
@@ -169,11 +264,7 @@ impl<'a> Cmdline<'a> {
 
     /// A numeric argument: decimal or 0x-prefixed hex.
     pub fn number(&self, key: &str) -> Option<u64> {
-        let v = self.get(key)?;
-        match v.strip_prefix("0x") {
-            Some(hex) => u64::from_str_radix(hex, 16).ok(),
-            None => v.parse().ok(),
-        }
+        parse_number(self.get(key)?)
     }
 }
 
@@ -195,6 +286,23 @@ mod tests {
         assert!(c.checks().eq(["boot.smoke", "nvme.rw"]));
         assert_eq!(c.number("nvme.blocks"), Some(16));
         assert_eq!(c.get("missing"), None);
+    }
+
+    #[test]
+    fn argument_values_are_typed() {
+        let bdf = NVME_BDF.kind;
+        assert_eq!(pci_address("00:04.0"), Some((0, 4, 0)));
+        assert_eq!(pci_address("0000:3b:1f.7"), Some((0x3b, 0x1f, 7)));
+        for bad in [
+            "", "4", "00:04", "00:20.0", "00:04.8", "0:0:04.0", "zz:04.0", "+1:04.0",
+        ] {
+            assert!(bdf.check(bad).is_err(), "{bad}");
+        }
+        assert!(NVME_NSID.kind.check("0").is_err());
+        assert!(NVME_NSID.kind.check("1").is_ok());
+        assert!(NVME_MAX_BYTES.kind.check("lots").is_err());
+        assert!(NVME_MAX_BYTES.kind.check("0x100000").is_ok());
+        assert!(NVME_QUEUES.kind.check("65").is_err());
     }
 
     #[test]

@@ -26,18 +26,41 @@ impl Diagnostic {
     }
 }
 
+/// Always one line: a control character anywhere (a newline in a quoted
+/// value, in a file name) is written escaped.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        let mut line = self.file.display().to_string();
         if let Some((l, c)) = self.pos {
-            write!(f, ":{l}:{c}")?;
+            line.push_str(&format!(":{l}:{c}"));
         }
-        write!(f, ": {}", self.message)?;
+        line.push_str(&format!(": {}", self.message));
         if !self.help.is_empty() {
-            write!(f, " (help: {})", self.help)?;
+            line.push_str(&format!(" (help: {})", self.help));
         }
-        Ok(())
+        f.write_str(&escape_controls(&line))
     }
+}
+
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A value from the input as a message quotes it: control characters
+/// escaped, and cut after 40 characters.
+pub fn shown(v: &str) -> String {
+    const MAX: usize = 40;
+    let cut: String = v.chars().take(MAX).collect();
+    let more = v.chars().count() > MAX;
+    format!("{}{}", escape_controls(&cut), if more { "…" } else { "" })
 }
 
 /// Every problem found in the input, in file order.
@@ -128,5 +151,17 @@ mod tests {
         assert_eq!(s.line_col(3), (2, 1));
         assert_eq!(s.line_col(5), (2, 2));
         assert_eq!(s.line_col(999), (3, 1));
+    }
+
+    #[test]
+    fn a_diagnostic_is_one_line_and_long_values_are_cut() {
+        let d = s_at("name `a\nb`");
+        assert_eq!(d.to_string(), "f:1:1: name `a\\nb` (help: h)");
+        assert_eq!(shown(&"x".repeat(5000)).chars().count(), 41);
+        assert_eq!(shown("a\tb"), "a\\tb");
+    }
+
+    fn s_at(msg: &str) -> Diagnostic {
+        SourceFile::new(Path::new("f"), "").at(0..0, msg.into(), "h")
     }
 }

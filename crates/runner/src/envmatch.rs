@@ -1,7 +1,7 @@
 //! Environments and the conditions manifests put on them: requirements
 //! (`requires`) and the environments an expectation applies in (`when`).
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, de};
 use std::fmt;
 
 /// Everything a result depends on, as recorded in reports.
@@ -191,91 +191,236 @@ impl<'de> Deserialize<'de> for VersionReq {
     }
 }
 
-/// One value or a list of alternatives.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
+/// Every key of `requires` and `when`, one row each: its name, how a
+/// mismatch names it, the values it takes, and where an environment has it.
+pub const KEYS: &[Key] = &[
+    Key {
+        name: "accel",
+        says: "accel",
+        values: Values::OneOf(&["kvm", "tcg"]),
+        have: |e| e.accel.clone(),
+        why: Some(|e| &e.accel_reason),
+        before_boot: false,
+    },
+    Key {
+        name: "qemu",
+        says: "QEMU",
+        values: Values::Version,
+        have: |e| e.qemu_version.to_string(),
+        why: None,
+        before_boot: true,
+    },
+    Key {
+        name: "host_kernel",
+        says: "host kernel",
+        values: Values::Version,
+        have: |e| e.host_kernel.clone(),
+        why: None,
+        before_boot: true,
+    },
+    Key {
+        name: "kvm_module",
+        says: "KVM module",
+        values: Values::OneOf(&["kvm_intel", "kvm_amd", "kvm_pvm", "none"]),
+        have: |e| e.kvm_module.clone().unwrap_or_else(|| "none".into()),
+        why: None,
+        before_boot: false,
+    },
+    Key {
+        name: "kvm_host",
+        says: "KVM running on",
+        values: Values::OneOf(&["tcg", "kvm", "unknown"]),
+        have: |e| e.kvm_host.clone().unwrap_or_else(|| "unknown".into()),
+        why: None,
+        before_boot: false,
+    },
+];
+
+/// One key of `requires`/`when`.
+pub struct Key {
+    pub name: &'static str,
+    /// How a skip reason names it: "needs {says} ...".
+    pub says: &'static str,
+    pub values: Values,
+    /// This environment's value.
+    pub have: fn(&Environment) -> String,
+    /// Why the environment has that value, when it was chosen.
+    pub why: Option<fn(&Environment) -> &String>,
+    /// Known before a virtual host boots; the others only its agent knows.
+    pub before_boot: bool,
 }
 
-impl OneOrMany {
-    fn contains(&self, v: &str) -> bool {
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, o: &Key) -> bool {
+        self.name == o.name
+    }
+}
+impl Eq for Key {}
+
+/// The values a key takes.
+#[derive(Clone, Copy, Debug)]
+pub enum Values {
+    /// One of these names, or a list of them (any matches).
+    OneOf(&'static [&'static str]),
+    /// A version requirement such as `>=6.1, <6.13`.
+    Version,
+}
+
+/// What a key must be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    OneOf(Vec<String>),
+    Version(VersionReq),
+}
+
+impl Condition {
+    fn matches(&self, have: &str) -> bool {
         match self {
-            OneOrMany::One(s) => s == v,
-            OneOrMany::Many(l) => l.iter().any(|s| s == v),
+            Condition::OneOf(l) => l.iter().any(|v| v == have),
+            Condition::Version(req) => {
+                req.matches(&Version::parse_prefix(have).unwrap_or_default())
+            }
         }
     }
 }
 
-impl fmt::Display for OneOrMany {
+impl fmt::Display for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OneOrMany::One(s) => f.write_str(s),
-            OneOrMany::Many(l) => f.write_str(&l.join(" or ")),
+            Condition::OneOf(l) => f.write_str(&l.join(" or ")),
+            Condition::Version(v) => v.fmt(f),
         }
     }
 }
 
-/// Conditions on an environment; every given field must match.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnvMatch {
-    /// `kvm` or `tcg`.
-    pub accel: Option<OneOrMany>,
-    pub qemu: Option<VersionReq>,
-    pub host_kernel: Option<VersionReq>,
-    /// `kvm_intel`, `kvm_amd`, `kvm_pvm` or `none`.
-    pub kvm_module: Option<OneOrMany>,
-    /// The layer below the KVM under test: `tcg`, `kvm` or `unknown`.
-    pub kvm_host: Option<OneOrMany>,
-}
+/// Conditions on an environment; every one given must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnvMatch(pub Vec<(&'static Key, Condition)>);
 
 impl EnvMatch {
     pub fn is_empty(&self) -> bool {
-        *self == EnvMatch::default()
+        self.0.is_empty()
+    }
+
+    /// Only the conditions on what is known before a virtual host boots.
+    pub fn before_boot(&self) -> EnvMatch {
+        EnvMatch(
+            self.0
+                .iter()
+                .filter(|(k, _)| k.before_boot)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// `Ok` when the environment matches, else the first mismatch in words.
     pub fn check(&self, env: &Environment) -> Result<(), String> {
-        if let Some(a) = &self.accel
-            && !a.contains(&env.accel)
-        {
-            return Err(format!(
-                "needs accel {a}, this run uses {} ({})",
-                env.accel, env.accel_reason
-            ));
-        }
-        if let Some(q) = &self.qemu
-            && !q.matches(&env.qemu_version)
-        {
-            return Err(format!(
-                "needs QEMU {q}, this host has {}",
-                env.qemu_version
-            ));
-        }
-        if let Some(k) = &self.host_kernel {
-            let v = Version::parse_prefix(&env.host_kernel).unwrap_or_default();
-            if !k.matches(&v) {
+        for (key, want) in &self.0 {
+            let have = (key.have)(env);
+            if !want.matches(&have) {
+                let why = key.why.map_or(String::new(), |w| format!(" ({})", w(env)));
                 return Err(format!(
-                    "needs host kernel {k}, this host runs {}",
-                    env.host_kernel
+                    "needs {} {want}, this run has {have}{why}",
+                    key.says
                 ));
             }
         }
-        if let Some(m) = &self.kvm_module {
-            let have = env.kvm_module.as_deref().unwrap_or("none");
-            if !m.contains(have) {
-                return Err(format!("needs KVM module {m}, this host has {have}"));
-            }
-        }
-        if let Some(h) = &self.kvm_host {
-            let have = env.kvm_host.as_deref().unwrap_or("unknown");
-            if !h.contains(have) {
-                return Err(format!("needs KVM running on {h}, here it runs on {have}"));
-            }
-        }
         Ok(())
+    }
+}
+
+fn key_names() -> String {
+    let names: Vec<String> = KEYS.iter().map(|k| format!("`{}`", k.name)).collect();
+    names.join(", ")
+}
+
+impl<'de> Deserialize<'de> for EnvMatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Table;
+        impl<'de> de::Visitor<'de> for Table {
+            type Value = EnvMatch;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table of conditions such as { accel = \"tcg\", qemu = \">=10.0\" }")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<EnvMatch, A::Error> {
+                let mut out = Vec::new();
+                while let Some(key) = map.next_key_seed(KeySeed)? {
+                    out.push((key, map.next_value_seed(ValueSeed(key))?));
+                }
+                Ok(EnvMatch(out))
+            }
+        }
+        d.deserialize_map(Table)
+    }
+}
+
+/// A key name, looked up in [`KEYS`].
+struct KeySeed;
+
+impl<'de> de::DeserializeSeed<'de> for KeySeed {
+    type Value = &'static Key;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<&'static Key, D::Error> {
+        let name = String::deserialize(d)?;
+        KEYS.iter().find(|k| k.name == name).ok_or_else(|| {
+            de::Error::custom(format!(
+                "unknown key `{}`, expected one of {}",
+                crate::diag::shown(&name),
+                key_names()
+            ))
+        })
+    }
+}
+
+/// The value of `key`, checked against the values it takes.
+struct ValueSeed(&'static Key);
+
+impl<'de> de::DeserializeSeed<'de> for ValueSeed {
+    type Value = Condition;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Condition, D::Error> {
+        let key = self.0;
+        match key.values {
+            Values::Version => {
+                let s = String::deserialize(d)?;
+                VersionReq::parse(&s)
+                    .map(Condition::Version)
+                    .map_err(de::Error::custom)
+            }
+            Values::OneOf(allowed) => {
+                #[derive(Deserialize)]
+                #[serde(untagged, expecting = "a name or a list of names")]
+                enum OneOrMany {
+                    One(String),
+                    Many(Vec<String>),
+                }
+                let list = match OneOrMany::deserialize(d)? {
+                    OneOrMany::One(s) => vec![s],
+                    OneOrMany::Many(l) => l,
+                };
+                let listed: Vec<String> = allowed.iter().map(|a| format!("`{a}`")).collect();
+                if list.is_empty() {
+                    return Err(de::Error::custom(format!(
+                        "`{}` lists no value; allowed: {}",
+                        key.name,
+                        listed.join(", ")
+                    )));
+                }
+                if let Some(bad) = list.iter().find(|v| !allowed.contains(&v.as_str())) {
+                    return Err(de::Error::custom(format!(
+                        "`{}` cannot be `{}`; allowed: {}",
+                        key.name,
+                        crate::diag::shown(bad),
+                        listed.join(", ")
+                    )));
+                }
+                Ok(Condition::OneOf(list))
+            }
+        }
     }
 }
 
@@ -308,30 +453,46 @@ mod tests {
         assert!(VersionReq::parse(">= ten").is_err());
     }
 
+    fn parse(text: &str) -> Result<EnvMatch, String> {
+        toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
     #[test]
     fn mismatches_are_explained() {
-        let m = EnvMatch {
-            accel: Some(OneOrMany::One("kvm".into())),
-            ..Default::default()
-        };
+        let m = parse("accel = \"kvm\"").unwrap();
         assert_eq!(
             m.check(&env()).unwrap_err(),
-            "needs accel kvm, this run uses tcg (requested)"
+            "needs accel kvm, this run has tcg (requested)"
         );
-        let m = EnvMatch {
-            kvm_module: Some(OneOrMany::Many(vec!["kvm_intel".into(), "kvm_amd".into()])),
-            ..Default::default()
-        };
-        assert!(
-            m.check(&env())
-                .unwrap_err()
-                .contains("kvm_intel or kvm_amd")
+        let m = parse("kvm_module = [\"kvm_intel\", \"kvm_amd\"]").unwrap();
+        assert_eq!(
+            m.check(&env()).unwrap_err(),
+            "needs KVM module kvm_intel or kvm_amd, this run has kvm_pvm"
         );
-        let m = EnvMatch {
-            qemu: Some(VersionReq::parse(">=10.0").unwrap()),
-            host_kernel: Some(VersionReq::parse("6.1").unwrap()),
-            ..Default::default()
-        };
+        let m = parse("qemu = \">=10.0\"\nhost_kernel = \"6.1\"").unwrap();
         assert!(m.check(&env()).is_ok());
+        assert!(parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn keys_and_values_are_closed_sets() {
+        let e = parse("accel = \"hvf\"").unwrap_err();
+        assert!(
+            e.contains("`accel` cannot be `hvf`") && e.contains("`tcg`"),
+            "{e}"
+        );
+        let e = parse("kvm_module = [\"kvm_amd\", \"kvm_foo\"]").unwrap_err();
+        assert!(e.contains("cannot be `kvm_foo`"), "{e}");
+        let e = parse("acel = \"kvm\"").unwrap_err();
+        assert!(
+            e.contains("unknown key `acel`") && e.contains("`host_kernel`"),
+            "{e}"
+        );
+        assert!(
+            parse("qemu = \"ten\"")
+                .unwrap_err()
+                .contains("not a version requirement")
+        );
+        assert!(parse("accel = []").unwrap_err().contains("lists no value"));
     }
 }

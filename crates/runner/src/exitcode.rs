@@ -7,7 +7,7 @@ pub const OK: i32 = 0;
 pub const FAILED: i32 = 1;
 /// The command line was wrong.
 pub const USAGE: i32 = 2;
-/// A manifest could not be read, parsed or validated.
+/// A manifest (or the host config) could not be read, parsed or validated.
 pub const MANIFEST: i32 = 3;
 /// At least one test had an infrastructure error (timeout, crash, QEMU
 /// refused to start). Takes precedence over `FAILED`.
@@ -37,7 +37,7 @@ pub const TABLE: &[(i32, &str)] = &[
     (USAGE, "bad command line"),
     (
         MANIFEST,
-        "a manifest could not be read, parsed or validated",
+        "a manifest or the host config could not be read, parsed or validated",
     ),
     (
         ERROR,

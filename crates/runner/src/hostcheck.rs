@@ -3,6 +3,7 @@
 //! guest checks. Those that change devices touch only the PF they are given
 //! and journal every change first (`ukci_vfio::Host`).
 
+use crate::diag::{Diagnostics, SourceFile, shown};
 use crate::vf;
 use std::path::{Path, PathBuf};
 use ukci_protocol::Reporter;
@@ -135,37 +136,50 @@ pub fn run(checks: &[String], ctx: &HostContext) -> String {
     out
 }
 
-/// The PF of the local lane: named in the host config, or none.
-pub fn local_pf(config: &Path) -> (Option<String>, String) {
-    match std::fs::read_to_string(config) {
-        Err(_) => (
+/// The PF of the local lane: named in the host config, or none, with where
+/// it came from. A host config that exists but is wrong is an error: ukci
+/// would otherwise skip every host check quietly.
+pub fn local_pf(config: &Path) -> Result<(Option<String>, String), Diagnostics> {
+    let Ok(text) = std::fs::read_to_string(config) else {
+        return Ok((
             None,
             format!(
                 "no host config at {} naming one (ukci touches only PCI functions named there: pf = \"0000:3b:00.0\")",
                 config.display()
             ),
-        ),
-        Ok(text) => match parse_host_config(&text) {
-            Ok(Some(pf)) => (Some(pf), format!("named in {}", config.display())),
-            Ok(None) => (None, format!("{} names no pf", config.display())),
-            Err(e) => (None, format!("{}: {e}", config.display())),
-        },
-    }
+        ));
+    };
+    Ok(match parse_host_config(config, &text)? {
+        Some(pf) => (Some(pf), format!("named in {}", config.display())),
+        None => (None, format!("{} names no pf", config.display())),
+    })
 }
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HostConfig {
-    pf: Option<String>,
+    pf: Option<toml::Spanned<String>>,
 }
 
-fn parse_host_config(text: &str) -> Result<Option<String>, String> {
-    let c: HostConfig = toml::from_str(text).map_err(|e| e.message().to_string())?;
+fn parse_host_config(path: &Path, text: &str) -> Result<Option<String>, Diagnostics> {
+    let src = SourceFile::new(path, text);
+    let c: HostConfig = toml::from_str(text).map_err(|e| {
+        Diagnostics::one(src.at(
+            e.span().unwrap_or(0..0),
+            e.message().trim().to_string(),
+            "the host config holds one key: pf = \"0000:3b:00.0\"",
+        ))
+    })?;
     match c.pf {
-        Some(pf) if !valid_bdf(&pf) => Err(format!(
-            "pf = \"{pf}\" is not a PCI address like 0000:3b:00.0"
-        )),
-        pf => Ok(pf),
+        Some(pf) if !valid_bdf(pf.get_ref()) => Err(Diagnostics::one(src.at(
+            pf.span(),
+            format!(
+                "pf = \"{}\" is not a PCI address like 0000:3b:00.0",
+                shown(pf.get_ref())
+            ),
+            "name the SR-IOV PF by its full address, as in /sys/bus/pci/devices",
+        ))),
+        pf => Ok(pf.map(|p| p.into_inner())),
     }
 }
 
@@ -186,18 +200,21 @@ mod tests {
 
     #[test]
     fn the_host_config_names_the_pf_or_says_why_not() {
+        let parse =
+            |t: &str| parse_host_config(Path::new("host.toml"), t).map_err(|d| d.to_string());
         assert_eq!(
-            parse_host_config("pf = \"0000:3b:00.0\"\n"),
+            parse("pf = \"0000:3b:00.0\"\n"),
             Ok(Some("0000:3b:00.0".into()))
         );
-        assert_eq!(parse_host_config(""), Ok(None));
+        assert_eq!(parse(""), Ok(None));
+        let e = parse("pf = \"3b:00.0\"\n").unwrap_err();
         assert!(
-            parse_host_config("pf = \"3b:00.0\"\n")
-                .unwrap_err()
-                .contains("PCI address")
+            e.contains("host.toml:1:6: pf = \"3b:00.0\" is not a PCI address"),
+            "{e}"
         );
-        assert!(parse_host_config("pfs = []\n").is_err());
-        let (pf, why) = local_pf(Path::new("/nonexistent/ukci/host.toml"));
+        let e = parse("pff = \"0000:3b:00.0\"\n").unwrap_err();
+        assert!(e.contains("host.toml:1:1: unknown field `pff`"), "{e}");
+        let (pf, why) = local_pf(Path::new("/nonexistent/ukci/host.toml")).unwrap();
         assert_eq!(pf, None);
         assert!(why.contains("/nonexistent/ukci/host.toml"), "{why}");
     }

@@ -1,18 +1,22 @@
 //! Manifests: the TOML schema, its parsing and its validation.
 //!
 //! Every problem is reported with `file:line:col`, the field and what is
-//! allowed. Unknown fields are errors. Parsing stops at the first syntax or
-//! type error (that is all serde can tell); the checks after parsing collect
-//! every problem they find.
+//! allowed, and every problem of a file at once: a value of the wrong type
+//! is reported and left out, and the rest is read on (see [`deserialize`]);
+//! the checks after parsing collect every problem they find. Unknown fields
+//! are errors.
 
-use crate::diag::{Diagnostic, Diagnostics, SourceFile};
+use crate::diag::{Diagnostic, Diagnostics, SourceFile, shown};
 use crate::envmatch::EnvMatch;
 use crate::hostcheck;
+use crate::outcome::{glob, glob_prefix};
 use crate::units::{ByteSize, Timeout};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
+use toml::de::{DeArray, DeTable, DeValue};
 use ukci_protocol::catalogue;
 
 #[derive(Debug, Deserialize)]
@@ -33,13 +37,16 @@ pub struct Manifest {
     pub expectations: Vec<Expectation>,
     #[serde(skip)]
     pub path: PathBuf,
+    /// The file's text, for positions found after parsing.
+    #[serde(skip)]
+    pub text: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuiteInfo {
     /// Defaults to the file stem.
-    pub name: Option<String>,
+    pub name: Option<Spanned<String>>,
     pub description: Option<String>,
 }
 
@@ -184,12 +191,49 @@ pub struct Test {
     pub devices: Vec<Device>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug)]
 pub enum ArgValue {
     Int(u64),
     Str(String),
     Bool(bool),
+}
+
+impl<'de> Deserialize<'de> for ArgValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ArgValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number, a string or a boolean")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ArgValue, E> {
+                Ok(ArgValue::Int(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ArgValue, E> {
+                u64::try_from(v)
+                    .map(ArgValue::Int)
+                    .map_err(|_| E::custom(format!("{v} is negative; no argument takes that")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ArgValue, E> {
+                Ok(ArgValue::Str(v.into()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ArgValue, E> {
+                Ok(ArgValue::Bool(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl ArgValue {
+    /// As TOML writes it.
+    pub fn quoted(&self) -> String {
+        match self {
+            ArgValue::Str(s) => format!("\"{s}\""),
+            ArgValue::Int(n) => n.to_string(),
+            ArgValue::Bool(b) => b.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Display for ArgValue {
@@ -209,7 +253,7 @@ impl std::fmt::Display for ArgValue {
 pub struct Device {
     pub kind: Spanned<DeviceKind>,
     /// NVMe: the controller's serial number.
-    pub serial: Option<String>,
+    pub serial: Option<Spanned<String>>,
     /// NVMe: the size of the scratch image behind its namespace.
     pub size: Option<Spanned<ByteSize>>,
     /// NVMe: with more than 0 the controller is an SR-IOV physical function
@@ -234,10 +278,10 @@ pub enum DeviceKind {
 pub struct Expectation {
     /// Glob over test names (default: every test).
     #[serde(default = "star")]
-    pub test: String,
+    pub test: Spanned<String>,
     /// Glob over sub-result names (default: every result).
     #[serde(default = "star")]
-    pub result: String,
+    pub result: Spanned<String>,
     /// The environment this applies in (default: every environment).
     #[serde(default)]
     pub when: EnvMatch,
@@ -245,8 +289,8 @@ pub struct Expectation {
     pub reason: Spanned<String>,
 }
 
-fn star() -> String {
-    "*".into()
+fn star() -> Spanned<String> {
+    Spanned::new(0..0, "*".into())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -287,13 +331,29 @@ impl Manifest {
             .unwrap_or_default()
     }
 
+    /// A diagnostic at a span of this manifest.
+    pub fn at(&self, span: std::ops::Range<usize>, message: String, help: &str) -> Diagnostic {
+        SourceFile::new(&self.path, &self.text).at(span, message, help)
+    }
+
+    /// The machine a test runs on: its own, else `[defaults]`, else q35.
+    pub fn machine_of(&self, t: &Test) -> MachineType {
+        t.machine
+            .or(self.defaults.machine)
+            .unwrap_or(MachineType::Q35)
+    }
+
     pub fn suite_name(&self) -> String {
-        self.suite.name.clone().unwrap_or_else(|| {
-            self.path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
+        self.suite
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .unwrap_or_else(|| {
+                self.path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
     }
 }
 
@@ -311,28 +371,161 @@ pub fn load(path: &Path) -> Result<Manifest, Diagnostics> {
 
 pub fn parse(path: &Path, text: &str) -> Result<Manifest, Diagnostics> {
     let src = SourceFile::new(path, text);
-    let mut manifest: Manifest = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        Diagnostics::one(src.at(
-            span,
-            e.message().trim().to_string(),
-            "see the manifest reference in README.md",
-        ))
-    })?;
-    manifest.path = path.to_path_buf();
     let mut diags = Diagnostics::default();
-    validate(&manifest, &src, &mut diags);
+    let Some((mut manifest, complete)) = deserialize(&src, text, &mut diags) else {
+        return diags
+            .into_result(())
+            .map(|()| unreachable!("a manifest that did not deserialize has an error"));
+    };
+    manifest.path = path.to_path_buf();
+    manifest.text = text.to_string();
+    validate(&manifest, &src, complete, &mut diags);
     diags.into_result(manifest)
 }
 
-fn validate(m: &Manifest, src: &SourceFile, diags: &mut Diagnostics) {
-    if m.tests.is_empty() {
-        diags.push(Diagnostic::file(
-            &m.path,
+const HELP: &str = "see the manifest reference in README.md";
+
+/// Deserializes what can be. A syntax error ends it (the rest of the file
+/// is not reliable); a type error is reported, the entry holding it left
+/// out, and the rest read on, so every such error of a file is reported.
+/// `complete` is false when a whole table had to be left out (so checks
+/// across tables would see it missing).
+fn deserialize(src: &SourceFile, text: &str, diags: &mut Diagnostics) -> Option<(Manifest, bool)> {
+    let (mut root, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for e in errors {
+            diags.push(src.at(e.span().unwrap_or(0..0), humane(e.message()), HELP));
+        }
+        return None;
+    }
+    // Tables an entry was left out of: a field they then miss is no news.
+    let mut pruned: Vec<Range<usize>> = Vec::new();
+    let mut complete = true;
+    loop {
+        let e = match Manifest::deserialize(toml::de::Deserializer::from(root.clone())) {
+            Ok(m) => return Some((m, complete)),
+            Err(e) => e,
+        };
+        let span = e.span().unwrap_or(0..0);
+        let report = src.at(span.clone(), humane(e.message()), HELP);
+        let root_span = root.span();
+        match prune(root.get_mut(), root_span, &span) {
+            Some(Pruned::Entry(table)) => {
+                diags.push(report);
+                pruned.push(table);
+            }
+            Some(Pruned::Table(table)) => {
+                if !pruned.contains(&table) {
+                    diags.push(report);
+                }
+                complete = false;
+            }
+            None => {
+                diags.push(report);
+                return None;
+            }
+        }
+    }
+}
+
+/// What [`prune`] left out.
+enum Pruned {
+    /// An entry of the table at this span.
+    Entry(Range<usize>),
+    /// The whole table at this span: the problem was the table itself.
+    Table(Range<usize>),
+}
+
+fn covers(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end
+}
+
+/// Leaves out the innermost entry of `table` (at `tspan`) whose key or value
+/// covers `span`, or the innermost table (in an array) at exactly `span`.
+fn prune<'i>(table: &mut DeTable<'i>, tspan: Range<usize>, span: &Range<usize>) -> Option<Pruned> {
+    let keys: Vec<_> = table.keys().cloned().collect();
+    for key in keys {
+        let value = table.get_mut(&key)?;
+        let vspan = value.span();
+        let on_key = covers(&key.span(), span);
+        match value.get_mut() {
+            DeValue::Table(inner) if !on_key => {
+                if let Some(p) = prune(inner, vspan.clone(), span) {
+                    return Some(p);
+                }
+            }
+            DeValue::Array(items) if !on_key => {
+                for n in 0..items.len() {
+                    let ispan = items[n].span();
+                    let DeValue::Table(inner) = items.as_mut()[n].get_mut() else {
+                        continue;
+                    };
+                    if let Some(p) = prune(inner, ispan.clone(), span) {
+                        return Some(p);
+                    }
+                    if ispan == *span {
+                        let mut rest = DeArray::new();
+                        for (i, item) in std::mem::replace(items, DeArray::new())
+                            .into_iter()
+                            .enumerate()
+                        {
+                            if i != n {
+                                rest.push(item);
+                            }
+                        }
+                        *items = rest;
+                        return Some(Pruned::Table(ispan));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if on_key || covers(&vspan, span) {
+            table.remove(&key);
+            return Some(Pruned::Entry(tspan));
+        }
+    }
+    None
+}
+
+/// serde's words for Rust types, in TOML's.
+fn humane(message: &str) -> String {
+    let mut m = message.trim().replace('\n', " ");
+    for (from, to) in [
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number from 0"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected a table"),
+        ("invalid type: sequence", "invalid type: array"),
+        ("invalid type: map", "invalid type: table"),
+        ("expected a string", "expected a string"),
+    ] {
+        m = m.replace(from, to);
+    }
+    if let Some(i) = m.find("expected struct ") {
+        m.truncate(i);
+        m.push_str("expected a table");
+    }
+    if let Some(i) = m.find("expected enum ") {
+        m.truncate(i);
+        m.push_str("expected a name");
+    }
+    m
+}
+
+fn validate(m: &Manifest, src: &SourceFile, complete: bool, diags: &mut Diagnostics) {
+    if m.tests.is_empty() && complete {
+        diags.push(src.at(
+            0..0,
             "the manifest declares no tests".into(),
             "add at least one [[test]] table with a name and checks",
         ));
     }
+    validate_suite_name(m, src, diags);
     validate_machine(&m.defaults, src, diags);
     if let Some(lane) = &m.lane {
         validate_lane(lane, src, diags);
@@ -346,20 +539,20 @@ fn validate(m: &Manifest, src: &SourceFile, diags: &mut Diagnostics) {
                 t.name.span(),
                 format!(
                     "test name `{}` is used twice (first at line {})",
-                    t.name.get_ref(),
+                    shown(t.name.get_ref()),
                     src.line_col(prev.name.span().start).0
                 ),
                 "give every [[test]] a unique name",
             ));
         }
-        if !valid_name(t.name.get_ref()) {
+        if let Err(why) = check_name(t.name.get_ref(), true) {
             diags.push(src.at(
                 t.name.span(),
-                format!("invalid test name `{}`", t.name.get_ref()),
-                "use letters, digits, `-`, `_` and `.`",
+                format!("invalid test name `{}`: {why}", shown(t.name.get_ref())),
+                "test names are part of file names: letters, digits, `-`, `_` and `.`, starting with a letter or digit, at most 64",
             ));
         }
-        validate_test(t, src, diags);
+        validate_test(m, t, src, diags);
     }
     for e in &m.expectations {
         if e.reason.get_ref().trim().is_empty() {
@@ -369,6 +562,83 @@ fn validate(m: &Manifest, src: &SourceFile, diags: &mut Diagnostics) {
                 "say why this environment departs from the expected result",
             ));
         }
+        if complete {
+            validate_expectation(m, e, src, diags);
+        }
+    }
+}
+
+/// Longest suite and test name: both end up in file names (`suite.test.log`).
+pub const MAX_NAME: usize = 64;
+
+/// Suite and test names become parts of file names and JUnit ids: one safe
+/// character set, a first character that makes no hidden or relative name,
+/// a length limit. Test names may also hold `.`.
+fn check_name(s: &str, dots: bool) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (dots && c == '.');
+    if s.is_empty() {
+        Err("it is empty".into())
+    } else if s.chars().count() > MAX_NAME {
+        Err(format!("it is {} characters long", s.chars().count()))
+    } else if let Some(c) = s.chars().find(|c| !allowed(*c)) {
+        Err(format!("`{}` is not allowed", c.escape_default()))
+    } else if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        Err("it must start with a letter or digit".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn validate_suite_name(m: &Manifest, src: &SourceFile, diags: &mut Diagnostics) {
+    let name = m.suite_name();
+    if let Err(why) = check_name(&name, false) {
+        let (span, from) = match &m.suite.name {
+            Some(n) => (n.span(), "suite name"),
+            None => (0..0, "suite name (the file name, as [suite] sets none)"),
+        };
+        diags.push(src.at(
+            span,
+            format!("invalid {from} `{}`: {why}", shown(&name)),
+            "suite names are part of file names: letters, digits, `-` and `_`, starting with a letter or digit, at most 64",
+        ));
+    }
+}
+
+/// An expectation must be able to apply: its test glob names a test, and
+/// its result glob can match a result of such a test (a check's, or the
+/// test's own error). A typo would otherwise turn it into a plain failure.
+fn validate_expectation(m: &Manifest, e: &Expectation, src: &SourceFile, diags: &mut Diagnostics) {
+    let tests: Vec<&Test> = m
+        .tests
+        .iter()
+        .filter(|t| glob(e.test.get_ref(), t.name.get_ref()))
+        .collect();
+    if tests.is_empty() {
+        let names: Vec<&str> = m.tests.iter().map(|t| t.name.get_ref().as_str()).collect();
+        diags.push(src.at(
+            e.test.span(),
+            format!(
+                "test = \"{}\" matches no test of this manifest",
+                shown(e.test.get_ref())
+            ),
+            &format!("the tests are: {}", names.join(", ")),
+        ));
+        return;
+    }
+    let r = e.result.get_ref();
+    let can_match = tests.iter().any(|t| {
+        glob(r, t.name.get_ref())
+            || t.checks
+                .get_ref()
+                .iter()
+                .any(|c| glob(r, c.get_ref()) || glob_prefix(r, &format!("{}: ", c.get_ref())))
+    });
+    if !can_match {
+        diags.push(src.at(
+            e.result.span(),
+            format!("result = \"{}\" can match no result of the tests it applies to", shown(r)),
+            "results are named after the check (`check: sub-result`), or after the test for an error of its VM",
+        ));
     }
 }
 
@@ -413,12 +683,6 @@ fn validate_lane(lane: &Lane, src: &SourceFile, diags: &mut Diagnostics) {
     }
 }
 
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 fn validate_machine(s: &MachineSettings, src: &SourceFile, diags: &mut Diagnostics) {
     if let Some(smp) = &s.smp
         && !(1..=64).contains(smp.get_ref())
@@ -448,14 +712,14 @@ fn validate_machine(s: &MachineSettings, src: &SourceFile, diags: &mut Diagnosti
         if !ok {
             diags.push(src.at(
                 cpu.span(),
-                format!("invalid cpu model `{}`", cpu.get_ref()),
+                format!("invalid cpu model `{}`", shown(cpu.get_ref())),
                 "a QEMU -cpu value such as `qemu64`, `max` or `host,-arch-capabilities`",
             ));
         }
     }
 }
 
-fn validate_test(t: &Test, src: &SourceFile, diags: &mut Diagnostics) {
+fn validate_test(m: &Manifest, t: &Test, src: &SourceFile, diags: &mut Diagnostics) {
     validate_machine(&t.machine_settings(), src, diags);
     if t.checks.get_ref().is_empty() {
         diags.push(src.at(
@@ -464,7 +728,7 @@ fn validate_test(t: &Test, src: &SourceFile, diags: &mut Diagnostics) {
             "list at least one check; `cargo xtask list --checks` shows them all",
         ));
     }
-    let mut known_args: Vec<&str> = Vec::new();
+    let mut known_args: Vec<&catalogue::Arg> = Vec::new();
     let host = t
         .checks
         .get_ref()
@@ -483,51 +747,65 @@ fn validate_test(t: &Test, src: &SourceFile, diags: &mut Diagnostics) {
             continue;
         }
         match catalogue::find(c.get_ref()) {
-            Some(check) => known_args.extend(check.args.iter().copied()),
+            Some(check) => known_args.extend(check.args.iter()),
             None => diags.push(src.at(
                 c.span(),
-                format!("unknown check `{}`", c.get_ref()),
+                format!("unknown check `{}`", shown(c.get_ref())),
                 &suggest_check(c.get_ref()),
             )),
         }
     }
     for (k, v) in &t.args {
-        if !known_args.contains(&k.get_ref().as_str()) {
-            let allowed = if known_args.is_empty() {
+        let Some(arg) = known_args.iter().find(|a| a.key == k.get_ref()) else {
+            let mut keys: Vec<&str> = known_args.iter().map(|a| a.key).collect();
+            keys.dedup();
+            let allowed = if keys.is_empty() {
                 "these checks take no arguments".to_string()
             } else {
-                format!("allowed here: {}", known_args.join(", "))
+                format!("allowed here: {}", keys.join(", "))
             };
             diags.push(src.at(
                 k.span(),
                 format!(
                     "unknown argument `{}` for the checks of this test",
-                    k.get_ref()
+                    shown(k.get_ref())
                 ),
                 &allowed,
             ));
-        }
-        let text = v.get_ref().to_string();
-        if text.is_empty() || text.contains(char::is_whitespace) {
+            continue;
+        };
+        let checked = match v.get_ref() {
+            ArgValue::Bool(_) => Err(()),
+            other => arg.kind.check(&other.to_string()).map_err(|_| ()),
+        };
+        if checked.is_err() {
+            let want = match arg.kind.check("") {
+                Err(what) => what,
+                Ok(()) => "another value",
+            };
             diags.push(src.at(
                 v.span(),
                 format!(
-                    "argument `{}` has an empty value or contains whitespace",
-                    k.get_ref()
+                    "`{}` = {} is not allowed",
+                    arg.key,
+                    shown(&v.get_ref().quoted())
                 ),
-                "values go on the guest command line: one word each",
+                &format!("`{}` takes {want}", arg.key),
             ));
         }
     }
     for d in &t.devices {
-        validate_device(t, d, src, diags);
+        validate_device(m.machine_of(t), d, src, diags);
     }
 }
 
-fn validate_device(t: &Test, d: &Device, src: &SourceFile, diags: &mut Diagnostics) {
+/// The longest NVMe serial number (the Identify Controller SN field, ASCII).
+pub const MAX_SERIAL: usize = 20;
+
+fn validate_device(machine: MachineType, d: &Device, src: &SourceFile, diags: &mut Diagnostics) {
     match d.kind.get_ref() {
         DeviceKind::NvmeVf => {
-            if t.machine.is_some_and(|m| m != MachineType::Q35)
+            if machine != MachineType::Q35
                 || d.size.is_some()
                 || d.serial.is_some()
                 || d.sriov_max_vfs.is_some()
@@ -535,17 +813,28 @@ fn validate_device(t: &Test, d: &Device, src: &SourceFile, diags: &mut Diagnosti
                 diags.push(src.at(
                     d.kind.span(),
                     "an nvme-vf device takes no size, serial or sriov_max_vfs, and needs machine = \"q35\"".into(),
-                    "the VF is the host PF's; declare only kind = \"nvme-vf\"",
+                    "the VF is the host PF's; declare only kind = \"nvme-vf\" in a test on q35",
                 ));
             }
         }
         DeviceKind::Nvme => {
-            if t.machine == Some(MachineType::Microvm) {
+            if machine == MachineType::Microvm {
                 diags.push(src.at(
                     d.kind.span(),
-                    "an nvme device needs a PCI bus, and microvm has none here".into(),
-                    "use machine = \"q35\" for this test",
+                    "an nvme device needs a PCI bus, and microvm (this test's machine) has none here".into(),
+                    "set machine = \"q35\" on this test",
                 ));
+            }
+            if let Some(serial) = &d.serial {
+                let s = serial.get_ref();
+                if s.is_empty() || s.len() > MAX_SERIAL || !s.chars().all(|c| c.is_ascii_graphic())
+                {
+                    diags.push(src.at(
+                        serial.span(),
+                        format!("serial = \"{}\" is not an NVMe serial number", shown(s)),
+                        "1 to 20 printable ASCII characters, no spaces (the controller's SN field)",
+                    ));
+                }
             }
             if let Some(size) = &d.size {
                 let b = size.get_ref().bytes();
@@ -565,11 +854,11 @@ fn validate_device(t: &Test, d: &Device, src: &SourceFile, diags: &mut Diagnosti
                         "allowed: 0 to 127 (QEMU's nvme limit)",
                     ));
                 }
-                if *vfs.get_ref() > 0 && t.machine != Some(MachineType::Q35) {
+                if *vfs.get_ref() > 0 && machine != MachineType::Q35 {
                     diags.push(src.at(
                         vfs.span(),
                         "an SR-IOV NVMe needs PCI Express".into(),
-                        "set machine = \"q35\" on this test",
+                        "set machine = \"q35\" on this test or in [defaults]",
                     ));
                 }
             }
@@ -704,6 +993,32 @@ mod tests {
     fn guest_and_host_checks_do_not_mix() {
         let e = errors("[[test]]\nname = \"a\"\nchecks = [\"vfio.env\", \"boot.smoke\"]\n");
         assert!(e[0].contains("not both"), "{e:?}");
+    }
+
+    #[test]
+    fn every_type_error_is_reported_and_the_rest_still_checked() {
+        let e = errors(
+            "[[test]]\nname = \"a\"\nchecks = \"boot.smoke\"\nsmp = \"two\"\ntimout = 1\n\
+             [[test]]\nname = 5\nchecks = [\"boot.smoke\"]\n\
+             [[test]]\nchecks = [\"boot.smoke\"]\n\
+             [[test]]\nname = \"d\"\nchecks = [\"boot.smok\"]\n",
+        );
+        let at: Vec<&str> = e.iter().map(|e| e.split(' ').next().unwrap()).collect();
+        // A test left out for its bad name is not also missing a name, and
+        // the fourth test is still checked.
+        assert_eq!(
+            at,
+            [
+                "m.toml:3:10:",
+                "m.toml:4:7:",
+                "m.toml:5:1:",
+                "m.toml:7:8:",
+                "m.toml:9:1:",
+                "m.toml:13:11:"
+            ],
+            "{e:#?}"
+        );
+        assert!(e[4].contains("missing field `name`"), "{}", e[4]);
     }
 
     #[test]

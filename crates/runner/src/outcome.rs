@@ -234,6 +234,37 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// Whether some text that starts with `prefix` matches the glob `pattern`.
+pub fn glob_prefix(pattern: &str, prefix: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    // The pattern positions reachable after reading the prefix so far.
+    let close = |set: &mut Vec<bool>| {
+        for i in 0..p.len() {
+            if set[i] && p[i] == '*' {
+                set[i + 1] = true;
+            }
+        }
+    };
+    let mut at = vec![false; p.len() + 1];
+    at[0] = true;
+    close(&mut at);
+    for c in prefix.chars() {
+        let mut next = vec![false; p.len() + 1];
+        for i in (0..p.len()).filter(|&i| at[i]) {
+            match p[i] {
+                '*' => next[i] = true,
+                '?' => next[i + 1] = true,
+                x if x == c => next[i + 1] = true,
+                _ => {}
+            }
+        }
+        close(&mut next);
+        at = next;
+    }
+    // Whatever pattern is left can always be completed.
+    at.contains(&true)
+}
+
 /// An expectation that applies to this test in this environment.
 pub struct Expect<'a> {
     pub result: &'a str,
@@ -424,5 +455,13 @@ mod tests {
         assert!(!glob("cr.*: bit ?0", "cr.arch: bit 41"));
         assert!(glob("a*b*c", "aXXbYYc"));
         assert!(!glob("a*b", "a"));
+        assert!(glob_prefix(
+            "cr.arch.cr0-reserved: bit-*: fault",
+            "cr.arch.cr0-reserved: "
+        ));
+        assert!(glob_prefix("*: pke", "nvme.rw: "));
+        assert!(glob_prefix("nvme.*", "nvme.rw: "));
+        assert!(!glob_prefix("nvme.rx: *", "nvme.rw: "));
+        assert!(!glob_prefix("boot.smoke", "boot.smoke: "));
     }
 }

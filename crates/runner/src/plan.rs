@@ -245,7 +245,11 @@ pub fn plan(
                                     .unwrap_or(ByteSize::mib(16)),
                             });
                             devices.push(VmDevice::Nvme {
-                                serial: dev.serial.clone().unwrap_or_else(|| format!("ukci-{i}")),
+                                serial: dev
+                                    .serial
+                                    .as_ref()
+                                    .map(|s| s.get_ref().clone())
+                                    .unwrap_or_else(|| format!("ukci-{i}")),
                                 image: path,
                                 sriov_max_vfs: dev
                                     .sriov_max_vfs
@@ -281,9 +285,11 @@ pub fn plan(
                 let expects = m
                     .expectations
                     .iter()
-                    .filter(|e| glob(&e.test, t.name.get_ref()) && e.when.check(&env).is_ok())
+                    .filter(|e| {
+                        glob(e.test.get_ref(), t.name.get_ref()) && e.when.check(&env).is_ok()
+                    })
                     .map(|e| PlannedExpect {
-                        result: e.result.clone(),
+                        result: e.result.get_ref().clone(),
                         known_bug: *e.outcome.get_ref() == ExpectedOutcome::Kfail,
                         reason: e.reason.get_ref().clone(),
                     })
@@ -341,12 +347,7 @@ fn decide(
     // it: the agent plans the test again there and decides on those.
     if env.virtual_host.is_some() {
         for req in [&m.requires, &t.requires] {
-            let known_here = crate::envmatch::EnvMatch {
-                qemu: req.qemu.clone(),
-                host_kernel: req.host_kernel.clone(),
-                ..Default::default()
-            };
-            if let Err(why) = known_here.check(env) {
+            if let Err(why) = req.before_boot().check(env) {
                 return Decision::Skip(why);
             }
         }
@@ -442,7 +443,7 @@ reason = "why"
         assert_eq!(p[1].vm.cpu, "host,-arch-capabilities");
         assert_eq!(
             p[1].decision,
-            Decision::Skip("needs QEMU >=11.0, this host has 10.0.2".into())
+            Decision::Skip("needs QEMU >=11.0, this run has 10.0.2".into())
         );
         assert!(p[1].expects.is_empty());
     }
@@ -531,7 +532,7 @@ requires = { host_kernel = ">=6.12" }
         );
         assert_eq!(
             p[1].decision,
-            Decision::Skip("needs host kernel >=6.12, this host runs 6.1.0-56-amd64".into())
+            Decision::Skip("needs host kernel >=6.12, this run has 6.1.0-56-amd64".into())
         );
         assert_eq!(p[3].decision, Decision::Run);
         assert_eq!(p[0].boot.as_ref().unwrap().topology.vfs, 4);

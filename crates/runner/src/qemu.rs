@@ -1,5 +1,6 @@
 //! Typed QEMU command lines. Every flag ukci passes to QEMU is added here,
-//! as separate arguments (never a shell string).
+//! as separate arguments (never a shell string); every option string is an
+//! [`Opts`], which escapes its values.
 
 use crate::manifest::MachineType;
 use crate::supervise::{self, Finished};
@@ -9,6 +10,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ukci_protocol::exit::{ISA_DEBUG_EXIT_PORT, ISA_DEBUG_EXIT_SIZE};
+use ukci_supervise::qemu_opts::Opts;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -103,11 +105,14 @@ impl VmConfig {
         let mut a = Args::default();
         let machine = match self.machine {
             // No legacy devices the guest does not use: faster start.
-            MachineType::Microvm => "microvm,pit=off,pic=off,rtc=off".to_string(),
-            m => m.qemu_name().to_string(),
+            MachineType::Microvm => Opts::new("microvm")
+                .set("pit", "off")
+                .set("pic", "off")
+                .set("rtc", "off"),
+            m => Opts::new(m.qemu_name()),
         };
         a.pair("-machine", machine);
-        a.pair("-accel", &self.accel);
+        a.pair("-accel", Opts::new(&self.accel));
         a.pair("-cpu", &self.cpu);
         a.pair("-m", format!("{}M", self.memory.mebibytes()));
         a.pair("-smp", self.smp.to_string());
@@ -118,9 +123,9 @@ impl VmConfig {
         a.pair("-monitor", "none");
         a.pair(
             "-device",
-            format!(
-                "isa-debug-exit,iobase={ISA_DEBUG_EXIT_PORT:#x},iosize={ISA_DEBUG_EXIT_SIZE:#x}"
-            ),
+            Opts::new("isa-debug-exit")
+                .set("iobase", format_args!("{ISA_DEBUG_EXIT_PORT:#x}"))
+                .set("iosize", format_args!("{ISA_DEBUG_EXIT_SIZE:#x}")),
         );
         for (i, d) in self.devices.iter().enumerate() {
             d.push_args(i, &mut a);
@@ -136,7 +141,7 @@ impl VmConfig {
                 if !self.append.is_empty() {
                     a.pair(
                         "-fw_cfg",
-                        format!("name={FW_CFG_CMDLINE},string={}", opt_value(&self.append)),
+                        Opts::pair("name", FW_CFG_CMDLINE).set("string", &self.append),
                     );
                 }
             }
@@ -157,47 +162,53 @@ impl VmDevice {
                 image,
                 sriov_max_vfs,
             } => {
+                let drive = format!("nvm{i}");
                 a.pair(
                     "-drive",
-                    format!("file={},if=none,id=nvm{i},format=raw", drive_path(image)),
+                    Opts::pair("file", image.display())
+                        .set("if", "none")
+                        .set("id", &drive)
+                        .set("format", "raw"),
                 );
                 if *sriov_max_vfs == 0 {
-                    a.pair("-device", format!("nvme,serial={serial},drive=nvm{i}"));
+                    a.pair(
+                        "-device",
+                        Opts::new("nvme").set("serial", serial).set("drive", &drive),
+                    );
                 } else {
                     // QEMU 10.0 maps an SR-IOV PF's VF BARs wrongly on the root
                     // bus; behind a root port the VF BARs work.
                     let vfs = u32::from(*sriov_max_vfs);
+                    let (port, subsys) = (format!("rp{i}"), format!("subsys{i}"));
                     a.pair(
                         "-device",
-                        format!("pcie-root-port,id=rp{i},chassis={},slot={i}", i + 1),
+                        Opts::new("pcie-root-port")
+                            .set("id", &port)
+                            .set("chassis", i + 1)
+                            .set("slot", i),
                     );
-                    a.pair("-device", format!("nvme-subsys,id=subsys{i}"));
+                    a.pair("-device", Opts::new("nvme-subsys").set("id", &subsys));
                     a.pair(
                         "-device",
-                        format!(
-                            "nvme,id=nvme{i},serial={serial},subsys=subsys{i},bus=rp{i},\
-                             sriov_max_vfs={vfs},sriov_vq_flexible={vq},sriov_vi_flexible={vfs},\
-                             max_ioqpairs={qp},msix_qsize={msix}",
-                            vq = 2 * vfs,
-                            qp = 2 * vfs + 4,
-                            msix = vfs + 8,
-                        ),
+                        Opts::new("nvme")
+                            .set("id", format_args!("nvme{i}"))
+                            .set("serial", serial)
+                            .set("subsys", &subsys)
+                            .set("bus", &port)
+                            .set("sriov_max_vfs", vfs)
+                            .set("sriov_vq_flexible", 2 * vfs)
+                            .set("sriov_vi_flexible", vfs)
+                            .set("max_ioqpairs", 2 * vfs + 4)
+                            .set("msix_qsize", vfs + 8),
                     );
-                    a.pair("-device", format!("nvme-ns,drive=nvm{i},nsid=1"));
+                    a.pair(
+                        "-device",
+                        Opts::new("nvme-ns").set("drive", &drive).set("nsid", 1),
+                    );
                 }
             }
         }
     }
-}
-
-/// A path for a `-drive file=` value, where a comma must be doubled.
-fn drive_path(p: &Path) -> String {
-    opt_value(&p.display().to_string())
-}
-
-/// A value inside a QEMU `key=value,...` option: a comma is doubled.
-fn opt_value(v: &str) -> String {
-    v.replace(',', ",,")
 }
 
 #[derive(Default)]
@@ -310,6 +321,32 @@ mod tests {
             ),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_serial_with_commas_reaches_qemu_as_one_value() {
+        let serial = "inj,logical_block_size=4096,physical_block_size=4096";
+        for vfs in [0, 2] {
+            let mut v = vm();
+            v.devices.push(VmDevice::Nvme {
+                serial: serial.into(),
+                image: "/s/a.img".into(),
+                sriov_max_vfs: vfs,
+            });
+            let args = v.args();
+            let nvme = args
+                .iter()
+                .filter_map(|a| a.to_str())
+                .find(|a| a.starts_with("nvme,"))
+                .unwrap();
+            let (_, pairs) = ukci_supervise::qemu_opts::split(nvme);
+            let got: Vec<&str> = pairs
+                .iter()
+                .filter(|(k, _)| k == "serial" || k.contains("block_size"))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(got, [serial], "{nvme}");
+        }
     }
 
     #[test]

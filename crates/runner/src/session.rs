@@ -118,6 +118,21 @@ pub fn auto_accel(
     }
 }
 
+/// A kernel that does not resolve: what and where, and the exit status
+/// (`USAGE` for a `--kernel`, `MANIFEST` for a manifest's `lane.kernels`),
+/// the same for every command.
+#[derive(Debug)]
+pub struct KernelError {
+    pub message: String,
+    pub code: i32,
+}
+
+impl std::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Resolves (fetching once, then from the cache) every kernel the virtual
 /// suites of this run boot. Fails fast, before anything boots, with what is
 /// wrong and where it was named.
@@ -125,7 +140,7 @@ pub fn resolve_kernels(
     layout: &Layout,
     manifests: &[Manifest],
     opts: &PlanOptions,
-) -> Result<BTreeMap<String, Kernel>, String> {
+) -> Result<BTreeMap<String, Kernel>, KernelError> {
     let store = KernelStore::new(&layout.images());
     let mut out = BTreeMap::new();
     for m in manifests.iter().filter(|m| m.is_virtual()) {
@@ -133,15 +148,33 @@ pub fn resolve_kernels(
             if out.contains_key(&name) {
                 continue;
             }
-            let whence = if opts.kernels.is_empty() {
-                format!("{} (lane.kernels)", m.path.display())
-            } else {
-                "--kernel".to_string()
+            let fail = |what: String| {
+                let declared = m
+                    .lane
+                    .iter()
+                    .flat_map(|l| &l.kernels)
+                    .find(|k| *k.get_ref() == name);
+                match declared {
+                    Some(k) if opts.kernels.is_empty() => KernelError {
+                        message: m
+                            .at(
+                                k.span(),
+                                what,
+                                "a kernel is `debian:<major.minor>` of a Debian release ukci knows, or `dir:<path>`",
+                            )
+                            .to_string(),
+                        code: exitcode::MANIFEST,
+                    },
+                    _ => KernelError {
+                        message: format!("--kernel: {what}"),
+                        code: exitcode::USAGE,
+                    },
+                }
             };
-            let spec = KernelSpec::parse(&name).map_err(|e| format!("{whence}: {e}"))?;
+            let spec = KernelSpec::parse(&name).map_err(|e| fail(e.to_string()))?;
             let k = store
                 .get(&spec, Refresh::IfMissing)
-                .map_err(|e| format!("{whence}: kernel `{name}`: {e}"))?;
+                .map_err(|e| fail(format!("kernel `{name}`: {e}")))?;
             out.insert(name, k);
         }
     }
@@ -192,7 +225,9 @@ impl Restored {
 /// journal recorded, touching only the PF the host config names.
 pub fn restore(layout: &Layout) -> Restored {
     let config = layout.host_config();
-    let (pf, _) = hostcheck::local_pf(&config);
+    // A host config that does not read names no PF: entries for it are
+    // then kept and reported, never replayed unguarded.
+    let pf = hostcheck::local_pf(&config).ok().and_then(|(pf, _)| pf);
     restore_with(
         ukci_vfio::Sysfs::system(),
         &layout.journal(),
@@ -263,6 +298,13 @@ fn restore_with(
 
 /// Runs the tests and writes the reports; returns the exit status.
 pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) -> i32 {
+    let (pf, pf_source) = match hostcheck::local_pf(&layout.host_config()) {
+        Ok(pf) => pf,
+        Err(d) => {
+            eprint!("{d}");
+            return exitcode::MANIFEST;
+        }
+    };
     if layout.journal().exists() {
         match restore(layout) {
             Restored::Done(m) => eprintln!("{m}"),
@@ -285,11 +327,7 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
         Ok(k) => popts.resolved = k,
         Err(e) => {
             eprintln!("error: {e}");
-            return if opts.kernels.is_empty() {
-                exitcode::MANIFEST
-            } else {
-                exitcode::USAGE
-            };
+            return e.code;
         }
     }
     let plan = make_plan(layout, manifests, &popts);
@@ -301,7 +339,6 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
     let dir = layout.reports().join(&run_name);
     let mut runs: Vec<Option<TestRun>> = vec![None; plan.len()];
     let mut term = terminal::Terminal::new(&plan);
-    let (pf, pf_source) = hostcheck::local_pf(&layout.host_config());
     let lane = LaneContext {
         images: layout.images(),
         results: dir.join("vhost"),

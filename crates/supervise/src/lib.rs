@@ -4,6 +4,8 @@
 //! every live group) and the runner's own death (the kernel's parent-death
 //! signal).
 
+pub mod qemu_opts;
+
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};

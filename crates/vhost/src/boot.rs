@@ -24,6 +24,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+use ukci_supervise::qemu_opts::Opts;
 use ukci_supervise::{self as supervise, End};
 
 use crate::marker;
@@ -76,8 +77,13 @@ impl Topology {
         }
     }
 
-    /// QEMU's realize-time constraints, checked before QEMU is started so
-    /// the message says which field to change.
+    /// Namespaces in the subsystem: each is a file and a `-drive`.
+    pub const MAX_NAMESPACES: u32 = 16;
+    /// A namespace's backing file is created for every boot.
+    pub const MAX_NAMESPACE_BYTES: u64 = 4 << 30;
+
+    /// QEMU's realize-time constraints and ukci's bounds, checked before
+    /// QEMU is started so the message says which field to change.
     pub fn validate(&self) -> Result<(), String> {
         let vfs = u32::from(self.vfs);
         let checks = [
@@ -115,12 +121,13 @@ impl Topology {
                 ),
             ),
             (
-                self.namespaces >= 1,
-                "namespaces must be at least 1".to_owned(),
+                (1..=Self::MAX_NAMESPACES).contains(&self.namespaces),
+                format!("namespaces must be from 1 to {}", Self::MAX_NAMESPACES),
             ),
             (
-                self.namespace_bytes >= 1 << 20 && self.namespace_bytes.is_multiple_of(4096),
-                "namespace_bytes must be a multiple of 4096 and at least 1 MiB".to_owned(),
+                (1 << 20..=Self::MAX_NAMESPACE_BYTES).contains(&self.namespace_bytes)
+                    && self.namespace_bytes.is_multiple_of(4096),
+                "namespace_size must be a multiple of 4K from 1M to 4G".to_owned(),
             ),
         ];
         match checks.into_iter().find(|(ok, _)| !ok) {
@@ -242,16 +249,14 @@ pub fn kernel_cmdline(cfg: &BootConfig) -> String {
     words.join(" ")
 }
 
-/// Escapes a value for a QEMU `key=value,...` option list.
-pub fn qemu_opt_value(v: &Path) -> String {
-    v.to_string_lossy().replace(',', ",,")
-}
-
 /// The QEMU arguments (without the program).
 pub fn qemu_args(cfg: &BootConfig) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&["-name", &format!("ukci-vhost {}", cfg.name)]);
+    push(&[
+        "-name",
+        Opts::new(format_args!("ukci-vhost {}", cfg.name)).as_str(),
+    ]);
     match cfg.accel {
         // One TCG thread runs both vCPUs in turn. Multi-threaded TCG raced
         // here: QEMU 10.0.2 aborted in iotlb_to_section while the host
@@ -305,42 +310,66 @@ pub fn qemu_args(cfg: &BootConfig) -> Vec<OsString> {
     // The PF sits behind a root port: on pcie.0 QEMU 10.0 maps the 64-bit VF
     // BAR as 32-bit and the VFs' registers read 0.
     let t = &cfg.topology;
-    push(&[
+    let mut push = |flag: &str, o: Opts| a.extend([flag.into(), o.into()]);
+    push(
         "-device",
-        "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
-    ]);
-    push(&["-device", "nvme-subsys,id=subsys0,nqn=ukci-vhost"]);
-    push(&[
+        Opts::new("pcie-root-port")
+            .set("id", "rp1")
+            .set("bus", "pcie.0")
+            .set("chassis", 1)
+            .set("slot", 1),
+    );
+    push(
         "-device",
-        &format!(
-            "nvme,id=nvme0,bus=rp1,serial=ukci0001,subsys=subsys0,max_ioqpairs={},msix_qsize={},\
-             sriov_max_vfs={},sriov_vq_flexible={},sriov_vi_flexible={}",
-            t.max_ioqpairs, t.msix_qsize, t.vfs, t.vq_flexible, t.vi_flexible
-        ),
-    ]);
+        Opts::new("nvme-subsys")
+            .set("id", "subsys0")
+            .set("nqn", "ukci-vhost"),
+    );
+    push(
+        "-device",
+        Opts::new("nvme")
+            .set("id", "nvme0")
+            .set("bus", "rp1")
+            .set("serial", "ukci0001")
+            .set("subsys", "subsys0")
+            .set("max_ioqpairs", t.max_ioqpairs)
+            .set("msix_qsize", t.msix_qsize)
+            .set("sriov_max_vfs", t.vfs)
+            .set("sriov_vq_flexible", t.vq_flexible)
+            .set("sriov_vi_flexible", t.vi_flexible),
+    );
     for n in 1..=t.namespaces {
-        push(&[
+        let drive = format!("ns{n}");
+        push(
             "-drive",
-            &format!(
-                "file={},if=none,id=ns{n},format=raw",
-                qemu_opt_value(&cfg.namespace_image(n))
-            ),
+            Opts::pair("file", cfg.namespace_image(n).display())
+                .set("if", "none")
+                .set("id", &drive)
+                .set("format", "raw"),
+        );
+        push(
             "-device",
-            &format!("nvme-ns,drive=ns{n},bus=nvme0,nsid={n}"),
-        ]);
+            Opts::new("nvme-ns")
+                .set("drive", &drive)
+                .set("bus", "nvme0")
+                .set("nsid", n),
+        );
     }
-    push(&[
+    push(
         "-virtfs",
-        &format!(
-            "local,path={},mount_tag=hostroot,security_model=none,readonly=on",
-            qemu_opt_value(&cfg.host_root)
-        ),
+        Opts::new("local")
+            .set("path", cfg.host_root.display())
+            .set("mount_tag", "hostroot")
+            .set("security_model", "none")
+            .set("readonly", "on"),
+    );
+    push(
         "-virtfs",
-        &format!(
-            "local,path={},mount_tag=results,security_model=none",
-            qemu_opt_value(&cfg.results_dir)
-        ),
-    ]);
+        Opts::new("local")
+            .set("path", cfg.results_dir.display())
+            .set("mount_tag", "results")
+            .set("security_model", "none"),
+    );
     a
 }
 

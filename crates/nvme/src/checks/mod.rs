@@ -31,7 +31,7 @@ use crate::identify::NamespaceData;
 use crate::{PAGE_SIZE, queue::IoQueue};
 use core::fmt::{self, Write};
 use ukci_protocol::Reporter;
-use ukci_protocol::catalogue::Cmdline;
+use ukci_protocol::catalogue::{self, Cmdline};
 
 /// The check names, as in the catalogue.
 pub const NAMES: [&str; 4] = ["nvme.identify", "nvme.rw", "nvme.queues", "nvme.errors"];
@@ -40,10 +40,10 @@ pub const NAMES: [&str; 4] = ["nvme.identify", "nvme.rw", "nvme.queues", "nvme.e
 pub const BENCH: &str = "nvme.bench";
 
 /// Command-line keys these checks read.
-pub const ARG_BDF: &str = "nvme.bdf";
-pub const ARG_NSID: &str = "nvme.nsid";
-pub const ARG_MAX_BYTES: &str = "nvme.max-bytes";
-pub const ARG_QUEUES: &str = "nvme.queues";
+pub const ARG_BDF: &str = catalogue::NVME_BDF.key;
+pub const ARG_NSID: &str = catalogue::NVME_NSID.key;
+pub const ARG_MAX_BYTES: &str = catalogue::NVME_MAX_BYTES.key;
+pub const ARG_QUEUES: &str = catalogue::NVME_QUEUES.key;
 
 /// A PCI address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,18 +56,8 @@ pub struct Bdf {
 impl Bdf {
     /// `bb:dd.f` (hex), optionally with a `0000:` segment in front.
     pub fn parse(s: &str) -> Option<Bdf> {
-        let s = match s.split_once(':') {
-            Some((seg, rest)) if rest.contains(':') && seg.len() == 4 => rest,
-            _ => s,
-        };
-        let (bus, rest) = s.split_once(':')?;
-        let (dev, func) = rest.split_once('.')?;
-        let bdf = Bdf {
-            bus: u8::from_str_radix(bus, 16).ok()?,
-            dev: u8::from_str_radix(dev, 16).ok()?,
-            func: u8::from_str_radix(func, 16).ok()?,
-        };
-        (bdf.dev < 32 && bdf.func < 8).then_some(bdf)
+        let (bus, dev, func) = catalogue::pci_address(s)?;
+        Some(Bdf { bus, dev, func })
     }
 }
 
@@ -481,13 +471,16 @@ mod tests {
             let check =
                 ukci_protocol::catalogue::find(name).unwrap_or_else(|| panic!("{name} missing"));
             for key in [ARG_BDF, ARG_NSID] {
-                assert!(check.args.contains(&key), "{name} lacks {key}");
+                assert!(
+                    check.args.iter().any(|a| a.key == key),
+                    "{name} lacks {key}"
+                );
             }
         }
         let args = |name| ukci_protocol::catalogue::find(name).unwrap().args;
-        assert!(args("nvme.rw").contains(&ARG_MAX_BYTES));
-        assert!(args(BENCH).contains(&ARG_MAX_BYTES));
-        assert!(args("nvme.queues").contains(&ARG_QUEUES));
+        assert!(args("nvme.rw").contains(&catalogue::NVME_MAX_BYTES));
+        assert!(args(BENCH).contains(&catalogue::NVME_MAX_BYTES));
+        assert!(args("nvme.queues").contains(&catalogue::NVME_QUEUES));
     }
 
     #[test]
