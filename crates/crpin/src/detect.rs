@@ -79,7 +79,7 @@ impl fmt::Display for Absent {
                 }
                 if v == 0 {
                     // Say why 0 is not taken as "present with nothing allowed".
-                    f.write_str("; a read of 0 is not the ABI (TCG returns 0 for unknown MSRs)")?;
+                    f.write_str("; a read of 0 is not the ABI (TCG returns 0 for unknown MSRs; KVM reads 0x4b564d07 as MSR_KVM_ASYNC_PF_ACK, always 0)")?;
                 }
                 Ok(())
             }

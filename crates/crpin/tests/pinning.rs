@@ -60,7 +60,7 @@ fn no_pinning_is_a_skip_with_the_reads_that_decided_it() {
         r.reason.as_deref(),
         Some(
             "no CR pinning ABI: rdmsr 0x4b564d09 raised #GP(0); rdmsr 0x4b564d07 returned 0x0, \
-             not the RFC v1/v2 allowed mask 0x300800; a read of 0 is not the ABI (TCG returns 0 for unknown MSRs)"
+             not the RFC v1/v2 allowed mask 0x300800; a read of 0 is not the ABI (TCG returns 0 for unknown MSRs; KVM reads 0x4b564d07 as MSR_KVM_ASYNC_PF_ACK, always 0)"
         )
     );
     assert!(
@@ -82,7 +82,7 @@ fn an_msr_that_reads_zero_under_tcg_is_not_the_abi() {
     assert_eq!(
         v3.to_string(),
         "rdmsr 0x4b564d09 returned 0x0, not the v3 allowed mask 0x300800 (or 0x310800 with FSGSBASE); \
-         a read of 0 is not the ABI (TCG returns 0 for unknown MSRs)"
+         a read of 0 is not the ABI (TCG returns 0 for unknown MSRs; KVM reads 0x4b564d07 as MSR_KVM_ASYNC_PF_ACK, always 0)"
     );
     let o = run(DETECT, &mut m);
     assert!(
@@ -244,13 +244,13 @@ fn v3_checks_skip_with_the_reason_without_v3() {
             Pinning::V2,
             Accel::Kvm,
             "rdmsr 0x4b564d09 returned 0x0, not the v3 allowed mask 0x300800 (or 0x310800 with FSGSBASE); \
-             a read of 0 is not the ABI (TCG returns 0 for unknown MSRs)",
+             a read of 0 is not the ABI (TCG returns 0 for unknown MSRs; KVM reads 0x4b564d07 as MSR_KVM_ASYNC_PF_ACK, always 0)",
         ),
         (
             Pinning::None,
             Accel::Tcg,
             "rdmsr 0x4b564d09 returned 0x0, not the v3 allowed mask 0x300800 (or 0x310800 with FSGSBASE); \
-             a read of 0 is not the ABI (TCG returns 0 for unknown MSRs)",
+             a read of 0 is not the ABI (TCG returns 0 for unknown MSRs; KVM reads 0x4b564d07 as MSR_KVM_ASYNC_PF_ACK, always 0)",
         ),
     ] {
         for (check, name) in [(HIGH, "cr-pin.v3.high"), (LOW, "cr-pin.v3.low")] {
@@ -466,7 +466,7 @@ fn v1_check_skips_without_the_rfc_abi() {
     assert_eq!(
         o.assert_skipped("cr-pin.v1"),
         "rdmsr 0x4b564d07 returned 0x0, not the RFC v1/v2 allowed mask 0x300800; \
-         a read of 0 is not the ABI (TCG returns 0 for unknown MSRs)"
+         a read of 0 is not the ABI (TCG returns 0 for unknown MSRs; KVM reads 0x4b564d07 as MSR_KVM_ASYNC_PF_ACK, always 0)"
     );
     let o = run(V1, &mut Machine::new(Pinning::None).accel(Accel::PvmLike));
     assert!(
