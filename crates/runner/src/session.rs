@@ -30,6 +30,11 @@ impl Layout {
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
     }
+    /// The per-user cache every checkout shares: host kernels, initramfs
+    /// images, the private apt lists.
+    pub fn cache(&self) -> PathBuf {
+        ukci_vhost::cache::user_dir()
+    }
     pub fn reports(&self) -> PathBuf {
         self.reports
             .clone()
@@ -124,7 +129,7 @@ pub fn resolve_kernels(
     manifests: &[Manifest],
     opts: &PlanOptions,
 ) -> Result<BTreeMap<String, Kernel>, String> {
-    let store = KernelStore::new(&layout.images());
+    let store = KernelStore::new(&layout.cache());
     let mut out = BTreeMap::new();
     for m in manifests.iter().filter(|m| m.is_virtual()) {
         for name in opts.kernels_for(m) {
@@ -138,7 +143,7 @@ pub fn resolve_kernels(
             };
             let spec = KernelSpec::parse(&name).map_err(|e| format!("{whence}: {e}"))?;
             let k = store
-                .get(&spec, Refresh::IfMissing)
+                .get(&spec, Refresh::IfStale)
                 .map_err(|e| format!("{whence}: kernel `{name}`: {e}"))?;
             out.insert(name, k);
         }
@@ -232,6 +237,7 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
     let (pf, pf_source) = hostcheck::local_pf(&layout.host_config());
     let lane = LaneContext {
         images: layout.images(),
+        cache: layout.cache(),
         results: dir.join("vhost"),
         agent: lane::runner_binary(),
         host: HostContext {
@@ -324,6 +330,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
     let pf = std::env::var(lane::PF_ENV).ok();
     let lane_ctx = LaneContext {
         images: layout.images(),
+        cache: layout.cache(),
         results: results.to_path_buf(),
         agent: PathBuf::new(),
         host: HostContext {
