@@ -27,3 +27,7 @@ bench *args:
 # Build the guest image into images/.
 build:
     cargo xtask build
+
+# Empty the per-user cache of host kernels and initramfs images (~/.cache/ukci).
+clean-cache:
+    cargo xtask clean-cache

@@ -10,7 +10,7 @@ use ukci_vhost::boot::{self, Agent, BootConfig};
 use ukci_vhost::initramfs::{self, InitramfsSpec};
 use ukci_vhost::kernel::{KernelSpec, KernelStore, Refresh};
 
-pub const KERNELS: &[&str] = &["debian:6.12", "debian:6.1"];
+pub const KERNELS: &[&str] = &["debian:6.1", "debian:6.12", "debian:6.18", "debian:7.3"];
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -34,13 +34,13 @@ pub fn run(layout: &Layout, boots: usize) -> Result<()> {
         let spec = KernelSpec::parse(name)?;
         // A fresh cache for the first fetch and build; the real one after.
         let first = KernelStore::new(&fresh);
-        let (k, fetch_first) = timed(|| first.get(&spec, Refresh::IfMissing));
+        let (k, fetch_first) = timed(|| first.get(&spec, Refresh::IfStale));
         let k = k?;
         let (_, initrd_first) = timed(|| initramfs::build(&fresh, &k, &InitramfsSpec::default()));
-        let images = layout.images();
+        let images = layout.cache();
         let store = KernelStore::new(&images);
-        store.get(&spec, Refresh::IfMissing)?;
-        let (kernel, fetch_cached) = timed(|| store.get(&spec, Refresh::IfMissing));
+        store.get(&spec, Refresh::IfStale)?;
+        let (kernel, fetch_cached) = timed(|| store.get(&spec, Refresh::IfStale));
         let kernel = kernel?;
         initramfs::build(&images, &kernel, &InitramfsSpec::default())?;
         let (initrd, initrd_cached) =

@@ -104,6 +104,10 @@ enum Cmd {
         /// Manifests to use (default: every manifests/*.toml).
         paths: Vec<PathBuf>,
     },
+    /// Empty the per-user cache of host kernels, initramfs images and
+    /// Debian package lists ($XDG_CACHE_HOME/ukci, default ~/.cache/ukci),
+    /// which every checkout shares; not while a run uses it.
+    CleanCache,
     /// Put back devices a crashed run left changed, as the restore journal
     /// recorded them (every run does this first by itself).
     Restore,
@@ -224,6 +228,7 @@ fn run(cli: Cli) -> i32 {
         Cmd::Ci => ci::run(&layout),
         Cmd::Bench { runs } => bench::run(&layout, runs),
         Cmd::Matrix { paths } => Ok(matrix(&layout, paths)),
+        Cmd::CleanCache => Ok(clean_cache(&layout)),
         Cmd::Restore => {
             let r = session::restore(&layout);
             match &r {
@@ -265,6 +270,33 @@ fn matrix(layout: &Layout, paths: Vec<PathBuf>) -> i32 {
             exitcode::MANIFEST
         }
     }
+}
+
+fn clean_cache(layout: &Layout) -> i32 {
+    use ukci_vhost::cache;
+    // Checkouts from before the shared cache kept kernels in their images/.
+    let places = [
+        layout.cache(),
+        layout.images().join("kernels"),
+        layout.images().join("initramfs"),
+    ];
+    let mut freed = 0;
+    let mut status = exitcode::OK;
+    for place in &places {
+        match cache::remove(place) {
+            Ok(n) => freed += n,
+            Err(e) => {
+                eprintln!("error: cannot remove {}: {e}", place.display());
+                status = exitcode::HOST;
+            }
+        }
+    }
+    println!(
+        "freed {} ({})",
+        cache::human_size(freed),
+        places[0].display()
+    );
+    status
 }
 
 fn cores() -> usize {

@@ -180,6 +180,9 @@ impl WireRun {
 #[derive(Clone, Debug, Default)]
 pub struct LaneContext {
     pub images: PathBuf,
+    /// The per-user cache of host kernels and initramfs images
+    /// ([`ukci_vhost::cache::user_dir`]).
+    pub cache: PathBuf,
     /// `reports/<run>/vhost`: one results folder per boot below it.
     pub results: PathBuf,
     /// This runner's own binary, started as the agent inside the host.
@@ -245,7 +248,7 @@ pub fn wrong_kernel(planned: &str, booted: &str) -> Option<SubResult> {
         name: "host.kernel".into(),
         outcome: Outcome::Error(format!(
             "the virtual host runs kernel `{booted}` (uname -r), the plan expected `{planned}`: \
-             remove its cached kernel under images/kernels/ and run again"
+             run `cargo xtask clean-cache` and run again"
         )),
         detail: None,
     })
@@ -407,7 +410,7 @@ fn boot_and_run(
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)
         .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-    let initrd = initramfs::build(&ctx.images, &boot.kernel, &InitramfsSpec::default())
+    let initrd = initramfs::build(&ctx.cache, &boot.kernel, &InitramfsSpec::default())
         .map_err(|e| fail(format!("initramfs: {e}")))?;
     // The agent starts in another working directory.
     let manifest = std::fs::canonicalize(&boot.manifest)

@@ -668,7 +668,8 @@ fn validate_lane(lane: &Lane, src: &SourceFile, diags: &mut Diagnostics) {
             diags.push(src.at(
                 k.span(),
                 e.to_string(),
-                "a kernel is `debian:<major.minor>` (e.g. debian:6.12) or `dir:<path>`",
+                "a kernel is `debian:<major.minor>` (e.g. debian:6.12), `debian:<major.minor.patch>` \
+                 (e.g. debian:6.12.117) or `dir:<path>`",
             ));
         }
     }

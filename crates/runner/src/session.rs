@@ -31,6 +31,11 @@ impl Layout {
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
     }
+    /// The per-user cache every checkout shares: host kernels, initramfs
+    /// images, the private apt lists.
+    pub fn cache(&self) -> PathBuf {
+        ukci_vhost::cache::user_dir()
+    }
     pub fn reports(&self) -> PathBuf {
         self.reports
             .clone()
@@ -141,7 +146,7 @@ pub fn resolve_kernels(
     manifests: &[Manifest],
     opts: &PlanOptions,
 ) -> Result<BTreeMap<String, Kernel>, KernelError> {
-    let store = KernelStore::new(&layout.images());
+    let store = KernelStore::new(&layout.cache());
     let mut out = BTreeMap::new();
     for m in manifests.iter().filter(|m| m.is_virtual()) {
         for name in opts.kernels_for(m) {
@@ -173,7 +178,7 @@ pub fn resolve_kernels(
             };
             let spec = KernelSpec::parse(&name).map_err(|e| fail(e.to_string()))?;
             let k = store
-                .get(&spec, Refresh::IfMissing)
+                .get(&spec, Refresh::IfStale)
                 .map_err(|e| fail(format!("kernel `{name}`: {e}")))?;
             out.insert(name, k);
         }
@@ -341,6 +346,7 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
     let mut term = terminal::Terminal::new(&plan);
     let lane = LaneContext {
         images: layout.images(),
+        cache: layout.cache(),
         results: dir.join("vhost"),
         agent: lane::runner_binary(),
         host: HostContext {
@@ -475,6 +481,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
     let pf = std::env::var(lane::PF_ENV).ok();
     let lane_ctx = LaneContext {
         images: layout.images(),
+        cache: layout.cache(),
         results: results.to_path_buf(),
         agent: PathBuf::new(),
         host: HostContext {

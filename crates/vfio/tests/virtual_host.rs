@@ -18,9 +18,9 @@ use ukci_vhost::kernel::{Kernel, KernelSpec, KernelStore, Refresh};
 
 const PF: &str = "0000:01:00.0";
 
-fn images() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    fs::canonicalize(repo).unwrap().join("images")
+/// The per-user cache of kernels and initramfs images, as the runner uses it.
+fn cache() -> PathBuf {
+    ukci_vhost::cache::user_dir()
 }
 
 fn have(program: &str) -> bool {
@@ -34,12 +34,12 @@ fn debian(series: &str) -> Result<Kernel, String> {
         );
     }
     let spec = KernelSpec::parse(&format!("debian:{series}")).unwrap();
-    let store = KernelStore::new(&images());
+    let store = KernelStore::new(&cache());
     if !store.is_cached(&spec) && !have("apt-cache") {
         return Err(format!("{spec} is not cached and apt is not available"));
     }
     store
-        .get(&spec, Refresh::IfMissing)
+        .get(&spec, Refresh::IfStale)
         .map_err(|e| format!("debian:{series}: {e}"))
 }
 
@@ -142,7 +142,7 @@ fn lane(series: &str) {
     if !spec.modules.iter().any(|m| m.name == "nvme") {
         spec.modules.push(ModuleLoad::new("nvme"));
     }
-    let initrd = initramfs::build(&images(), &kernel, &spec).unwrap();
+    let initrd = initramfs::build(&cache(), &kernel, &spec).unwrap();
 
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("vfio-{series}-{}", std::process::id()));

@@ -4,10 +4,12 @@
 //! shares and runs the agent.
 //!
 //! The image is an uncompressed newc cpio: the kernel unpacks it without a
-//! decompressor, which is what costs time under TCG. It is cached under
-//! `<images>/initramfs/` keyed by the kernel's module tree, the module set, the
-//! init script and busybox; per-run settings (which agent, where the results
-//! go) are not in the image but in the results share (see [`crate::boot`]).
+//! decompressor, which is what costs time under TCG. It is cached in the
+//! per-user cache ([`crate::cache`]) under `initramfs/`, keyed by what goes
+//! into it: the kernel's module tree, the module set, the init script and
+//! busybox, so checkouts with different init scripts or module lists never
+//! share an image. Per-run settings (which agent, where the results go) are
+//! not in the image but in the results share (see [`crate::boot`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -15,6 +17,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use crate::cache::{self, EntryLock};
 use crate::kernel::Kernel;
 
 /// The `/init` of the virtual host (busybox sh). It reads the module list from
@@ -557,9 +560,12 @@ impl Fnv {
     }
 }
 
-/// Builds the image for `kernel`, or returns the cached one.
+/// Builds the image for `kernel` into `<cache_root>/initramfs/`, or returns
+/// the cached one. Runs building the same image at once wait for the first
+/// (a lock per image); each writes under its own temporary name and renames
+/// it into place, so a reader sees a whole image or none.
 pub fn build(
-    images_root: &Path,
+    cache_root: &Path,
     kernel: &Kernel,
     spec: &InitramfsSpec,
 ) -> Result<Initramfs, InitramfsError> {
@@ -606,22 +612,17 @@ pub fn build(
             .bytes(&mtime(&meta).to_le_bytes());
     }
 
-    let dir = images_root.join("initramfs");
+    let dir = cache_root.join("initramfs");
     let stem = format!("{}-{:016x}", kernel.release, h.0);
     let image = dir.join(format!("{stem}.cpio"));
     let order_file = dir.join(format!("{stem}.modules"));
-    if image.is_file()
-        && let Ok(list) = fs::read_to_string(&order_file)
-    {
-        return Ok(Initramfs {
-            path: image,
-            load_order: list
-                .lines()
-                .filter_map(|l| l.split(' ').next())
-                .map(str::to_owned)
-                .collect(),
-            cached: true,
-        });
+    if let Some(cached) = cached(&image, &order_file) {
+        return Ok(cached);
+    }
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let _lock = EntryLock::acquire(&image).map_err(io_err(&image))?;
+    if let Some(cached) = cached(&image, &order_file) {
+        return Ok(cached); // another run built it while this one waited
     }
 
     let busybox = fs::read(&spec.busybox).map_err(io_err(&spec.busybox))?;
@@ -671,8 +672,7 @@ pub fn build(
         .collect();
     let kvm_list = kvm_list(&kvm_order, &kvm_present, &kvm_absent);
 
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let tmp = dir.join(format!(".{stem}.{}.tmp", std::process::id()));
+    let tmp = cache::temp_path(&image);
     let write = || -> io::Result<()> {
         let out = io::BufWriter::new(fs::File::create(&tmp)?);
         let mut cpio = CpioWriter::new(out);
@@ -718,13 +718,37 @@ pub fn build(
             .map_err(|e| e.into_error())?
             .sync_all()
     };
-    write().map_err(io_err(&tmp))?;
-    fs::write(&order_file, &list).map_err(io_err(&order_file))?;
-    fs::rename(&tmp, &image).map_err(io_err(&image))?;
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    // The load order first: an image on disk always has its order beside it.
+    let placed = cache::write_atomic(&order_file, list.as_bytes())
+        .map_err(io_err(&order_file))
+        .and_then(|()| fs::rename(&tmp, &image).map_err(io_err(&image)));
+    if placed.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    placed?;
     Ok(Initramfs {
         path: image,
         load_order: order,
         cached: false,
+    })
+}
+
+/// The image at `image` with its load order from `order_file`, when both
+/// are there.
+fn cached(image: &Path, order_file: &Path) -> Option<Initramfs> {
+    let list = fs::read_to_string(order_file).ok()?;
+    image.is_file().then(|| Initramfs {
+        path: image.to_owned(),
+        load_order: list
+            .lines()
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_owned)
+            .collect(),
+        cached: true,
     })
 }
 
@@ -1076,6 +1100,62 @@ mod tests {
         assert!(
             msg.contains("`vfio_pci`") && msg.contains("6.9.0-fake"),
             "{msg}"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Suites of one run (threads) and runs on one machine (processes) that
+    /// need the same image at once: one builds it, the others wait and take it.
+    #[test]
+    fn concurrent_builds_of_one_image_share_it() {
+        let busybox = PathBuf::from("/bin/busybox");
+        if elf_is_dynamic(&fs::read(&busybox).unwrap_or_default()) != Some(false) {
+            return eprintln!("skipping: no static /bin/busybox (install busybox-static)");
+        }
+        let root =
+            std::env::temp_dir().join(format!("ukci-vhost-initrd-race-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let mods = root.join("lib/modules/6.9.0-race");
+        fs::create_dir_all(mods.join("kernel/fs")).unwrap();
+        fs::write(mods.join("kernel/fs/9p.ko"), b"\0depends=\0").unwrap();
+        let kernel = Kernel {
+            name: "dir:race".into(),
+            package: None,
+            version: None,
+            release: "6.9.0-race".into(),
+            vmlinuz: root.join("bzImage"),
+            modules_dir: mods,
+        };
+        let spec = InitramfsSpec {
+            busybox,
+            modules: vec![ModuleLoad::new("9p")],
+            kvm: vec![],
+            replacements: BTreeMap::new(),
+        };
+        let cache = root.join("cache");
+        let built: Vec<Initramfs> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| build(&cache, &kernel, &spec).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(built.iter().filter(|b| !b.cached).count(), 1, "{built:?}");
+        assert!(
+            built
+                .iter()
+                .all(|b| b.path == built[0].path && b.load_order == ["9p"])
+        );
+        read_cpio_file(&built[0].path).unwrap();
+        let mut left: Vec<String> = fs::read_dir(cache.join("initramfs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .map(|n| n.rsplit('.').next().unwrap().to_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["cpio", "lock", "modules"],
+            "no temporary file is left"
         );
         fs::remove_dir_all(&root).unwrap();
     }

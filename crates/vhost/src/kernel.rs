@@ -1,33 +1,53 @@
-//! Host kernels for the virtual lane: `debian:<series>` from the configured apt
-//! sources, or `dir:PATH` for a kernel the user built.
+//! Host kernels for the virtual lane: `debian:<series>` or
+//! `debian:<version>` from Debian's archive, or `dir:PATH` for a kernel the
+//! user built.
 //!
-//! A Debian kernel is resolved once (newest `linux-image-<abi>-amd64` of the
-//! series), downloaded with `apt-get download`, unpacked with `dpkg-deb -x`
-//! into `<images>/kernels/<package>_<version>/`, and the resolution is written
-//! next to it as `<images>/kernels/debian-<series>.resolved`. Later calls read
-//! that record and never run apt, until the caller asks for [`Refresh::Always`].
+//! Debian kernels are found through ukci's own apt configuration in the
+//! user's cache ([`crate::apt`]), in the suites `UKCI_DEBIAN_SUITES` names
+//! (default: bookworm and trixie with their updates, security fixes and
+//! backports). The lists are refreshed when older than a day, or once more
+//! when a kernel is not in them.
+//!
+//! A kernel is resolved (the highest Debian version of the series across the
+//! suites), downloaded with `apt-get download`, unpacked with `dpkg-deb -x`
+//! into `<cache>/kernels/<package>_<version>/`, and the resolution is written
+//! next to it as `<cache>/kernels/debian-<series>.resolved`. For a day that
+//! record answers without apt; an exact version's record answers for good.
 
-use std::cmp::Ordering;
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use crate::apt::{self, Apt, AptError, Candidate, SUITES_VAR, compare_versions, upstream_version};
+use crate::cache::{self, EntryLock};
 
 /// What the user asked for, e.g. on `--kernel`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelSpec {
-    /// `debian:6.12`: the newest Debian `linux-image-*-amd64` of that series.
-    Debian(Series),
+    /// `debian:6.12` (the newest of the series) or `debian:6.12.117` (that
+    /// upstream version).
+    Debian(DebianVersion),
     /// `dir:PATH`: a bzImage plus a `lib/modules/<release>` tree under PATH.
     Dir(PathBuf),
 }
 
 /// A kernel series, `major.minor` (`6.1`, `6.12`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Series {
     pub major: u32,
     pub minor: u32,
+}
+
+/// A Debian kernel as asked for: a series, or one upstream version of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DebianVersion {
+    pub series: Series,
+    /// The third number of `6.12.117`; `None` for the newest of the series.
+    pub patch: Option<u32>,
 }
 
 /// A kernel ready to boot.
@@ -44,16 +64,17 @@ pub struct Kernel {
     pub release: String,
     /// The bzImage to pass to `-kernel`.
     pub vmlinuz: PathBuf,
-    /// `lib/modules/<release>`.
+    /// `lib/modules/<release>` (or `usr/lib/modules/<release>`).
     pub modules_dir: PathBuf,
 }
 
 /// Whether to ask apt again for a kernel that is already cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Refresh {
-    /// Use the recorded resolution when its tree is still there (no apt at all).
+    /// Use the recorded resolution while it is fresh (a day for a series,
+    /// for good for an exact version) and its tree is there: no apt at all.
     #[default]
-    IfMissing,
+    IfStale,
     /// Resolve again through apt; download only when a newer package appeared.
     Always,
 }
@@ -61,24 +82,20 @@ pub enum Refresh {
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error(
-        "bad kernel name `{spec}`: {reason} (expected `debian:<major>.<minor>` such as `debian:6.12`, or `dir:PATH`)"
+        "bad kernel name `{spec}`: {reason} (expected `debian:<major>.<minor>` such as `debian:6.12`, \
+         `debian:<major>.<minor>.<patch>` such as `debian:6.12.117`, or `dir:PATH`)"
     )]
     BadSpec { spec: String, reason: String },
     #[error(
-        "no Debian kernel package for `{spec}` in the configured apt sources (looked for linux-image-{series}.*-amd64{found}); \
-         check the series, or run `apt-get update` and add the suite that carries it (6.12 is in bookworm-backports)"
+        "no Debian kernel for `{spec}` in the suites searched ({suites}); {found} (set {SUITES_VAR} to search other suites)"
     )]
     NoPackage {
         spec: String,
-        series: Series,
+        suites: String,
         found: String,
     },
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    #[error(transparent)]
+    Apt(#[from] AptError),
     #[error("kernel `{spec}`: {path}: {what}")]
     Layout {
         spec: String,
@@ -105,22 +122,39 @@ impl fmt::Display for Series {
     }
 }
 
-impl FromStr for Series {
+impl fmt::Display for DebianVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.patch {
+            Some(p) => write!(f, "{}.{p}", self.series),
+            None => write!(f, "{}", self.series),
+        }
+    }
+}
+
+impl FromStr for DebianVersion {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (major, minor) = s
-            .split_once('.')
-            .ok_or_else(|| format!("series `{s}` is not `major.minor`"))?;
-        let num = |p: &str| {
-            (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| p.parse::<u32>().ok())
-                .flatten()
-                .ok_or_else(|| format!("series `{s}` is not `major.minor`"))
-        };
-        Ok(Series {
-            major: num(major)?,
-            minor: num(minor)?,
-        })
+        let bad = || format!("`{s}` is not `major.minor` or `major.minor.patch`");
+        let nums = s
+            .split('.')
+            .map(|p| {
+                (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| p.parse::<u32>().ok())
+                    .flatten()
+            })
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(bad)?;
+        match nums[..] {
+            [major, minor] => Ok(DebianVersion {
+                series: Series { major, minor },
+                patch: None,
+            }),
+            [major, minor, patch] => Ok(DebianVersion {
+                series: Series { major, minor },
+                patch: Some(patch),
+            }),
+            _ => Err(bad()),
+        }
     }
 }
 
@@ -131,7 +165,7 @@ impl KernelSpec {
             reason,
         };
         match spec.split_once(':') {
-            Some(("debian", series)) => series.parse().map(KernelSpec::Debian).map_err(bad),
+            Some(("debian", v)) => v.parse().map(KernelSpec::Debian).map_err(bad),
             Some(("dir", "")) => Err(bad("`dir:` needs a path".into())),
             Some(("dir", path)) => Ok(KernelSpec::Dir(PathBuf::from(path))),
             Some((kind, _)) => Err(bad(format!("unknown provider `{kind}`"))),
@@ -143,7 +177,7 @@ impl KernelSpec {
 impl fmt::Display for KernelSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KernelSpec::Debian(s) => write!(f, "debian:{s}"),
+            KernelSpec::Debian(v) => write!(f, "debian:{v}"),
             KernelSpec::Dir(p) => write!(f, "dir:{}", p.display()),
         }
     }
@@ -164,8 +198,8 @@ impl FromStr for KernelSpec {
 /// and `rt` flavours, `-unsigned`, `-dbg`).
 ///
 /// Debian names the ABI differently per branch: `linux-image-6.1.0-56-amd64`
-/// (bookworm's own 6.1) and `linux-image-6.12.95+deb12-amd64` (6.12 backports
-/// and bookworm-security).
+/// (bookworm's own 6.1) and `linux-image-6.12.95+deb12-amd64` (6.12 and
+/// later, in backports, security and trixie).
 pub fn image_package_series(package: &str) -> Option<Series> {
     let abi = package
         .strip_prefix("linux-image-")?
@@ -196,106 +230,151 @@ pub fn release_of(package: &str) -> Option<&str> {
     package.strip_prefix("linux-image-")
 }
 
-/// Package names from `apt-cache search --names-only` output (`name - description`).
-pub fn parse_search(output: &str) -> Vec<String> {
-    output
-        .lines()
-        .filter_map(|l| l.split(" - ").next())
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(str::to_owned)
-        .collect()
+/// Why no candidate fits: what there is instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No image of the series at all; the series there are.
+    Series(Vec<Series>),
+    /// The series is there, not that version; the upstream versions there are.
+    Version(Vec<String>),
 }
 
-/// `(package, version)` pairs from `apt-cache madison` output
-/// (` name | version | uri suite/component arch Packages`); source entries are skipped.
-pub fn parse_madison(output: &str) -> Vec<(String, String)> {
-    output
-        .lines()
-        .filter_map(|l| {
-            let mut cols = l.split('|').map(str::trim);
-            let (name, version, origin) = (cols.next()?, cols.next()?, cols.next()?);
-            (origin.ends_with("Packages") && !name.is_empty() && !version.is_empty())
-                .then(|| (name.to_owned(), version.to_owned()))
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |items: Vec<String>| {
+            if items.is_empty() {
+                "none".to_owned()
+            } else {
+                items.join(", ")
+            }
+        };
+        match self {
+            Unavailable::Series(s) => write!(
+                f,
+                "series there: {}",
+                list(s.iter().map(Series::to_string).collect())
+            ),
+            Unavailable::Version(v) => {
+                write!(f, "versions of the series there: {}", list(v.clone()))
+            }
+        }
+    }
+}
+
+/// The candidate `want` means: among generic images of its series (and of
+/// its exact upstream version, if given), the highest Debian version across
+/// all suites. Versions, not names, decide: a 6.1 ABI number says nothing
+/// about the upstream version.
+pub fn choose(want: &DebianVersion, candidates: &[Candidate]) -> Result<Candidate, Unavailable> {
+    let images: Vec<(Series, &Candidate)> = candidates
+        .iter()
+        .filter_map(|c| Some((image_package_series(&c.package)?, c)))
+        .collect();
+    let exact = want.patch.map(|p| format!("{}.{p}", want.series));
+    let in_series = || {
+        images
+            .iter()
+            .filter(|(s, _)| *s == want.series)
+            .map(|(_, c)| *c)
+    };
+    if let Some(best) = in_series()
+        .filter(|c| {
+            exact
+                .as_deref()
+                .is_none_or(|e| upstream_version(&c.version) == e)
+        })
+        .max_by(|a, b| {
+            compare_versions(&a.version, &b.version).then_with(|| a.package.cmp(&b.package))
+        })
+    {
+        return Ok(best.clone());
+    }
+    if in_series().next().is_none() {
+        let series: BTreeSet<Series> = images.iter().map(|(s, _)| *s).collect();
+        return Err(Unavailable::Series(series.into_iter().collect()));
+    }
+    let mut versions: Vec<&str> = in_series().map(|c| upstream_version(&c.version)).collect();
+    versions.sort_by(|a, b| compare_versions(a, b));
+    versions.dedup();
+    Err(Unavailable::Version(
+        versions.into_iter().map(str::to_owned).collect(),
+    ))
+}
+
+/// The packages an image package needs unpacked beside it to be a whole
+/// kernel: its dependencies built from the same kernel, at the same version.
+/// From 6.19 `linux-image-<release>` is a meta package; the kernel is in
+/// `linux-binary-<release>`, the modules in `linux-modules-<release>` and
+/// `modules.builtin` in `linux-base-<release>`. `depends` is the image's
+/// `Depends:` field. (Not every name is a package in the archive: 6.18's
+/// image names a `linux-base-<release>` no suite has.)
+pub fn same_kernel_depends(depends: &str, release: &str, version: &str) -> Vec<String> {
+    let suffix = format!("-{release}");
+    depends
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.contains('|'))
+        .filter_map(|d| {
+            let (name, rest) = d.split_once('(').unwrap_or((d, ""));
+            let name = name.trim();
+            let pinned = rest
+                .trim_end_matches(')')
+                .trim()
+                .strip_prefix('=')
+                .is_some_and(|v| v.trim() == version);
+            (pinned && name.ends_with(&suffix)).then(|| name.to_owned())
         })
         .collect()
 }
 
-/// The newest package of `series` among `(package, version)` candidates,
-/// comparing Debian versions (not names: 6.1 ABI numbers say nothing about
-/// the upstream version).
-pub fn pick_newest(series: Series, candidates: &[(String, String)]) -> Option<(String, String)> {
-    candidates
+/// Where an unpacked Debian kernel keeps its image and modules, relative to
+/// the tree, in lookup order: `boot/` and `lib/modules/` up to 6.12,
+/// `usr/lib/modules/` from 6.16, and the image inside it from 6.19.
+fn debian_layouts(release: &str) -> ([String; 2], [String; 2]) {
+    (
+        [
+            format!("boot/vmlinuz-{release}"),
+            format!("usr/lib/modules/{release}/vmlinuz"),
+        ],
+        [
+            format!("lib/modules/{release}"),
+            format!("usr/lib/modules/{release}"),
+        ],
+    )
+}
+
+/// The kernel image and module tree of an unpacked Debian kernel, or what is
+/// missing (the path looked at first, and what it should be).
+pub fn locate(tree: &Path, release: &str) -> Result<(PathBuf, PathBuf), (PathBuf, &'static str)> {
+    let (images, modules) = debian_layouts(release);
+    // A module tree has modules or the list of built-in ones, not just the
+    // image that 6.19+ keeps beside them.
+    let is_modules = |p: &Path| p.join("kernel").is_dir() || p.join("modules.builtin").is_file();
+    let vmlinuz = images
         .iter()
-        .filter(|(p, _)| image_package_series(p) == Some(series))
-        .max_by(|a, b| compare_versions(&a.1, &b.1).then_with(|| a.0.cmp(&b.0)))
-        .cloned()
+        .map(|p| tree.join(p))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            (
+                tree.join(&images[0]),
+                "no kernel image in the unpacked packages",
+            )
+        })?;
+    let modules_dir = modules
+        .iter()
+        .map(|p| tree.join(p))
+        .find(|p| is_modules(p))
+        .ok_or_else(|| {
+            (
+                tree.join(&modules[0]),
+                "no modules tree in the unpacked packages",
+            )
+        })?;
+    Ok((vmlinuz, modules_dir))
 }
 
-/// Debian version ordering (`[epoch:]upstream[-revision]`), as dpkg does it.
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
-    fn split(v: &str) -> (u64, &str, &str) {
-        let (epoch, rest) = match v.split_once(':') {
-            Some((e, r)) if e.bytes().all(|b| b.is_ascii_digit()) => (e.parse().unwrap_or(0), r),
-            _ => (0, v),
-        };
-        match rest.rsplit_once('-') {
-            Some((up, rev)) => (epoch, up, rev),
-            None => (epoch, rest, ""),
-        }
-    }
-    let (ea, ua, ra) = split(a);
-    let (eb, ub, rb) = split(b);
-    ea.cmp(&eb)
-        .then_with(|| compare_part(ua, ub))
-        .then_with(|| compare_part(ra, rb))
-}
-
-fn compare_part(a: &str, b: &str) -> Ordering {
-    // '~' sorts before everything, even the end of the string; letters sort
-    // before non-letters.
-    fn order(c: Option<u8>) -> i32 {
-        match c {
-            Some(b'~') => -1,
-            None => 0,
-            Some(c) if c.is_ascii_alphabetic() => c as i32,
-            Some(c) => c as i32 + 256,
-        }
-    }
-    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
-    while !a.is_empty() || !b.is_empty() {
-        // Non-digit prefix, character by character.
-        loop {
-            let ca = a.first().copied().filter(|c| !c.is_ascii_digit());
-            let cb = b.first().copied().filter(|c| !c.is_ascii_digit());
-            if ca.is_none() && cb.is_none() {
-                break;
-            }
-            match order(ca).cmp(&order(cb)) {
-                Ordering::Equal => {}
-                o => return o,
-            }
-            a = &a[1..];
-            b = &b[1..];
-        }
-        // Digit run, numerically.
-        let da = a.iter().take_while(|c| c.is_ascii_digit()).count();
-        let db = b.iter().take_while(|c| c.is_ascii_digit()).count();
-        let num = |s: &[u8]| {
-            let s = std::str::from_utf8(s)
-                .unwrap_or("0")
-                .trim_start_matches('0');
-            (s.len(), s.to_owned())
-        };
-        match num(&a[..da]).cmp(&num(&b[..db])) {
-            Ordering::Equal => {}
-            o => return o,
-        }
-        a = &a[da..];
-        b = &b[db..];
-    }
-    Ordering::Equal
-}
+// ---------------------------------------------------------------------------
+// The record of a resolution.
 
 /// The record of a resolution, as stored next to the unpacked tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,21 +414,32 @@ fn unpack_dir_name(package: &str, version: &str) -> String {
     format!("{package}_{version}").replace([':', '/'], "_")
 }
 
+/// Whether a record written at `written` still answers for `want` at `now`:
+/// an exact version's for good, a series' while newer packages are unlikely.
+fn record_is_fresh(want: &DebianVersion, written: SystemTime, now: SystemTime) -> bool {
+    want.patch.is_some() || apt::is_current(written, now)
+}
+
 // ---------------------------------------------------------------------------
 // The store: cache on disk, apt and dpkg-deb at the edge.
 
-/// Kernels cached under `<images>/kernels/`.
+/// Kernels cached under `<cache>/kernels/`, found through the apt lists in
+/// `<cache>/apt/`.
 #[derive(Debug, Clone)]
 pub struct KernelStore {
     root: PathBuf,
 }
 
 impl KernelStore {
-    /// A store under `images_root` (the runner passes `<repo>/images`).
-    pub fn new(images_root: &Path) -> Self {
+    /// A store under `cache_root` (the runner passes [`cache::user_dir`]).
+    pub fn new(cache_root: &Path) -> Self {
         KernelStore {
-            root: images_root.join("kernels"),
+            root: cache_root.to_owned(),
         }
+    }
+
+    fn kernels(&self) -> PathBuf {
+        self.root.join("kernels")
     }
 
     /// The kernel for `spec`, fetching and unpacking it when needed. Fails
@@ -357,73 +447,83 @@ impl KernelStore {
     pub fn get(&self, spec: &KernelSpec, refresh: Refresh) -> Result<Kernel, KernelError> {
         match spec {
             KernelSpec::Dir(path) => from_dir(&spec.to_string(), path),
-            KernelSpec::Debian(series) => self.debian(&spec.to_string(), *series, refresh),
+            KernelSpec::Debian(want) => self.debian(&spec.to_string(), want, refresh),
         }
     }
 
-    /// Whether `spec` can be had without apt: a `dir:` kernel, or a Debian
-    /// kernel resolved and unpacked here before.
+    /// Whether `spec` can be had without downloading: a `dir:` kernel, or a
+    /// Debian kernel resolved and unpacked here before.
     pub fn is_cached(&self, spec: &KernelSpec) -> bool {
         match spec {
             KernelSpec::Dir(_) => true,
-            KernelSpec::Debian(series) => self.cached(&spec.to_string(), *series).is_some(),
+            KernelSpec::Debian(want) => self.recorded(&spec.to_string(), want).is_some(),
         }
     }
 
-    fn record_path(&self, series: Series) -> PathBuf {
-        self.root.join(format!("debian-{series}.resolved"))
+    fn record_path(&self, want: &DebianVersion) -> PathBuf {
+        self.kernels().join(format!("debian-{want}.resolved"))
     }
 
-    /// The recorded resolution of `series`, when its tree is still there.
-    fn cached(&self, name: &str, series: Series) -> Option<Kernel> {
-        fs::read_to_string(self.record_path(series))
-            .ok()
-            .and_then(|t| Record::parse(&t))
-            .and_then(|r| self.kernel_from_record(name, &r).ok())
+    /// The recorded resolution of `want` with its tree still there, and
+    /// whether it is fresh.
+    fn recorded(&self, name: &str, want: &DebianVersion) -> Option<(Kernel, bool)> {
+        let path = self.record_path(want);
+        let written = fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        let record = Record::parse(&fs::read_to_string(&path).ok()?)?;
+        let kernel = self.kernel_from_record(name, &record).ok()?;
+        Some((kernel, record_is_fresh(want, written, SystemTime::now())))
     }
 
-    fn debian(&self, name: &str, series: Series, refresh: Refresh) -> Result<Kernel, KernelError> {
-        let record_path = self.record_path(series);
-        if refresh == Refresh::IfMissing
-            && let Some(kernel) = self.cached(name, series)
-        {
+    fn debian(
+        &self,
+        name: &str,
+        want: &DebianVersion,
+        refresh: Refresh,
+    ) -> Result<Kernel, KernelError> {
+        let fresh = |store: &Self| match store.recorded(name, want) {
+            Some((kernel, true)) if refresh == Refresh::IfStale => Some(kernel),
+            _ => None,
+        };
+        if let Some(kernel) = fresh(self) {
+            return Ok(kernel);
+        }
+        let record_path = self.record_path(want);
+        let _lock = EntryLock::acquire(&record_path).map_err(io_err(&record_path))?;
+        // Another run may have resolved it while this one waited.
+        if let Some(kernel) = fresh(self) {
             return Ok(kernel);
         }
 
-        let (package, version) = resolve_with_apt(name, series)?;
-        let release = release_of(&package).unwrap_or_default().to_owned();
+        let apt = Apt::new(self.root.join("apt"))?;
+        let chosen = resolve(&apt, name, want)?;
+        let release = release_of(&chosen.package).unwrap_or_default().to_owned();
         let record = Record {
-            dir: unpack_dir_name(&package, &version),
-            package,
-            version,
+            dir: unpack_dir_name(&chosen.package, &chosen.version),
+            package: chosen.package,
+            version: chosen.version,
             release,
         };
-        if self.kernel_from_record(name, &record).is_err() {
-            self.download_and_unpack(name, &record)?;
-        }
-        let kernel = self.kernel_from_record(name, &record)?;
-        fs::write(&record_path, record.render()).map_err(io_err(&record_path))?;
+        let kernel = match self.kernel_from_record(name, &record) {
+            Ok(kernel) => kernel,
+            Err(_) => {
+                self.download_and_unpack(&apt, name, &record)?;
+                self.kernel_from_record(name, &record)?
+            }
+        };
+        cache::write_atomic(&record_path, record.render().as_bytes())
+            .map_err(io_err(&record_path))?;
         Ok(kernel)
     }
 
     fn kernel_from_record(&self, name: &str, r: &Record) -> Result<Kernel, KernelError> {
-        let tree = self.root.join(&r.dir);
-        let vmlinuz = tree.join("boot").join(format!("vmlinuz-{}", r.release));
-        let modules_dir = tree.join("lib/modules").join(&r.release);
-        let missing = |path: &Path, what: &str| KernelError::Layout {
-            spec: name.to_owned(),
-            path: path.to_owned(),
-            what: what.to_owned(),
-        };
-        if !vmlinuz.is_file() {
-            return Err(missing(&vmlinuz, "no kernel image in the unpacked package"));
-        }
-        if !modules_dir.is_dir() {
-            return Err(missing(
-                &modules_dir,
-                "no modules tree in the unpacked package",
-            ));
-        }
+        let (vmlinuz, modules_dir) =
+            locate(&self.kernels().join(&r.dir), &r.release).map_err(|(path, what)| {
+                KernelError::Layout {
+                    spec: name.to_owned(),
+                    path,
+                    what: what.to_owned(),
+                }
+            })?;
         Ok(Kernel {
             name: name.to_owned(),
             package: Some(r.package.clone()),
@@ -434,95 +534,107 @@ impl KernelStore {
         })
     }
 
-    fn download_and_unpack(&self, name: &str, r: &Record) -> Result<(), KernelError> {
-        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
-        let work = self
-            .root
-            .join(format!(".fetch-{}-{}", r.dir, std::process::id()));
-        let _ = fs::remove_dir_all(&work);
+    /// Downloads the image package (and the packages of the same kernel it
+    /// depends on), unpacks them into a private work directory, checks that
+    /// they make a kernel, and only then renames the tree into place. On any
+    /// failure everything unpacked is removed again.
+    fn download_and_unpack(&self, apt: &Apt, name: &str, r: &Record) -> Result<(), KernelError> {
+        let dest = self.kernels().join(&r.dir);
+        let _lock = EntryLock::acquire(&dest).map_err(io_err(&dest))?;
+        if self.kernel_from_record(name, r).is_ok() {
+            return Ok(()); // another run unpacked it while this one waited
+        }
+        // Holding the lock: whatever is there is an earlier run's leftover
+        // (a tree from an older layout, or work an interrupted run left).
+        let _ = fs::remove_dir_all(&dest);
+        for entry in fs::read_dir(self.kernels()).into_iter().flatten().flatten() {
+            if cache::is_temp_of(&entry.file_name().to_string_lossy(), &r.dir) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let work = cache::temp_path(&dest);
         let debs = work.join("debs");
         let tree = work.join("tree");
         fs::create_dir_all(&debs).map_err(io_err(&debs))?;
         let result = (|| {
-            run(Command::new("apt-get")
-                .arg("download")
-                .arg(format!("{}={}", r.package, r.version))
-                .current_dir(&debs))?;
-            let deb = fs::read_dir(&debs)
-                .map_err(io_err(&debs))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.extension().is_some_and(|e| e == "deb"))
-                .ok_or_else(|| KernelError::Layout {
-                    spec: name.to_owned(),
-                    path: debs.clone(),
-                    what: format!("apt-get download left no .deb for {}", r.package),
-                })?;
-            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
-            let dest = self.root.join(&r.dir);
-            match fs::rename(&tree, &dest) {
-                Ok(()) => Ok(()),
-                // Another run unpacked the same package meanwhile: keep theirs.
-                Err(_) if dest.is_dir() => Ok(()),
-                Err(e) => Err(io_err(&dest)(e)),
+            apt.download(&[format!("{}={}", r.package, r.version)], &debs)?;
+            let image = find_deb(&debs, &r.package).ok_or_else(|| KernelError::Layout {
+                spec: name.to_owned(),
+                path: debs.clone(),
+                what: format!("apt-get download left no .deb for {}", r.package),
+            })?;
+            let depends = apt::run(
+                "dpkg-deb",
+                &["-f".into(), image.into_os_string(), "Depends".into()],
+                Duration::from_secs(60),
+            )?;
+            let names = same_kernel_depends(&depends, &r.release, &r.version);
+            let parts: Vec<String> = apt
+                .madison(&names)?
+                .into_iter()
+                .filter(|c| c.version == r.version)
+                .map(|c| format!("{}={}", c.package, c.version))
+                .collect();
+            if !parts.is_empty() {
+                apt.download(&parts, &debs)?;
             }
+            for deb in fs::read_dir(&debs).map_err(io_err(&debs))?.flatten() {
+                apt::run(
+                    "dpkg-deb",
+                    &[
+                        "-x".into(),
+                        deb.path().into_os_string(),
+                        tree.clone().into_os_string(),
+                    ],
+                    Duration::from_secs(600),
+                )?;
+            }
+            locate(&tree, &r.release).map_err(|(path, what)| KernelError::Layout {
+                spec: name.to_owned(),
+                path: dest.join(path.strip_prefix(&tree).unwrap_or(&path)),
+                what: format!("{what} {}", r.package),
+            })?;
+            fs::rename(&tree, &dest).map_err(io_err(&dest))
         })();
         let _ = fs::remove_dir_all(&work);
         result
     }
 }
 
-/// Asks apt for the newest generic amd64 image package of `series`.
-fn resolve_with_apt(name: &str, series: Series) -> Result<(String, String), KernelError> {
-    let pattern = format!(
-        "^linux-image-{}\\.{}[^ ]*-amd64$",
-        series.major, series.minor
-    );
-    let search = run(Command::new("apt-cache")
-        .args(["search", "--names-only"])
-        .arg(&pattern))?;
-    let names: Vec<String> = parse_search(&search)
-        .into_iter()
-        .filter(|n| image_package_series(n) == Some(series))
-        .collect();
-    let no_package = |found: String| KernelError::NoPackage {
-        spec: name.to_owned(),
-        series,
-        found,
+/// The candidate for `want` in the lists `apt` keeps; they are updated
+/// first when stale, and once more when it is not in them.
+fn resolve(apt: &Apt, name: &str, want: &DebianVersion) -> Result<Candidate, KernelError> {
+    let candidates = || -> Result<Vec<Candidate>, AptError> {
+        let mut images = apt.pkgnames("linux-image-")?;
+        images.retain(|n| image_package_series(n).is_some());
+        apt.madison(&images)
     };
-    if names.is_empty() {
-        return Err(no_package(String::new()));
-    }
-    let madison = run(Command::new("apt-cache").arg("madison").args(&names))?;
-    pick_newest(series, &parse_madison(&madison)).ok_or_else(|| {
-        no_package(format!(
-            "; names found but none downloadable: {}",
-            names.join(" ")
-        ))
+    let updated = apt.refresh(false)?;
+    let missing = match choose(want, &candidates()?) {
+        Ok(c) => return Ok(c),
+        Err(_) if !updated && apt.refresh(true)? => choose(want, &candidates()?),
+        Err(e) => Err(e),
+    };
+    missing.map_err(|found| KernelError::NoPackage {
+        spec: name.to_owned(),
+        suites: apt.suites().join(", "),
+        found: found.to_string(),
     })
 }
 
-fn run(cmd: &mut Command) -> Result<String, KernelError> {
-    let command = format!(
-        "{} {}",
-        cmd.get_program().to_string_lossy(),
-        cmd.get_args()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let out = cmd.output().map_err(|e| KernelError::Command {
-        command: command.clone(),
-        status: "could not start".into(),
-        stderr: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(KernelError::Command {
-            command,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// The `.deb` of `package` in `dir`.
+fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "deb")
+                && p.file_name()
+                    .and_then(OsStr::to_str)
+                    .and_then(|n| n.split_once('_'))
+                    .is_some_and(|(n, _)| n == package)
+        })
 }
 
 /// Where a `dir:` kernel keeps its image, relative to PATH, in lookup order.
@@ -607,51 +719,66 @@ pub fn from_dir(name: &str, path: &Path) -> Result<Kernel, KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apt::{MAX_AGE, parse_madison};
 
-    const SEARCH: &str = "\
-linux-image-6.12.43+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
-linux-image-6.12.43+deb12-cloud-amd64 - Linux 6.12 for x86-64 cloud (signed)
-linux-image-6.12.95+deb12-rt-amd64 - Linux 6.12 for 64-bit PCs (signed), PREEMPT_RT
-linux-image-6.12.95+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
-linux-image-6.12.90+deb12.1-amd64 - Linux 6.12 for 64-bit PCs (signed)
-linux-image-6.1.0-47-amd64 - Linux 6.1 for 64-bit PCs (signed)
-linux-image-6.1.0-56-amd64 - Linux 6.1 for 64-bit PCs (signed)
-linux-image-6.1.0-56-cloud-amd64 - Linux 6.1 for x86-64 cloud (signed)
-linux-image-6.12-amd64 - Linux for 64-bit PCs (meta-package)
-linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
-";
-
+    /// What `apt-cache madison` printed for the generic images on
+    /// 2026-11-29 (abridged), across bookworm, its security and backports
+    /// suites, trixie and trixie-backports.
     const MADISON: &str = "\
 linux-image-6.12.95+deb12-amd64 | 6.12.95-1~bpo12+1 | http://deb.debian.org/debian bookworm-backports/main amd64 Packages
 linux-image-6.12.117+deb12-amd64 | 6.12.117-1~deb12u1 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+linux-image-6.12.117+deb13-amd64 | 6.12.117-1 | http://deb.debian.org/debian trixie/main amd64 Packages
 linux-image-6.12.90+deb12.1-amd64 | 6.12.90-1~bpo12+1 | http://deb.debian.org/debian bookworm-backports/main amd64 Packages
    linux-image-6.1.0-47-amd64 |  6.1.170-3 | http://deb.debian.org/debian bookworm/main amd64 Packages
+   linux-image-6.1.0-57-amd64 |  6.1.192-3 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
    linux-image-6.1.0-56-amd64 |  6.1.192-2 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
    linux-image-6.1.0-56-amd64 |  6.1.192-2 | http://deb.debian.org/debian-security bookworm-security/main Sources
+linux-image-6.18.9+deb13-amd64 | 6.18.9-1~bpo13+1 | http://deb.debian.org/debian trixie-backports/main amd64 Packages
+linux-image-6.18.15+deb13-amd64 | 6.18.15-1~bpo13+1 | http://deb.debian.org/debian trixie-backports/main amd64 Packages
+linux-image-6.18.12+deb13-amd64 | 6.18.12-1~bpo13+1 | http://deb.debian.org/debian trixie-backports/main amd64 Packages
+linux-image-7.2.12+deb13-amd64 | 7.2.12-1~bpo13+1 | http://deb.debian.org/debian trixie-backports/main amd64 Packages
+linux-image-7.3.4+deb13-amd64 | 7.3.4-1~bpo13+1 | http://deb.debian.org/debian trixie-backports/main amd64 Packages
+linux-image-6.18.15+deb13-cloud-amd64 | 6.18.16-1~bpo13+1 | http://deb.debian.org/debian trixie-backports/main amd64 Packages
 ";
 
     fn s(major: u32, minor: u32) -> Series {
         Series { major, minor }
     }
 
+    fn want(spec: &str) -> DebianVersion {
+        match KernelSpec::parse(spec).unwrap() {
+            KernelSpec::Debian(v) => v,
+            other => panic!("{other}"),
+        }
+    }
+
+    fn picked(spec: &str) -> Result<(String, String), Unavailable> {
+        choose(&want(spec), &parse_madison(MADISON)).map(|c| (c.package, c.version))
+    }
+
     #[test]
-    fn spec_parses_providers_and_series() {
+    fn spec_parses_providers_series_and_exact_versions() {
         assert_eq!(
             KernelSpec::parse("debian:6.12").unwrap(),
-            KernelSpec::Debian(s(6, 12))
+            KernelSpec::Debian(DebianVersion {
+                series: s(6, 12),
+                patch: None
+            })
         );
         assert_eq!(
-            KernelSpec::parse("debian:6.1").unwrap(),
-            KernelSpec::Debian(s(6, 1))
+            KernelSpec::parse("debian:6.12.117").unwrap(),
+            KernelSpec::Debian(DebianVersion {
+                series: s(6, 12),
+                patch: Some(117)
+            })
         );
         assert_eq!(
             KernelSpec::parse("dir:/k/build").unwrap(),
             KernelSpec::Dir("/k/build".into())
         );
-        assert_eq!(
-            KernelSpec::parse("debian:6.12").unwrap().to_string(),
-            "debian:6.12"
-        );
+        for spec in ["debian:6.12", "debian:7.3", "debian:6.12.117", "dir:/k"] {
+            assert_eq!(KernelSpec::parse(spec).unwrap().to_string(), spec);
+        }
     }
 
     #[test]
@@ -659,6 +786,8 @@ linux-image-6.12.90+deb12.1-amd64 | 6.12.90-1~bpo12+1 | http://deb.debian.org/de
         for (spec, needle) in [
             ("debian:6", "not `major.minor`"),
             ("debian:6.x", "not `major.minor`"),
+            ("debian:6.12.1.2", "not `major.minor`"),
+            ("debian:6.12.", "not `major.minor`"),
             ("debian:", "not `major.minor`"),
             ("fedora:40", "unknown provider `fedora`"),
             ("6.12", "no provider prefix"),
@@ -667,24 +796,24 @@ linux-image-6.12.90+deb12.1-amd64 | 6.12.90-1~bpo12+1 | http://deb.debian.org/de
             let msg = KernelSpec::parse(spec).unwrap_err().to_string();
             assert!(msg.contains(needle), "{spec}: {msg}");
             assert!(msg.contains(&format!("`{spec}`")), "{spec}: {msg}");
-            assert!(msg.contains("debian:6.12"), "{spec}: {msg}");
+            assert!(
+                msg.contains("debian:6.12") && msg.contains("debian:6.12.117"),
+                "{spec}: {msg}"
+            );
         }
     }
 
     #[test]
     fn image_package_series_takes_only_generic_flavour_images() {
-        assert_eq!(
-            image_package_series("linux-image-6.1.0-56-amd64"),
-            Some(s(6, 1))
-        );
-        assert_eq!(
-            image_package_series("linux-image-6.12.95+deb12-amd64"),
-            Some(s(6, 12))
-        );
-        assert_eq!(
-            image_package_series("linux-image-6.12.90+deb12.1-amd64"),
-            Some(s(6, 12))
-        );
+        for (name, series) in [
+            ("linux-image-6.1.0-56-amd64", s(6, 1)),
+            ("linux-image-6.12.95+deb12-amd64", s(6, 12)),
+            ("linux-image-6.12.90+deb12.1-amd64", s(6, 12)),
+            ("linux-image-6.18.15+deb13-amd64", s(6, 18)),
+            ("linux-image-7.3.4+deb13-amd64", s(7, 3)),
+        ] {
+            assert_eq!(image_package_series(name), Some(series), "{name}");
+        }
         for other in [
             "linux-image-6.12-amd64",
             "linux-image-amd64",
@@ -692,61 +821,177 @@ linux-image-6.12.90+deb12.1-amd64 | 6.12.90-1~bpo12+1 | http://deb.debian.org/de
             "linux-image-6.12.95+deb12-rt-amd64",
             "linux-image-6.12.95+deb12-amd64-unsigned",
             "linux-image-6.12.95+deb12-amd64-dbg",
+            "linux-image-6.12-amd64-signed-template",
             "linux-headers-6.1.0-56-amd64",
+            "linux-binary-7.3.4+deb13-amd64",
         ] {
             assert_eq!(image_package_series(other), None, "{other}");
         }
     }
 
     #[test]
-    fn newest_is_by_debian_version_within_the_series() {
-        let cands = parse_madison(MADISON);
-        assert_eq!(cands.len(), 5, "the Sources line is skipped");
+    fn madison_gives_binary_candidates() {
+        let c = parse_madison(MADISON);
+        assert_eq!(c.len(), 13, "the Sources line is skipped");
         assert_eq!(
-            pick_newest(s(6, 12), &cands),
-            Some((
-                "linux-image-6.12.117+deb12-amd64".into(),
-                "6.12.117-1~deb12u1".into()
+            c[4],
+            Candidate {
+                package: "linux-image-6.1.0-47-amd64".into(),
+                version: "6.1.170-3".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn the_packages_of_one_kernel_come_from_the_image_dependencies() {
+        // 7.3: the image is a meta package.
+        let deps = "dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
+                    linux-base-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1), \
+                    linux-binary-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1), \
+                    linux-modules-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1)";
+        assert_eq!(
+            same_kernel_depends(deps, "7.3.4+deb13-amd64", "7.3.4-1~bpo13+1"),
+            [
+                "linux-base-7.3.4+deb13-amd64",
+                "linux-binary-7.3.4+deb13-amd64",
+                "linux-modules-7.3.4+deb13-amd64"
+            ]
+        );
+        // 6.12: one package with everything; generic dependencies are not fetched.
+        let deps =
+            "kmod, linux-base (>= 4.3~), initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool";
+        assert!(same_kernel_depends(deps, "6.12.117+deb12-amd64", "6.12.117-1~deb12u1").is_empty());
+        // Another version of the same kernel's package is not this kernel's.
+        let deps = "linux-binary-7.3.4+deb13-amd64 (= 7.3.4-2)";
+        assert!(same_kernel_depends(deps, "7.3.4+deb13-amd64", "7.3.4-1~bpo13+1").is_empty());
+    }
+
+    #[test]
+    fn the_newest_of_a_series_is_the_highest_debian_version_across_suites() {
+        let p = |a: &str, b: &str| Ok((a.to_owned(), b.to_owned()));
+        // trixie's 6.12.117-1 beats bookworm-security's 6.12.117-1~deb12u1.
+        assert_eq!(
+            picked("debian:6.12"),
+            p("linux-image-6.12.117+deb13-amd64", "6.12.117-1")
+        );
+        // Same upstream, higher revision, higher ABI: not name order.
+        assert_eq!(
+            picked("debian:6.1"),
+            p("linux-image-6.1.0-57-amd64", "6.1.192-3")
+        );
+        // 18.15 > 18.12 > 18.9 numerically; the cloud flavour's higher
+        // version does not count.
+        assert_eq!(
+            picked("debian:6.18"),
+            p("linux-image-6.18.15+deb13-amd64", "6.18.15-1~bpo13+1")
+        );
+        assert_eq!(
+            picked("debian:7.3"),
+            p("linux-image-7.3.4+deb13-amd64", "7.3.4-1~bpo13+1")
+        );
+    }
+
+    #[test]
+    fn an_exact_version_picks_that_upstream_version() {
+        assert_eq!(
+            picked("debian:6.12.95"),
+            Ok((
+                "linux-image-6.12.95+deb12-amd64".into(),
+                "6.12.95-1~bpo12+1".into()
             ))
         );
         assert_eq!(
-            pick_newest(s(6, 1), &cands),
-            Some(("linux-image-6.1.0-56-amd64".into(), "6.1.192-2".into()))
+            picked("debian:6.1.170"),
+            Ok(("linux-image-6.1.0-47-amd64".into(), "6.1.170-3".into()))
         );
-        assert_eq!(pick_newest(s(5, 10), &cands), None);
-    }
-
-    #[test]
-    fn search_output_gives_names() {
-        let names = parse_search(SEARCH);
-        assert_eq!(names.len(), 10);
-        let six_one: Vec<_> = names
-            .iter()
-            .filter(|n| image_package_series(n) == Some(s(6, 1)))
-            .collect();
+        // 6.12.9 is not a prefix match for 6.12.90 or 6.12.95.
         assert_eq!(
-            six_one,
-            ["linux-image-6.1.0-47-amd64", "linux-image-6.1.0-56-amd64"]
+            picked("debian:6.12.9"),
+            Err(Unavailable::Version(vec![
+                "6.12.90".into(),
+                "6.12.95".into(),
+                "6.12.117".into()
+            ]))
         );
     }
 
     #[test]
-    fn debian_versions_compare_like_dpkg() {
-        use Ordering::*;
-        for (a, b, o) in [
-            ("6.12.117-1~deb12u1", "6.12.95-1~bpo12+1", Greater),
-            ("6.1.192-2", "6.1.192-1", Greater),
-            ("6.1.192-2", "6.1.99-9", Greater),
-            ("1.0~rc1", "1.0", Less),
-            ("1.0", "1.0+b1", Less),
-            ("1:0.1", "2.0", Greater),
-            ("1.0a", "1.0+", Less),
-            ("1.01", "1.1", Equal),
-            ("6.12.90-1~bpo12+1", "6.12.90-1", Less),
-        ] {
-            assert_eq!(compare_versions(a, b), o, "{a} vs {b}");
-            assert_eq!(compare_versions(b, a), o.reverse(), "{b} vs {a}");
-        }
+    fn a_series_nowhere_lists_the_series_there_are() {
+        let err = picked("debian:9.99").unwrap_err();
+        assert_eq!(
+            err,
+            Unavailable::Series(vec![s(6, 1), s(6, 12), s(6, 18), s(7, 2), s(7, 3)])
+        );
+        assert_eq!(err.to_string(), "series there: 6.1, 6.12, 6.18, 7.2, 7.3");
+        assert_eq!(
+            choose(&want("debian:6.1"), &[]).unwrap_err().to_string(),
+            "series there: none"
+        );
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ukci-vhost-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn every_debian_layout_is_found() {
+        let d = tempdir("layouts");
+        let touch = |p: &str| {
+            let p = d.join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, b"x").unwrap();
+        };
+        // Up to 6.12: boot/ and lib/modules/.
+        touch("a/boot/vmlinuz-6.12.1+deb12-amd64");
+        touch("a/lib/modules/6.12.1+deb12-amd64/kernel/fs/9p/9p.ko.xz");
+        assert_eq!(
+            locate(&d.join("a"), "6.12.1+deb12-amd64").unwrap(),
+            (
+                d.join("a/boot/vmlinuz-6.12.1+deb12-amd64"),
+                d.join("a/lib/modules/6.12.1+deb12-amd64")
+            )
+        );
+        // 6.16–6.18: modules under usr/lib/modules/.
+        touch("b/boot/vmlinuz-6.18.15+deb13-amd64");
+        touch("b/usr/lib/modules/6.18.15+deb13-amd64/modules.builtin");
+        assert_eq!(
+            locate(&d.join("b"), "6.18.15+deb13-amd64").unwrap(),
+            (
+                d.join("b/boot/vmlinuz-6.18.15+deb13-amd64"),
+                d.join("b/usr/lib/modules/6.18.15+deb13-amd64")
+            )
+        );
+        // 6.19+: the image beside the modules; a lone image is no module tree.
+        touch("c/usr/lib/modules/7.3.4+deb13-amd64/vmlinuz");
+        let (path, what) = locate(&d.join("c"), "7.3.4+deb13-amd64").unwrap_err();
+        assert_eq!(path, d.join("c/lib/modules/7.3.4+deb13-amd64"));
+        assert!(what.contains("no modules tree"), "{what}");
+        touch("c/usr/lib/modules/7.3.4+deb13-amd64/kernel/virt/lib/irqbypass.ko.xz");
+        assert_eq!(
+            locate(&d.join("c"), "7.3.4+deb13-amd64").unwrap(),
+            (
+                d.join("c/usr/lib/modules/7.3.4+deb13-amd64/vmlinuz"),
+                d.join("c/usr/lib/modules/7.3.4+deb13-amd64")
+            )
+        );
+        // The meta package alone: no image.
+        fs::create_dir_all(d.join("e/usr/share/doc")).unwrap();
+        let (path, what) = locate(&d.join("e"), "7.3.4+deb13-amd64").unwrap_err();
+        assert_eq!(path, d.join("e/boot/vmlinuz-7.3.4+deb13-amd64"));
+        assert!(what.contains("no kernel image"), "{what}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_series_resolution_ages_an_exact_one_does_not() {
+        let now = SystemTime::now();
+        let old = now - MAX_AGE - Duration::from_secs(1);
+        assert!(record_is_fresh(&want("debian:6.12"), now, now));
+        assert!(!record_is_fresh(&want("debian:6.12"), old, now));
+        assert!(record_is_fresh(&want("debian:6.12.117"), old, now));
     }
 
     #[test]
@@ -760,13 +1005,6 @@ linux-image-6.12.90+deb12.1-amd64 | 6.12.90-1~bpo12+1 | http://deb.debian.org/de
         assert_eq!(Record::parse(&r.render()), Some(r.clone()));
         assert!(!r.dir.contains(':'));
         assert_eq!(Record::parse("package=x\nversion=\n"), None);
-    }
-
-    fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ukci-vhost-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
     }
 
     #[test]
@@ -800,7 +1038,7 @@ linux-image-6.12.90+deb12.1-amd64 | 6.12.90-1~bpo12+1 | http://deb.debian.org/de
     }
 
     #[test]
-    fn cached_resolution_is_used_without_apt() {
+    fn a_fresh_resolution_is_used_without_apt() {
         let d = tempdir("cache");
         let store = KernelStore::new(&d);
         let r = Record {
@@ -810,23 +1048,33 @@ linux-image-6.12.90+deb12.1-amd64 | 6.12.90-1~bpo12+1 | http://deb.debian.org/de
             dir: "linux-image-6.12.95+deb12-amd64_6.12.95-1~bpo12+1".into(),
         };
         let tree = d.join("kernels").join(&r.dir);
+        let modules = tree.join("lib/modules").join(&r.release);
         fs::create_dir_all(tree.join("boot")).unwrap();
-        fs::create_dir_all(tree.join("lib/modules").join(&r.release)).unwrap();
+        fs::create_dir_all(&modules).unwrap();
+        fs::write(modules.join("modules.builtin"), b"").unwrap();
         fs::write(tree.join("boot/vmlinuz-6.12.95+deb12-amd64"), b"MZ").unwrap();
-        let spec = KernelSpec::parse("debian:6.12").unwrap();
-        assert!(!store.is_cached(&spec), "no record yet");
+        let series = KernelSpec::parse("debian:6.12").unwrap();
+        let exact = KernelSpec::parse("debian:6.12.95").unwrap();
+        assert!(!store.is_cached(&series), "no record yet");
         fs::write(d.join("kernels/debian-6.12.resolved"), r.render()).unwrap();
-        assert!(store.is_cached(&spec));
+        fs::write(d.join("kernels/debian-6.12.95.resolved"), r.render()).unwrap();
+        assert!(store.is_cached(&series));
         assert!(!store.is_cached(&KernelSpec::parse("debian:6.1").unwrap()));
-        let k = store
-            .get(
-                &KernelSpec::parse("debian:6.12").unwrap(),
-                Refresh::IfMissing,
-            )
-            .unwrap();
+        let k = store.get(&series, Refresh::IfStale).unwrap();
         assert_eq!(k.name, "debian:6.12");
         assert_eq!(k.version.as_deref(), Some("6.12.95-1~bpo12+1"));
         assert_eq!(k.release, "6.12.95+deb12-amd64");
+        assert_eq!(k.modules_dir, modules);
+        // A day later the exact version still answers from its record.
+        let old = SystemTime::now() - MAX_AGE - Duration::from_secs(60);
+        let f = fs::File::options()
+            .write(true)
+            .open(d.join("kernels/debian-6.12.95.resolved"))
+            .unwrap();
+        f.set_modified(old).unwrap();
+        let k = store.get(&exact, Refresh::IfStale).unwrap();
+        assert_eq!(k.name, "debian:6.12.95");
+        assert_eq!(k.vmlinuz, tree.join("boot/vmlinuz-6.12.95+deb12-amd64"));
         fs::remove_dir_all(&d).unwrap();
     }
 }

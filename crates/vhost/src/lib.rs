@@ -2,11 +2,12 @@
 //! under QEMU with an IOMMU and an SR-IOV device, running ukci as its agent.
 //!
 //! Three steps, one module each, each with its own cache or guard:
-//! - [`kernel`]: which host kernel (`debian:6.12`, `debian:6.1`, `dir:PATH`),
-//!   fetched and unpacked once into `<images>/kernels/`.
+//! - [`kernel`]: which host kernel (`debian:6.12`, `debian:7.3`,
+//!   `debian:6.12.117`, `dir:PATH`), found through ukci's private apt
+//!   ([`apt`]) and unpacked once into the per-user cache ([`cache`]).
 //! - [`initramfs`]: busybox, the modules the lane needs with their
 //!   dependencies, and an `/init` that mounts the shares and starts the agent;
-//!   cached in `<images>/initramfs/`.
+//!   cached in the per-user cache, keyed by its contents.
 //! - [`boot`]: the QEMU command line for the virtual host and the supervisor
 //!   that runs it under a hard timeout and keeps the serial log.
 //!
@@ -14,7 +15,9 @@
 //! serial log means) are plain functions; the edges (apt, dpkg-deb, QEMU) are
 //! thin wrappers around them.
 
+pub mod apt;
 pub mod boot;
+pub mod cache;
 pub mod initramfs;
 pub mod kernel;
 

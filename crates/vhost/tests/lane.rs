@@ -11,10 +11,9 @@ use ukci_vhost::boot::{BootError, Failure};
 use ukci_vhost::initramfs::{self, InitramfsSpec};
 use ukci_vhost::kernel::{Kernel, KernelSpec, KernelStore, Refresh};
 
-/// The shared cache (git-ignored), as the runner uses it.
-fn images() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    fs::canonicalize(repo).unwrap().join("images")
+/// The per-user cache of kernels and initramfs images, as the runner uses it.
+fn cache() -> PathBuf {
+    ukci_vhost::cache::user_dir()
 }
 
 fn have(program: &str) -> bool {
@@ -72,11 +71,11 @@ fn debian(series: &str) -> Result<Kernel, String> {
         );
     }
     let spec = KernelSpec::parse(&format!("debian:{series}")).unwrap();
-    let store = KernelStore::new(&images());
+    let store = KernelStore::new(&cache());
     if !store.is_cached(&spec) && !have("apt-cache") {
         return Err(format!("{spec} is not cached and apt is not available"));
     }
-    Ok(store.get(&spec, Refresh::IfMissing).unwrap())
+    Ok(store.get(&spec, Refresh::IfStale).unwrap())
 }
 
 #[test]
@@ -88,6 +87,14 @@ fn debian_6_12_virtual_host_runs_the_agent() {
 #[test]
 fn debian_6_1_virtual_host_runs_the_agent() {
     lane_facts("6.1");
+}
+
+/// 7.3 comes from trixie-backports as three packages (a meta image, the
+/// kernel in linux-binary, the modules in linux-modules), all under
+/// usr/lib/modules.
+#[test]
+fn debian_7_3_virtual_host_runs_the_agent() {
+    lane_facts("7.3");
 }
 
 fn lane_facts(series: &str) {
@@ -104,7 +111,7 @@ fn lane_facts(series: &str) {
     );
 
     let t = Instant::now();
-    let initrd = initramfs::build(&images(), &kernel, &InitramfsSpec::default()).unwrap();
+    let initrd = initramfs::build(&cache(), &kernel, &InitramfsSpec::default()).unwrap();
     eprintln!(
         "initramfs {} (cached: {}) in {:?}",
         initrd.path.display(),
@@ -171,7 +178,7 @@ fn lane_facts(series: &str) {
         groups >= 3,
         "PF and both VFs each need an IOMMU group, got {groups}"
     );
-    // Debian builds 6.12 without IOMMUFD, and 6.1 predates it: no VFIO cdev.
+    // Debian builds 6.12 to 7.3 without IOMMUFD, and 6.1 predates it: no VFIO cdev.
     assert_eq!(read(&results, "vfio_devices"), "no");
     let serial = fs::read_to_string(&report.serial_log).unwrap();
     assert!(
@@ -187,7 +194,7 @@ fn a_host_without_a_working_init_is_an_error_with_its_log() {
         Ok(k) => k,
         Err(why) => return eprintln!("SKIP: {why}"),
     };
-    let initrd = initramfs::build(&images(), &kernel, &InitramfsSpec::default()).unwrap();
+    let initrd = initramfs::build(&cache(), &kernel, &InitramfsSpec::default()).unwrap();
     let dir = run_dir("panic");
     let agent = Agent {
         program: "/bin/true".into(),
