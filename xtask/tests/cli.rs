@@ -104,10 +104,11 @@ fn misbehaving_guests_are_errors_with_clear_messages() {
         bad_cpu.contains("<error") && bad_cpu.contains("QEMU refused to start"),
         "{bad_cpu}"
     );
-    // A panic is the guest's own verdict: a failure line and the abort status.
+    // A panic ends the guest before its check finished: an error naming it.
     let panic = testcase(&r.junit, "selftest.panic: aborted");
     assert!(
-        panic.contains("<failure")
+        panic.contains("<error")
+            && panic.contains("the guest aborted: panic at")
             && panic.contains("deliberate panic")
             && panic.contains("STATUS=127"),
         "{panic}"
