@@ -120,10 +120,8 @@ pub fn resolve_auto(facts: &HostFacts, guest: &Path, cache: &Path, limit: Durati
     }
     let probe = probe_kvm(facts, guest, limit);
     if probe.lasting {
-        let _ = std::fs::write(
-            cache,
-            format!("{key}\n{}\n{}\n", probe.choice.accel, probe.choice.reason),
-        );
+        let text = format!("{key}\n{}\n{}\n", probe.choice.accel, probe.choice.reason);
+        let _ = crate::rundir::replace_atomically(cache, |tmp| std::fs::write(tmp, text));
     }
     probe.choice
 }
@@ -146,9 +144,14 @@ fn probe_key(facts: &HostFacts, guest: &Path) -> String {
 fn read_cache(cache: &Path, key: &str) -> Option<AccelChoice> {
     let text = std::fs::read_to_string(cache).ok()?;
     let mut lines = text.lines();
-    (lines.next()? == key).then(|| AccelChoice {
-        accel: lines.next().unwrap_or("tcg").to_string(),
-        reason: format!("{} (cached)", lines.next().unwrap_or("")),
+    if lines.next()? != key {
+        return None;
+    }
+    let accel = lines.next().filter(|a| ["kvm", "tcg"].contains(a))?;
+    let reason = lines.next()?;
+    Some(AccelChoice {
+        accel: accel.to_string(),
+        reason: format!("{reason} (cached)"),
     })
 }
 
@@ -303,6 +306,21 @@ mod tests {
         let p = probe(End::TimedOut(KVM_PROBE_LIMIT), "", "");
         assert_eq!(p.choice.accel, "tcg");
         assert!(p.lasting);
+    }
+
+    #[test]
+    fn only_a_whole_cache_entry_for_this_key_is_read() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("accel-probe.txt");
+        std::fs::write(&cache, "k1\nkvm\nauto: verdict in 21 ms\n").unwrap();
+        let c = read_cache(&cache, "k1").unwrap();
+        assert_eq!(c.accel, "kvm");
+        assert_eq!(c.reason, "auto: verdict in 21 ms (cached)");
+        assert_eq!(read_cache(&cache, "k2"), None, "another host or guest");
+        for cut in ["k1\n", "k1\nkvm\n", "k1\nkv\nwhy\n"] {
+            std::fs::write(&cache, cut).unwrap();
+            assert_eq!(read_cache(&cache, "k1"), None, "{cut:?}");
+        }
     }
 
     #[test]

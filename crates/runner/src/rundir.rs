@@ -7,6 +7,8 @@
 //! dies (SIGKILL included), so a folder whose lock is free belongs to no live
 //! run. A folder is made under a hidden name, locked, and only then renamed
 //! into place: no other run ever sees it unlocked.
+//!
+//! Files meant to outlive the run (a report, a cache) are replaced whole.
 
 use std::fs::{self, File};
 use std::io;
@@ -117,6 +119,23 @@ pub fn is_unfinished_report(dir: &Path) -> bool {
         && !dir.join(JUNIT).exists()
 }
 
+/// Makes `path` by `make`-ing a temporary file beside it and renaming that
+/// over it: readers see the old file or the whole new one, never a part.
+pub fn replace_atomically(
+    path: &Path,
+    make: impl FnOnce(&Path) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    let made = make(&tmp).and_then(|()| fs::rename(&tmp, path));
+    if made.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    made
+}
+
 fn file_name(p: &Path) -> &str {
     p.file_name().and_then(|n| n.to_str()).unwrap_or("")
 }
@@ -158,6 +177,23 @@ mod tests {
         // Another live run cannot take the same name.
         assert!(RunDir::create(&d.join("100")).is_err());
         drop(live);
+    }
+
+    #[test]
+    fn a_report_file_is_replaced_whole_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let junit = d.path().join("junit.xml");
+        replace_atomically(&junit, |tmp| fs::write(tmp, "<old/>")).unwrap();
+        // A full disk: part of the file is written, then the write fails.
+        let full = replace_atomically(&junit, |tmp| {
+            fs::write(tmp, "<testsu")?;
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        });
+        assert!(full.is_err());
+        assert_eq!(fs::read_to_string(&junit).unwrap(), "<old/>");
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1, "no temporary left");
+        replace_atomically(&junit, |tmp| fs::write(tmp, "<new/>")).unwrap();
+        assert_eq!(fs::read_to_string(&junit).unwrap(), "<new/>");
     }
 
     #[test]

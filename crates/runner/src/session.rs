@@ -700,31 +700,14 @@ fn write_reports(
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     // Whole or not at all: a full disk leaves no half-written junit.xml.
     let path = dir.join(rundir::JUNIT);
-    replace_atomically(&path, |tmp| {
+    rundir::replace_atomically(&path, |tmp| {
         std::fs::write(tmp, &xml)?;
         std::fs::File::open(tmp)?.sync_all()
     })?;
-    replace_atomically(&layout.reports().join("latest"), |tmp| {
+    rundir::replace_atomically(&layout.reports().join("latest"), |tmp| {
         std::os::unix::fs::symlink(run_name, tmp)
     })?;
     Ok(path)
-}
-
-/// Makes `path` by `make`-ing a temporary file beside it and renaming that
-/// over it: readers see the old file or the whole new one, never a part.
-fn replace_atomically(
-    path: &Path,
-    make: impl FnOnce(&Path) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let made = make(&tmp).and_then(|()| std::fs::rename(&tmp, path));
-    if made.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    made
 }
 
 /// `20261124-131502-12345`: sortable, unique per process.
@@ -851,27 +834,6 @@ mod tests {
             e.contains("its virtual host's results folder") && e.contains("the kernel's name"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn a_report_file_is_replaced_whole_or_not_at_all() {
-        let d = tempfile::tempdir().unwrap();
-        let junit = d.path().join("junit.xml");
-        replace_atomically(&junit, |tmp| std::fs::write(tmp, "<old/>")).unwrap();
-        // A full disk: part of the file is written, then the write fails.
-        let full = replace_atomically(&junit, |tmp| {
-            std::fs::write(tmp, "<testsu")?;
-            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
-        });
-        assert!(full.is_err());
-        assert_eq!(std::fs::read_to_string(&junit).unwrap(), "<old/>");
-        assert_eq!(
-            std::fs::read_dir(&d).unwrap().count(),
-            1,
-            "no temporary left"
-        );
-        replace_atomically(&junit, |tmp| std::fs::write(tmp, "<new/>")).unwrap();
-        assert_eq!(std::fs::read_to_string(&junit).unwrap(), "<new/>");
     }
 
     #[test]
