@@ -346,9 +346,10 @@ fn the_next_run_reclaims_what_a_killed_run_left() {
     let scratch = root().join(format!("images/scratch/{pid}"));
     child.kill().unwrap();
     child.wait().unwrap();
+    // SIGKILL leaves the report folder (and the scratch folder, which other
+    // tests' runs may already be reclaiming).
     let report = entries(&reports);
     assert_eq!(report.len(), 1, "{report:?}");
-    assert!(scratch.is_dir(), "SIGKILL leaves {}", scratch.display());
     // Any run, even one that stops at its command line's filter.
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .current_dir(root())
@@ -362,10 +363,10 @@ fn the_next_run_reclaims_what_a_killed_run_left() {
     let left = entries(&reports);
     let _ = std::fs::remove_dir_all(&reports);
     assert_eq!(left, Vec::<String>::new(), "{stderr}");
+    // Any run reclaims it: this one, or another test's started meanwhile.
     assert!(!scratch.exists(), "{} is left: {stderr}", scratch.display());
     assert!(
-        stderr.contains(&format!("removed {}", scratch.display()))
-            && stderr.contains(&format!("{}: a run that did not finish left it", report[0])),
+        stderr.contains(&format!("{}: a run that did not finish left it", report[0])),
         "{stderr}"
     );
 }
