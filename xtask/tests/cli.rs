@@ -104,10 +104,11 @@ fn misbehaving_guests_are_errors_with_clear_messages() {
         bad_cpu.contains("<error") && bad_cpu.contains("QEMU refused to start"),
         "{bad_cpu}"
     );
-    // A panic is the guest's own verdict: a failure line and the abort status.
+    // A panic ends the guest before its check finished: an error naming it.
     let panic = testcase(&r.junit, "selftest.panic: aborted");
     assert!(
-        panic.contains("<failure")
+        panic.contains("<error")
+            && panic.contains("the guest aborted: panic at")
             && panic.contains("deliberate panic")
             && panic.contains("STATUS=127"),
         "{panic}"
@@ -269,10 +270,10 @@ fn qemu_children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn ctrl_c_kills_every_vm_and_exits_130() {
-    let reports = std::env::temp_dir().join(format!("ukci-it-int-{}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+/// Starts `xtask test` on the hang guest with `reports` as its reports
+/// folder, and waits until its VM runs; the child and its QEMUs.
+fn start_hang(reports: &Path) -> (std::process::Child, Vec<u32>) {
+    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .current_dir(root())
         .args([
             "test",
@@ -281,23 +282,49 @@ fn ctrl_c_kills_every_vm_and_exits_130() {
             "hang",
             "--reports",
         ])
-        .arg(&reports)
+        .arg(reports)
         .env("CI", "1")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut vms = Vec::new();
     while vms.is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        vms = qemu_children(pid);
+        vms = qemu_children(child.id());
     }
     assert!(!vms.is_empty(), "no VM was started");
+    (child, vms)
+}
+
+/// The folders in `dir`.
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn ctrl_c_kills_every_vm_and_exits_130() {
+    let reports = std::env::temp_dir().join(format!("ukci-it-int-{}", std::process::id()));
+    let (mut child, vms) = start_hang(&reports);
+    let pid = child.id();
     // SAFETY: kill only sends SIGINT to the child this test spawned.
     unsafe { libc_kill(pid as i32, 2) };
     let status = child.wait().unwrap();
+    let left = entries(&reports);
     let _ = std::fs::remove_dir_all(&reports);
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "an interrupted run leaves no report"
+    );
+    let scratch = root().join(format!("images/scratch/{pid}"));
+    assert!(!scratch.exists(), "{} is left", scratch.display());
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
         status.code(),
@@ -313,6 +340,62 @@ fn ctrl_c_kills_every_vm_and_exits_130() {
             "QEMU {vm} survived Ctrl-C: {stat}"
         );
     }
+}
+
+#[test]
+fn the_next_run_reclaims_what_a_killed_run_left() {
+    let reports = std::env::temp_dir().join(format!("ukci-it-kill-{}", std::process::id()));
+    let (mut child, _) = start_hang(&reports);
+    let pid = child.id();
+    let scratch = root().join(format!("images/scratch/{pid}"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // SIGKILL leaves the report folder (and the scratch folder, which other
+    // tests' runs may already be reclaiming).
+    let report = entries(&reports);
+    assert_eq!(report.len(), 1, "{report:?}");
+    // Any run, even one that stops at its command line's filter.
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root())
+        .args(["test", "tests/manifests/selftest.toml", "--filter", "none"])
+        .arg("--reports")
+        .arg(&reports)
+        .env("CI", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let left = entries(&reports);
+    let _ = std::fs::remove_dir_all(&reports);
+    assert_eq!(left, Vec::<String>::new(), "{stderr}");
+    // Any run reclaims it: this one, or another test's started meanwhile.
+    assert!(!scratch.exists(), "{} is left: {stderr}", scratch.display());
+    assert!(
+        stderr.contains(&format!("{}: a run that did not finish left it", report[0])),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unwritable_reports_folder_stops_the_run_before_any_vm() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root())
+        .args([
+            "test",
+            "tests/manifests/selftest.toml",
+            "--reports",
+            "/proc/nope",
+        ])
+        .env("CI", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exitcode::USAGE), "{stderr}");
+    assert!(
+        stderr.contains("cannot write reports in /proc/nope") && stderr.contains("--reports DIR"),
+        "{stderr}"
+    );
+    // Every test would have printed its result.
+    assert!(!stderr.contains("selftest."), "a test ran: {stderr}");
 }
 
 unsafe extern "C" {

@@ -7,6 +7,9 @@ use core::fmt::{self, Write};
 
 const MAX_PREFIXES: usize = 8;
 
+/// The last name part of the result line an abort writes (`check: aborted`).
+pub const ABORTED: &str = "aborted";
+
 /// Counts of results, as kvm-unit-tests keeps them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -172,7 +175,7 @@ impl<W: Write> Reporter<W> {
     /// For an unexpected exception or panic: a failure line, then the abort
     /// status. The caller stops the machine.
     pub fn abort(&mut self, what: fmt::Arguments<'_>) -> Verdict {
-        self.emit(Status::Fail, "aborted", None);
+        self.emit(Status::Fail, ABORTED, None);
         let _ = line::write_detail(&mut self.out, what);
         let _ = writeln!(self.out, "SUMMARY: {}", self.tally);
         let _ = line::write_exit(&mut self.out, Verdict::Abort.status());

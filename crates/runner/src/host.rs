@@ -4,11 +4,12 @@
 use crate::envmatch::Version;
 use crate::manifest::MachineType;
 use crate::qemu::{self, VmConfig};
-use crate::supervise::{self, End};
+use crate::supervise::{self, End, Finished};
 use crate::units::ByteSize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ukci_protocol::Verdict;
+use ukci_protocol::line::{self, Line};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostFacts {
@@ -117,12 +118,12 @@ pub fn resolve_auto(facts: &HostFacts, guest: &Path, cache: &Path, limit: Durati
     if let Some(choice) = read_cache(cache, &key) {
         return choice;
     }
-    let choice = probe_kvm(facts, guest, limit);
-    let _ = std::fs::write(
-        cache,
-        format!("{key}\n{}\n{}\n", choice.accel, choice.reason),
-    );
-    choice
+    let probe = probe_kvm(facts, guest, limit);
+    if probe.lasting {
+        let text = format!("{key}\n{}\n{}\n", probe.choice.accel, probe.choice.reason);
+        let _ = crate::rundir::replace_atomically(cache, |tmp| std::fs::write(tmp, text));
+    }
+    probe.choice
 }
 
 fn probe_key(facts: &HostFacts, guest: &Path) -> String {
@@ -143,13 +144,28 @@ fn probe_key(facts: &HostFacts, guest: &Path) -> String {
 fn read_cache(cache: &Path, key: &str) -> Option<AccelChoice> {
     let text = std::fs::read_to_string(cache).ok()?;
     let mut lines = text.lines();
-    (lines.next()? == key).then(|| AccelChoice {
-        accel: lines.next().unwrap_or("tcg").to_string(),
-        reason: format!("{} (cached)", lines.next().unwrap_or("")),
+    if lines.next()? != key {
+        return None;
+    }
+    let accel = lines.next().filter(|a| ["kvm", "tcg"].contains(a))?;
+    let reason = lines.next()?;
+    Some(AccelChoice {
+        accel: accel.to_string(),
+        reason: format!("{reason} (cached)"),
     })
 }
 
-fn probe_kvm(facts: &HostFacts, guest: &Path, limit: Duration) -> AccelChoice {
+/// What a probe boot says about KVM, and whether that lasts: a verdict or a
+/// timeout speaks for this host and is cached; a QEMU that failed before the
+/// guest ran (no guest image yet, KVM busy) says nothing about KVM, so the
+/// next run probes again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub choice: AccelChoice,
+    pub lasting: bool,
+}
+
+fn probe_kvm(facts: &HostFacts, guest: &Path, limit: Duration) -> Probe {
     let module = facts.kvm_module.as_deref();
     let vm = VmConfig {
         machine: MachineType::Microvm,
@@ -166,19 +182,36 @@ fn probe_kvm(facts: &HostFacts, guest: &Path, limit: Duration) -> AccelChoice {
         devices: vec![],
     };
     let fin = supervise::run(qemu::QEMU.as_ref(), &vm.args(), limit, |_| {});
+    judge_probe(&fin, module, limit)
+}
+
+/// The accelerator a finished probe boot points to. Only a guest that
+/// announced its verdict (`EXIT: STATUS=n`, and QEMU exited with n) ran:
+/// QEMU's own errors exit with status 1 too, which is also a pass verdict.
+pub fn judge_probe(fin: &Finished, module: Option<&str>, limit: Duration) -> Probe {
     let module = module.unwrap_or("unknown module");
-    match fin.end {
-        End::Exited(s) if Verdict::from_status(s as u32).is_some() => AccelChoice {
-            accel: "kvm".into(),
-            reason: format!(
-                "auto: a probe boot under KVM ({module}) gave a verdict in {} ms",
-                fin.elapsed.as_millis()
-            ),
-        },
-        End::TimedOut(_) => AccelChoice {
-            accel: "tcg".into(),
-            reason: format!(
-                "auto: a probe boot under KVM ({module}) gave no verdict within {} s{}",
+    let announced = fin
+        .stdout
+        .lines()
+        .find_map(|l| match line::parse(l.trim_end_matches('\r')) {
+            Some(Line::Exit(s)) => Some(s),
+            _ => None,
+        });
+    let (accel, lasting, reason) = match &fin.end {
+        &End::Exited(s)
+            if announced == Some(s as u32) && Verdict::from_status(s as u32).is_some() =>
+        {
+            (
+                "kvm",
+                true,
+                format!("gave a verdict in {} ms", fin.elapsed.as_millis()),
+            )
+        }
+        End::TimedOut(_) => (
+            "tcg",
+            true,
+            format!(
+                "gave no verdict within {} s{}",
                 limit.as_secs(),
                 if module == "kvm_pvm" {
                     " (kvm_pvm emulates firmware and paging-off code instruction by instruction)"
@@ -186,14 +219,22 @@ fn probe_kvm(facts: &HostFacts, guest: &Path, limit: Duration) -> AccelChoice {
                     ""
                 }
             ),
-        },
-        other => AccelChoice {
-            accel: "tcg".into(),
-            reason: format!(
-                "auto: a probe boot under KVM ({module}) failed: {other:?} {}",
-                fin.stderr.lines().next().unwrap_or("")
+        ),
+        other => (
+            "tcg",
+            false,
+            format!(
+                "failed before a verdict: {other:?}; stderr: {}",
+                fin.stderr.lines().next().unwrap_or("").trim()
             ),
+        ),
+    };
+    Probe {
+        choice: AccelChoice {
+            accel: accel.into(),
+            reason: format!("auto: a probe boot under KVM ({module}) {reason}"),
         },
+        lasting,
     }
 }
 
@@ -218,6 +259,68 @@ mod tests {
         assert_eq!(kvm_module(&d).as_deref(), Some("kvm_pvm"));
         std::fs::remove_dir_all(&d).unwrap();
         assert_eq!(kvm_module(&d), None);
+    }
+
+    fn probe(end: End, stdout: &str, stderr: &str) -> Probe {
+        let fin = Finished {
+            end,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            elapsed: Duration::from_millis(21),
+            ready_at: None,
+        };
+        judge_probe(&fin, Some("kvm_intel"), KVM_PROBE_LIMIT)
+    }
+
+    #[test]
+    fn a_probe_qemu_that_failed_before_the_guest_ran_is_not_cached() {
+        // `cargo xtask list` before `build`: no guest image yet.
+        let p = probe(
+            End::Exited(1),
+            "",
+            "qemu-system-x86_64: could not open kernel file 'images/ukci-guest': No such file or directory\n",
+        );
+        assert_eq!(p.choice.accel, "tcg");
+        assert!(!p.lasting);
+        assert!(
+            p.choice.reason.contains("could not open kernel file"),
+            "{}",
+            p.choice.reason
+        );
+        assert!(!probe(End::SpawnFailed("no qemu".into()), "", "").lasting);
+        assert!(!probe(End::Signaled(9), "PASS: boot.smoke: x\n", "").lasting);
+        // An EXIT line QEMU did not exit with is not the guest's verdict.
+        assert!(!probe(End::Exited(1), "EXIT: STATUS=3\n", "").lasting);
+    }
+
+    #[test]
+    fn a_verdict_or_a_timeout_is_cached() {
+        let p = probe(
+            End::Exited(1),
+            "PASS: boot.smoke: long mode\r\nSUMMARY: 1 tests\r\nEXIT: STATUS=1\r\n",
+            "",
+        );
+        assert_eq!(p.choice.accel, "kvm");
+        assert!(p.lasting);
+        assert!(p.choice.reason.contains("verdict in 21 ms"));
+        let p = probe(End::TimedOut(KVM_PROBE_LIMIT), "", "");
+        assert_eq!(p.choice.accel, "tcg");
+        assert!(p.lasting);
+    }
+
+    #[test]
+    fn only_a_whole_cache_entry_for_this_key_is_read() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("accel-probe.txt");
+        std::fs::write(&cache, "k1\nkvm\nauto: verdict in 21 ms\n").unwrap();
+        let c = read_cache(&cache, "k1").unwrap();
+        assert_eq!(c.accel, "kvm");
+        assert_eq!(c.reason, "auto: verdict in 21 ms (cached)");
+        assert_eq!(read_cache(&cache, "k2"), None, "another host or guest");
+        for cut in ["k1\n", "k1\nkvm\n", "k1\nkv\nwhy\n"] {
+            std::fs::write(&cache, cut).unwrap();
+            assert_eq!(read_cache(&cache, "k1"), None, "{cut:?}");
+        }
     }
 
     #[test]

@@ -212,8 +212,9 @@ pub const KVM_HOST_ENV: &str = "UKCI_KVM_HOST";
 /// Tells the agent the run's `--accel`, when one was given.
 pub const ACCEL_ENV: &str = "UKCI_ACCEL";
 
-/// The folder name of one boot's results.
-pub fn boot_dir_name(suite: &str, kernel: &str) -> String {
+/// The folder name of one boot's results: `<suite>@<kernel>`, and
+/// `<suite>@<kernel>.boot<n>` for a boot after the first.
+pub fn boot_dir_name(suite: &str, kernel: &str, boot_no: u32) -> String {
     let k: String = kernel
         .chars()
         .map(|c| {
@@ -224,7 +225,10 @@ pub fn boot_dir_name(suite: &str, kernel: &str) -> String {
             }
         })
         .collect();
-    format!("{suite}@{k}")
+    match boot_no {
+        1 => format!("{suite}@{k}"),
+        n => format!("{suite}@{k}.boot{n}"),
+    }
 }
 
 /// How often one (suite, kernel) may boot: a second boot runs only the tests
@@ -290,12 +294,8 @@ fn run_boots(
     }
     let mut pending: BTreeMap<String, usize> = idxs.iter().map(|&i| (plan[i].id(), i)).collect();
     let mut reruns: Vec<String> = Vec::new();
-    let base = boot_dir_name(&boot.suite, &boot.kernel.name);
     for boot_no in 1..=MAX_BOOTS {
-        let dir = results.join(match boot_no {
-            1 => base.clone(),
-            n => format!("{base}.boot{n}"),
-        });
+        let dir = results.join(boot_dir_name(&boot.suite, &boot.kernel.name, boot_no));
         let finish = |w: WireRun, pending: &mut BTreeMap<String, usize>| {
             if let Some(idx) = pending.remove(&w.test) {
                 let booted = w.host_kernel.clone();
@@ -440,12 +440,8 @@ fn boot_and_run(
         chroot: true,
     };
     // The namespace image stays out of the results folder the agent writes
-    // (and searches for secrets).
-    let scratch = ctx.images.join("scratch").join(format!(
-        "{}-{}",
-        std::process::id(),
-        dir.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    // (and searches for secrets), in this run's scratch folder.
+    let scratch = ctx.host.scratch.join(dir.file_name().unwrap_or_default());
     let mut cfg = BootConfig::new(
         &boot.kernel.name,
         &boot.kernel.vmlinuz,
@@ -650,9 +646,10 @@ mod tests {
     #[test]
     fn boot_folders_are_named_for_suite_and_kernel() {
         assert_eq!(
-            boot_dir_name("vhost-smoke", "debian:6.12"),
+            boot_dir_name("vhost-smoke", "debian:6.12", 1),
             "vhost-smoke@debian-6.12"
         );
-        assert_eq!(boot_dir_name("s", "dir:/a b"), "s@dir--a-b");
+        assert_eq!(boot_dir_name("s", "dir:/a b", 1), "s@dir--a-b");
+        assert_eq!(boot_dir_name("s", "debian:6.1", 2), "s@debian-6.1.boot2");
     }
 }

@@ -4,6 +4,7 @@
 use crate::supervise::{End, Finished};
 use ukci_protocol::Verdict;
 use ukci_protocol::line::{self, Line, Status};
+use ukci_protocol::report::ABORTED;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -101,6 +102,11 @@ pub fn judge(test: &str, checks: &[String], fin: &Finished) -> Judged {
             None => {}
         }
     }
+    let aborted = exit_line == Some(Verdict::Abort.status())
+        && fin.end == End::Exited(Verdict::Abort.status() as i32);
+    if aborted {
+        mark_abort(&mut j.results);
+    }
     if let Some(err) = vm_error(fin, exit_line, summary, last_line, &j.results) {
         j.results.push(SubResult {
             name: test.to_string(),
@@ -117,14 +123,27 @@ pub fn judge(test: &str, checks: &[String], fin: &Finished) -> Judged {
         if !reported {
             j.results.push(SubResult {
                 name: c.clone(),
-                outcome: Outcome::Error(format!(
-                    "check {c} reported no result although the guest finished"
-                )),
+                outcome: Outcome::Error(if aborted {
+                    format!("check {c} did not run: the guest aborted before it")
+                } else {
+                    format!("check {c} reported no result although the guest finished")
+                }),
                 detail: None,
             });
         }
     }
     j
+}
+
+/// A guest that aborted (a panic, an unexpected exception) did not finish
+/// its check: the `aborted` failure line its reporter wrote last is an
+/// error, like a triple fault, whatever the check was testing.
+fn mark_abort(results: &mut [SubResult]) {
+    let Some(r) = results.last_mut() else { return };
+    let is_abort_line = r.name == ABORTED || r.name.ends_with(&format!(": {ABORTED}"));
+    if let (true, Outcome::Fail(m)) = (is_abort_line, &r.outcome) {
+        r.outcome = Outcome::Error(format!("the guest aborted: {m}"));
+    }
 }
 
 fn status_outcome(status: Status, name: &str, reason: Option<&str>) -> Outcome {
@@ -366,6 +385,49 @@ mod tests {
         );
         assert!(vm_err(End::Exited(1), "EXIT: STATUS=1\n", "").contains("reported no results"));
         assert!(vm_err(End::SpawnFailed("no such file".into()), "", "").contains("did not start"));
+    }
+
+    #[test]
+    fn a_guest_that_aborted_is_an_error_not_a_failure() {
+        let out = "PASS: boot.smoke: long mode\r\nFAIL: selftest.panic: aborted\r\n\
+                   ukci-detail: panic at guest/src/checks/selftest.rs:26: deliberate panic\r\n\
+                   SUMMARY: 2 tests, 1 unexpected failures\r\nEXIT: STATUS=127\r\n";
+        let j = judge(
+            "panic",
+            &checks(&["boot.smoke", "selftest.panic", "fault.selftest"]),
+            &fin(End::Exited(127), out, ""),
+        );
+        let outcomes: Vec<(&str, &Outcome)> = j
+            .results
+            .iter()
+            .map(|r| (r.name.as_str(), &r.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("boot.smoke: long mode", &Outcome::Pass),
+                (
+                    "selftest.panic: aborted",
+                    &Outcome::Error(
+                        "the guest aborted: panic at guest/src/checks/selftest.rs:26: deliberate panic"
+                            .into()
+                    )
+                ),
+                (
+                    "fault.selftest",
+                    &Outcome::Error(
+                        "check fault.selftest did not run: the guest aborted before it".into()
+                    )
+                ),
+            ]
+        );
+        // A plain failure stays a failure, even one named like a step.
+        let out = "FAIL: cr.arch: aborted\r\nSUMMARY: 1 tests, 1 unexpected failures\r\nEXIT: STATUS=3\r\n";
+        let j = judge("t", &checks(&["cr.arch"]), &fin(End::Exited(3), out, ""));
+        assert_eq!(
+            j.results[0].outcome,
+            Outcome::Fail("cr.arch: aborted".into())
+        );
     }
 
     #[test]

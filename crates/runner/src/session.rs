@@ -8,6 +8,7 @@ use crate::lane::{self, LaneContext, WireRun};
 use crate::manifest::{self, Accel, Manifest};
 use crate::outcome::Outcome;
 use crate::plan::{self, Decision, PlanOptions, PlannedTest};
+use crate::rundir::{self, RunDir};
 use crate::{exitcode, junit, terminal};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -40,6 +41,14 @@ impl Layout {
         self.reports
             .clone()
             .unwrap_or_else(|| self.root.join("reports"))
+    }
+    /// Where runs keep their scratch images: one folder per run.
+    pub fn scratch_root(&self) -> PathBuf {
+        self.images().join("scratch")
+    }
+    /// This process's scratch folder, `images/scratch/<pid>`.
+    pub fn scratch(&self) -> PathBuf {
+        self.scratch_root().join(std::process::id().to_string())
     }
     /// The guest image a run boots (copied there after a build).
     pub fn guest_image(&self) -> PathBuf {
@@ -189,16 +198,12 @@ pub fn resolve_kernels(
 pub fn make_plan(layout: &Layout, manifests: &[Manifest], opts: &PlanOptions) -> Vec<PlannedTest> {
     let facts = host::detect();
     let auto = auto_accel(layout, &facts, manifests, opts);
-    let scratch = layout
-        .images()
-        .join("scratch")
-        .join(std::process::id().to_string());
     plan::plan(
         manifests,
         &facts,
         &auto,
         &layout.guest_image(),
-        &scratch,
+        &layout.scratch(),
         opts,
     )
 }
@@ -224,6 +229,64 @@ impl Restored {
             Restored::Left(_) => exitcode::RESTORE,
         }
     }
+}
+
+/// Removes what runs that are gone (killed, or crashed) left: their scratch
+/// folders, and report folders they never finished. Says what it removed.
+pub fn reclaim_dead_runs(layout: &Layout) {
+    for (dir, left_by_a_run) in [
+        (
+            layout.scratch_root(),
+            rundir::is_run_scratch as fn(&Path) -> bool,
+        ),
+        (layout.reports(), rundir::is_unfinished_report),
+    ] {
+        for p in rundir::reclaim(&dir, left_by_a_run) {
+            eprintln!("removed {}: a run that did not finish left it", p.display());
+        }
+    }
+}
+
+/// The longest file name Linux file systems take (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+/// The file in `reports/<run>/logs/` that holds a test's serial log.
+pub fn log_file_name(t: &PlannedTest) -> String {
+    format!("{}.log", t.id())
+}
+
+/// Every file and folder name a test's run will create (its log, its scratch
+/// images, its virtual host's results folders) fits the file-name limit:
+/// checked before anything runs, not found out when the report is written.
+pub fn check_file_names(plan: &[PlannedTest]) -> Result<(), String> {
+    for t in plan {
+        let mut names = vec![(log_file_name(t), "its log")];
+        for s in &t.scratch {
+            let name = s.path.file_name().unwrap_or_default().to_string_lossy();
+            names.push((name.into_owned(), "a scratch image"));
+        }
+        if let Some(b) = &t.boot {
+            names.push((
+                lane::boot_dir_name(&b.suite, &b.kernel.name, lane::MAX_BOOTS),
+                "its virtual host's results folder",
+            ));
+        }
+        if let Some((name, what)) = names.into_iter().find(|(n, _)| n.len() > NAME_MAX) {
+            return Err(format!(
+                "{}: test `{}`: the file name of {what} would be {} bytes, over the limit of {NAME_MAX}: {name} \
+                 (help: shorten the suite or test name{})",
+                t.manifest.display(),
+                t.id(),
+                name.len(),
+                if t.boot.is_some() {
+                    " or the kernel's name"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Puts back whatever a crashed run left changed on this host, as its
@@ -310,6 +373,34 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
             return exitcode::MANIFEST;
         }
     };
+    reclaim_dead_runs(layout);
+    // Both folders go away with this value on every way out of the run; the
+    // report folder stays only once its report is complete.
+    let run_name = run_name();
+    let report_dir = match RunDir::create(&layout.reports().join(&run_name)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!(
+                "error: cannot write reports in {}: {e} (help: pass `--reports DIR` with a folder you can write)",
+                layout.reports().display()
+            );
+            return if layout.reports.is_some() {
+                exitcode::USAGE
+            } else {
+                exitcode::HOST
+            };
+        }
+    };
+    let scratch_dir = match RunDir::create(&layout.scratch()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!(
+                "error: cannot create the scratch folder in {}: {e}",
+                layout.scratch_root().display()
+            );
+            return exitcode::HOST;
+        }
+    };
     if layout.journal().exists() {
         match restore(layout) {
             Restored::Done(m) => eprintln!("{m}"),
@@ -340,8 +431,11 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
         eprintln!("error: no test matches; `cargo xtask list` shows the plan");
         return exitcode::USAGE;
     }
-    let run_name = run_name();
-    let dir = layout.reports().join(&run_name);
+    if let Err(e) = check_file_names(&plan) {
+        eprintln!("error: {e}");
+        return exitcode::MANIFEST;
+    }
+    let dir = report_dir.path().to_path_buf();
     let mut runs: Vec<Option<TestRun>> = vec![None; plan.len()];
     let mut term = terminal::Terminal::new(&plan);
     let lane = LaneContext {
@@ -353,10 +447,7 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
             pf,
             pf_source,
             journal: layout.journal(),
-            scratch: layout
-                .images()
-                .join("scratch")
-                .join(std::process::id().to_string()),
+            scratch: scratch_dir.path().to_path_buf(),
             guest: layout.guest_image(),
         },
     };
@@ -371,7 +462,7 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
         }
     });
     term.finish();
-    let scratch = &lane.host.scratch;
+    let scratch = scratch_dir.path();
     if crate::supervise::interrupted() {
         eprintln!("interrupted: no report was written");
         return match secret_scan(&[&dir, scratch]) {
@@ -389,9 +480,15 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
     }
     eprint!("\n{}", terminal::summary(&plan, &runs));
     match write_reports(layout, &dir, &run_name, &plan, &runs) {
-        Ok(p) => eprintln!("report: {}", p.display()),
+        Ok(p) => {
+            eprintln!("report: {}", p.display());
+            report_dir.keep();
+        }
         Err(e) => {
-            eprintln!("error: cannot write the report in {}: {e}", dir.display());
+            eprintln!(
+                "error: cannot write the report in {}: {e}; the folder is removed",
+                dir.display()
+            );
             return exitcode::ERROR;
         }
     }
@@ -492,7 +589,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
             },
             pf,
             journal: results.join("restore.journal"),
-            scratch: results.join("scratch"),
+            scratch: scratch.clone(),
             guest: layout.guest_image(),
         },
     };
@@ -513,7 +610,12 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
             }
         }
     });
-    match secret_scan(&[results]) {
+    let scanned = secret_scan(&[results]);
+    // Each test removed its images; the folder goes too. An agent that never
+    // gets here took its host down with it, and the host's run reclaims the
+    // whole results folder.
+    let _ = std::fs::remove_dir_all(&scratch);
+    match scanned {
         Ok(()) => exitcode::OK,
         Err(e) => {
             eprintln!("error: {e}");
@@ -601,17 +703,21 @@ fn write_reports(
             log.push_str("\n--- QEMU stderr ---\n");
             log.push_str(&run.stderr);
         }
-        std::fs::write(dir.join("logs").join(format!("{}.log", t.id())), log)?;
+        std::fs::write(dir.join("logs").join(log_file_name(t)), log)?;
     }
     let report = junit::report(run_name, plan, runs);
     let xml = report
         .to_string()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let path = dir.join("junit.xml");
-    std::fs::write(&path, xml)?;
-    let latest = layout.reports().join("latest");
-    let _ = std::fs::remove_file(&latest);
-    std::os::unix::fs::symlink(run_name, &latest)?;
+    // Whole or not at all: a full disk leaves no half-written junit.xml.
+    let path = dir.join(rundir::JUNIT);
+    rundir::replace_atomically(&path, |tmp| {
+        std::fs::write(tmp, &xml)?;
+        std::fs::File::open(tmp)?.sync_all()
+    })?;
+    rundir::replace_atomically(&layout.reports().join("latest"), |tmp| {
+        std::os::unix::fs::symlink(run_name, tmp)
+    })?;
     Ok(path)
 }
 
@@ -713,6 +819,32 @@ mod tests {
              kvm_amd: disagrees about version of symbol kvm_x86_ops; SVM: TSC scaling supported"
         );
         assert_eq!(kvm_log("", &[]), "");
+    }
+
+    #[test]
+    fn a_file_name_over_the_limit_is_caught_before_anything_runs() {
+        let plan = crate::plan::tests::virtual_plan(crate::plan::tests::VIRTUAL);
+        assert_eq!(check_file_names(&plan), Ok(()));
+        // `<suite>.<test>.log` at exactly the limit still fits.
+        let mut p = plan.clone();
+        p[0].test = "t".repeat(NAME_MAX - p[0].suite.len() - ".".len() - ".log".len());
+        assert_eq!(log_file_name(&p[0]).len(), NAME_MAX);
+        assert_eq!(check_file_names(&p), Ok(()));
+        p[0].test.push('t');
+        let e = check_file_names(&p).unwrap_err();
+        assert!(
+            e.contains("its log would be 256 bytes, over the limit of 255")
+                && e.contains("help: shorten the suite or test name"),
+            "{e}"
+        );
+        // A long `dir:` kernel makes the virtual host's folder name too long.
+        let mut p = plan.clone();
+        p[0].boot.as_mut().unwrap().kernel.name = format!("dir:/{}", "k".repeat(250));
+        let e = check_file_names(&p).unwrap_err();
+        assert!(
+            e.contains("its virtual host's results folder") && e.contains("the kernel's name"),
+            "{e}"
+        );
     }
 
     #[test]
