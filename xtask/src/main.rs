@@ -351,7 +351,7 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
         let lane = t
             .boot
             .as_ref()
-            .map_or(String::new(), |b| format!(" @ {}", b.kernel.name));
+            .map_or(String::new(), |b| format!(" @ {}", b.label()));
         println!("{:<36} {what}", format!("{}{lane}", t.id()));
         println!("{:<36}   checks: {}", "", t.checks.join(", "));
         for e in &t.expects {

@@ -23,6 +23,9 @@ pub struct Environment {
     /// What the kernel said of its KVM modules (their dmesg lines, a load
     /// error), where ukci loaded them.
     pub kvm_log: String,
+    /// The lane's KVM variant (`[[lane.kvm]]` name); none for a kernel's own
+    /// KVM outside a lane that declares variants.
+    pub kvm_variant: Option<String>,
     pub cpu_model: String,
     /// Set when the tests run inside a virtual test host.
     pub virtual_host: Option<VirtualHost>,
@@ -43,9 +46,10 @@ impl Environment {
     /// The short label used in suite names: the accelerator on this host,
     /// the kernel in a virtual lane.
     pub fn label(&self) -> String {
-        match &self.virtual_host {
-            Some(v) => v.kernel.clone(),
-            None => self.accel.clone(),
+        match (&self.virtual_host, &self.kvm_variant) {
+            (Some(v), Some(k)) => format!("{}, {k}", v.kernel),
+            (Some(v), None) => v.kernel.clone(),
+            (None, _) => self.accel.clone(),
         }
     }
 
@@ -82,6 +86,9 @@ impl Environment {
             ),
             ("cpu.model", self.cpu_model.clone()),
         ]);
+        if let Some(v) = &self.kvm_variant {
+            p.push(("kvm.variant", v.clone()));
+        }
         if !self.kvm_log.is_empty() {
             p.push(("kvm.log", self.kvm_log.clone()));
         }
@@ -227,6 +234,14 @@ pub const KEYS: &[Key] = &[
         before_boot: false,
     },
     Key {
+        name: "kvm_variant",
+        says: "KVM variant",
+        values: Values::Name,
+        have: |e| e.kvm_variant.clone().unwrap_or_else(|| "none".into()),
+        why: None,
+        before_boot: true,
+    },
+    Key {
         name: "kvm_host",
         says: "KVM running on",
         values: Values::OneOf(&["tcg", "kvm", "unknown"]),
@@ -270,6 +285,8 @@ pub enum Values {
     OneOf(&'static [&'static str]),
     /// A version requirement such as `>=6.1, <6.13`.
     Version,
+    /// A name the manifest itself defines (a KVM variant), or a list.
+    Name,
 }
 
 /// What a key must be.
@@ -391,7 +408,7 @@ impl<'de> de::DeserializeSeed<'de> for ValueSeed {
                     .map(Condition::Version)
                     .map_err(de::Error::custom)
             }
-            Values::OneOf(allowed) => {
+            Values::OneOf(_) | Values::Name => {
                 #[derive(Deserialize)]
                 #[serde(untagged, expecting = "a name or a list of names")]
                 enum OneOrMany {
@@ -402,15 +419,25 @@ impl<'de> de::DeserializeSeed<'de> for ValueSeed {
                     OneOrMany::One(s) => vec![s],
                     OneOrMany::Many(l) => l,
                 };
+                let allowed: &[&str] = match key.values {
+                    Values::OneOf(a) => a,
+                    _ => &[],
+                };
                 let listed: Vec<String> = allowed.iter().map(|a| format!("`{a}`")).collect();
                 if list.is_empty() {
                     return Err(de::Error::custom(format!(
-                        "`{}` lists no value; allowed: {}",
+                        "`{}` lists no value{}",
                         key.name,
-                        listed.join(", ")
+                        if listed.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; allowed: {}", listed.join(", "))
+                        }
                     )));
                 }
-                if let Some(bad) = list.iter().find(|v| !allowed.contains(&v.as_str())) {
+                if let Values::OneOf(allowed) = key.values
+                    && let Some(bad) = list.iter().find(|v| !allowed.contains(&v.as_str()))
+                {
                     return Err(de::Error::custom(format!(
                         "`{}` cannot be `{}`; allowed: {}",
                         key.name,
@@ -437,6 +464,7 @@ mod tests {
             kvm_module: Some("kvm_pvm".into()),
             kvm_host: None,
             kvm_log: String::new(),
+            kvm_variant: None,
             cpu_model: "AMD EPYC".into(),
             virtual_host: None,
         }

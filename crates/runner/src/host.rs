@@ -22,6 +22,8 @@ pub struct HostFacts {
     pub kvm_host: Option<String>,
     /// What the kernel said of its KVM modules, where ukci loaded them.
     pub kvm_log: String,
+    /// The lane's KVM variant this host loaded (inside a virtual host).
+    pub kvm_variant: Option<String>,
     pub cpu_model: String,
     /// Whether `/dev/kvm` exists and opens read-write.
     pub dev_kvm: Result<(), String>,
@@ -36,6 +38,7 @@ pub fn detect() -> HostFacts {
         kvm_module: kvm_module(Path::new("/sys/module")),
         kvm_host: None,
         kvm_log: String::new(),
+        kvm_variant: None,
         cpu_model: cpu_model(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         dev_kvm: dev_kvm(),
     }

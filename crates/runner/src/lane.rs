@@ -56,6 +56,9 @@ pub struct WireEnv {
     pub kvm_host: Option<String>,
     pub kvm_log: String,
     pub cpu_model: String,
+    /// What [`KVM_BUILD_MARKER`] said: the patch set of a KVM built by ukci.
+    #[serde(default)]
+    pub kvm_build: Option<String>,
 }
 
 impl WireEnv {
@@ -67,6 +70,9 @@ impl WireEnv {
             kvm_host: env.kvm_host.clone(),
             kvm_log: env.kvm_log.clone(),
             cpu_model: env.cpu_model.clone(),
+            kvm_build: std::fs::read_to_string(KVM_BUILD_MARKER)
+                .ok()
+                .map(|s| s.trim().to_string()),
         }
     }
 
@@ -211,6 +217,10 @@ pub const PF_ENV: &str = "UKCI_PF";
 pub const KVM_HOST_ENV: &str = "UKCI_KVM_HOST";
 /// Tells the agent the run's `--accel`, when one was given.
 pub const ACCEL_ENV: &str = "UKCI_ACCEL";
+/// Tells the agent the lane's KVM variant its host loaded.
+pub const KVM_VARIANT_ENV: &str = "UKCI_KVM_VARIANT";
+/// Where a KVM built by ukci says which patch set it was built from.
+pub const KVM_BUILD_MARKER: &str = "/sys/module/kvm/parameters/ukci_variant";
 
 /// The folder name of one boot's results: `<suite>@<kernel>`, and
 /// `<suite>@<kernel>.boot<n>` for a boot after the first.
@@ -247,6 +257,31 @@ pub struct HostFailure {
 
 /// The error result for a test whose agent ran on another kernel than the
 /// plan's (whose `uname -r` is the report's `host.kernel` property).
+/// An error result when the KVM the host loaded is not the build the
+/// variant asked for (a stock module, or another patch set's).
+pub fn wrong_kvm(
+    variant: Option<&crate::plan::KvmVariant>,
+    loaded: Option<&str>,
+    log: &str,
+) -> Option<SubResult> {
+    let want = variant?
+        .patches
+        .as_ref()?
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
+    (loaded != Some(want.as_str())).then(|| SubResult {
+        name: "kvm.build".into(),
+        outcome: Outcome::Error(format!(
+            "the virtual host's KVM is {}, not the `{want}` build this variant loads: {log}",
+            loaded.map_or("the kernel's own".to_string(), |l| format!(
+                "the `{l}` build"
+            ))
+        )),
+        detail: None,
+    })
+}
+
 pub fn wrong_kernel(planned: &str, booted: &str) -> Option<SubResult> {
     (planned != booted).then(|| SubResult {
         name: "host.kernel".into(),
@@ -295,13 +330,18 @@ fn run_boots(
     let mut pending: BTreeMap<String, usize> = idxs.iter().map(|&i| (plan[i].id(), i)).collect();
     let mut reruns: Vec<String> = Vec::new();
     for boot_no in 1..=MAX_BOOTS {
-        let dir = results.join(boot_dir_name(&boot.suite, &boot.kernel.name, boot_no));
+        let dir = results.join(boot_dir_name(&boot.suite, &boot.label(), boot_no));
         let finish = |w: WireRun, pending: &mut BTreeMap<String, usize>| {
             if let Some(idx) = pending.remove(&w.test) {
                 let booted = w.host_kernel.clone();
+                let wrong_build = w
+                    .env
+                    .as_ref()
+                    .and_then(|e| wrong_kvm(boot.kvm.as_ref(), e.kvm_build.as_deref(), &e.kvm_log));
                 let env = w.env.clone().map(|e| e.apply(&plan[idx].env));
                 let mut run = w.into_run();
                 run.env = env;
+                run.judged.results.extend(wrong_build);
                 run.reruns = reruns.clone();
                 if let Some(wrong) = wrong_kernel(&plan[idx].env.host_kernel, &booted) {
                     run.judged.results.push(wrong);
@@ -435,6 +475,11 @@ fn boot_and_run(
         ]
         .into_iter()
         .chain(boot.accel.map(|a| (ACCEL_ENV, a.word())))
+        .chain(
+            boot.kvm
+                .as_ref()
+                .map(|k| (KVM_VARIANT_ENV, k.name.as_str())),
+        )
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
         chroot: true,

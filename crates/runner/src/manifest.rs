@@ -77,6 +77,33 @@ pub struct Lane {
     pub topology: Option<Spanned<TopologySpec>>,
     /// Hard limit for one boot of the virtual host, all its tests included.
     pub timeout: Option<Timeout>,
+    /// The KVMs each kernel boots with, each reported as its own suite:
+    /// the kernel's own (no `patches`) or one built from a patch set.
+    #[serde(default)]
+    pub kvm: Vec<Spanned<KvmVariantSpec>>,
+}
+
+/// One KVM of a virtual lane.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvmVariantSpec {
+    /// Names the variant in suite names and `when = { kvm_variant = ... }`.
+    pub name: Spanned<String>,
+    /// A patch-set folder (`<set>/<kernel series>/series`), relative to the
+    /// manifest: kvm.ko and kvm-amd.ko are built from the kernel's own
+    /// Debian source with it. Without it the kernel's own modules load.
+    pub patches: Option<Spanned<PathBuf>>,
+    /// Parameters of the `kvm` module (`crpin_flaw = "cr0-not-enforced"`).
+    #[serde(default)]
+    pub params: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+impl KvmVariantSpec {
+    /// The patch folder as a path from the working directory.
+    pub fn patches_from(&self, manifest: &Path) -> Option<PathBuf> {
+        let p = self.patches.as_ref()?.get_ref();
+        Some(manifest.parent().unwrap_or(Path::new(".")).join(p))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -528,7 +555,7 @@ fn validate(m: &Manifest, src: &SourceFile, complete: bool, diags: &mut Diagnost
     validate_suite_name(m, src, diags);
     validate_machine(&m.defaults, src, diags);
     if let Some(lane) = &m.lane {
-        validate_lane(lane, src, diags);
+        validate_lane(lane, &m.path, src, diags);
     }
     for (i, t) in m.tests.iter().enumerate() {
         if let Some(prev) = m.tests[..i]
@@ -642,7 +669,70 @@ fn validate_expectation(m: &Manifest, e: &Expectation, src: &SourceFile, diags: 
     }
 }
 
-fn validate_lane(lane: &Lane, src: &SourceFile, diags: &mut Diagnostics) {
+fn validate_kvm_variants(lane: &Lane, m_path: &Path, src: &SourceFile, diags: &mut Diagnostics) {
+    if !lane.kvm.is_empty() && *lane.kind.get_ref() == LaneKind::Local {
+        diags.push(src.at(
+            lane.kvm[0].span(),
+            "KVM variants belong to a virtual lane: a local lane runs this host's KVM".into(),
+            "use kind = \"virtual\"",
+        ));
+    }
+    let safe = |s: &str| {
+        !s.is_empty()
+            && s.len() <= MAX_NAME
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    for (i, v) in lane.kvm.iter().enumerate() {
+        let v = v.get_ref();
+        let name = v.name.get_ref();
+        if let Err(why) = check_name(name, false) {
+            diags.push(src.at(
+                v.name.span(),
+                format!("invalid KVM variant name `{}`: {why}", shown(name)),
+                "variant names are part of suite and file names: letters, digits, `-` and `_`",
+            ));
+        }
+        if lane.kvm[..i]
+            .iter()
+            .any(|p| p.get_ref().name.get_ref() == name)
+        {
+            diags.push(src.at(
+                v.name.span(),
+                format!("KVM variant `{}` is declared twice", shown(name)),
+                "give every variant a unique name",
+            ));
+        }
+        if let (Some(p), Some(dir)) = (&v.patches, v.patches_from(m_path))
+            && !dir.is_dir()
+        {
+            diags.push(src.at(
+                p.span(),
+                format!(
+                    "patch set `{}` is not a folder ({})",
+                    p.get_ref().display(),
+                    dir.display()
+                ),
+                "name a folder such as ../patches/kvm/cr-pin-v3, relative to this manifest",
+            ));
+        }
+        for (k, val) in &v.params {
+            if !safe(k.get_ref()) || !safe(val.get_ref()) {
+                diags.push(src.at(
+                    k.span(),
+                    format!(
+                        "module parameter `{}` = `{}` is not a plain name",
+                        shown(k.get_ref()),
+                        shown(val.get_ref())
+                    ),
+                    "parameters are passed to insmod: letters, digits, `-` and `_` only",
+                ));
+            }
+        }
+    }
+}
+
+fn validate_lane(lane: &Lane, m_path: &Path, src: &SourceFile, diags: &mut Diagnostics) {
     match lane.kind.get_ref() {
         LaneKind::Local => {
             if !lane.kernels.is_empty() || lane.topology.is_some() {
@@ -673,6 +763,7 @@ fn validate_lane(lane: &Lane, src: &SourceFile, diags: &mut Diagnostics) {
             ));
         }
     }
+    validate_kvm_variants(lane, m_path, src, diags);
     if let Some(t) = &lane.topology
         && let Err(e) = t.get_ref().resolve().validate()
     {
@@ -988,6 +1079,38 @@ mod tests {
         let e =
             errors("[lane]\nkind = \"virtual\"\n[[test]]\nname = \"a\"\nchecks = [\"vfio.env\"]\n");
         assert!(e[0].contains("at least one kernel"), "{e:?}");
+    }
+
+    #[test]
+    fn kvm_variants_are_validated_where_they_are_written() {
+        let e = errors(
+            "[lane]\nkind = \"virtual\"\nkernels = [\"debian:7.3\"]\nkvm = [\n  { name = \"stock\" },\n  \
+             { name = \"stock\" },\n  { name = \"v3\", patches = \"nope/kvm/cr-pin-v3\" },\n  \
+             { name = \"bad name\", params = { crpin_flaw = \"a b\" } },\n]\n\
+             [[test]]\nname = \"a\"\nchecks = [\"cr-pin.detect\"]\n\
+             [[expect]]\ntest = \"a\"\nwhen = { kvm_variant = \"v3\" }\noutcome = \"xfail\"\nreason = \"r\"\n",
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(
+            e[0].starts_with("m.toml:6:12:") && e[0].contains("declared twice"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].starts_with("m.toml:7:28:") && e[1].contains("not a folder"),
+            "{}",
+            e[1]
+        );
+        assert!(
+            e[2].starts_with("m.toml:8:12:") && e[2].contains("variant name"),
+            "{}",
+            e[2]
+        );
+        assert!(
+            e[3].starts_with("m.toml:8:35:") && e[3].contains("crpin_flaw"),
+            "{}",
+            e[3]
+        );
     }
 
     #[test]

@@ -53,11 +53,62 @@ pub struct VirtualBoot {
     pub timeout: Duration,
     /// `--accel`, which the agent applies to every test as this run does.
     pub accel: Option<Accel>,
+    /// The KVM this boot loads, where the lane declares variants.
+    pub kvm: Option<KvmVariant>,
 }
 
 impl PartialEq for VirtualBoot {
     fn eq(&self, o: &Self) -> bool {
-        self.suite == o.suite && self.kernel.name == o.kernel.name
+        self.suite == o.suite
+            && self.kernel.name == o.kernel.name
+            && self.kvm.as_ref().map(|k| &k.name) == o.kvm.as_ref().map(|k| &k.name)
+    }
+}
+
+impl VirtualBoot {
+    /// The kernel, and the KVM variant where the lane declares variants:
+    /// `debian:6.12` or `debian:6.12, cr-pin-v3`.
+    pub fn label(&self) -> String {
+        match &self.kvm {
+            Some(k) => format!("{}, {}", self.kernel.name, k.name),
+            None => self.kernel.name.clone(),
+        }
+    }
+}
+
+/// One KVM of a lane (`[lane] kvm = [...]`), resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvmVariant {
+    pub name: String,
+    /// The patch set kvm.ko and kvm-amd.ko are built from; `None`: the
+    /// kernel's own modules.
+    pub patches: Option<PathBuf>,
+    /// `key=value` parameters of the `kvm` module.
+    pub params: Vec<String>,
+}
+
+fn kvm_variants(m: &Manifest) -> Vec<Option<KvmVariant>> {
+    let declared: Vec<Option<KvmVariant>> = m
+        .lane
+        .iter()
+        .flat_map(|l| &l.kvm)
+        .map(|v| {
+            let v = v.get_ref();
+            Some(KvmVariant {
+                name: v.name.get_ref().clone(),
+                patches: v.patches_from(&m.path),
+                params: v
+                    .params
+                    .iter()
+                    .map(|(k, val)| format!("{}={}", k.get_ref(), val.get_ref()))
+                    .collect(),
+            })
+        })
+        .collect();
+    if declared.is_empty() {
+        vec![None]
+    } else {
+        declared
     }
 }
 
@@ -137,7 +188,8 @@ pub fn plan(
             opts.kernels_for(m)
                 .iter()
                 .filter_map(|k| opts.resolved.get(k))
-                .map(|k| {
+                .flat_map(|k| kvm_variants(m).into_iter().map(move |v| (k, v)))
+                .map(|(k, kvm)| {
                     let lane = m.lane.as_ref();
                     Some(VirtualBoot {
                         suite: suite.clone(),
@@ -151,6 +203,7 @@ pub fn plan(
                             .and_then(|l| l.timeout)
                             .map_or(DEFAULT_LANE_TIMEOUT, |t| t.0),
                         accel: opts.accel,
+                        kvm,
                     })
                 })
                 .collect()
@@ -185,6 +238,7 @@ pub fn plan(
                         kvm_module: host.kvm_module.clone(),
                         kvm_host: host.kvm_host.clone(),
                         kvm_log: host.kvm_log.clone(),
+                        kvm_variant: host.kvm_variant.clone(),
                         cpu_model: host.cpu_model.clone(),
                         virtual_host: None,
                     },
@@ -196,6 +250,7 @@ pub fn plan(
                         kvm_module: None,
                         kvm_host: Some(VHOST_ACCEL.to_string()),
                         kvm_log: String::new(),
+                        kvm_variant: b.kvm.as_ref().map(|k| k.name.clone()),
                         cpu_model: "QEMU TCG max".into(),
                         virtual_host: Some(VirtualHost {
                             kernel: b.kernel.name.clone(),
@@ -380,6 +435,7 @@ pub(crate) mod tests {
             kvm_module: Some("kvm_pvm".into()),
             kvm_host: None,
             kvm_log: String::new(),
+            kvm_variant: None,
             cpu_model: "EPYC".into(),
             dev_kvm: Ok(()),
         }
@@ -496,6 +552,26 @@ reason = "why"
             kernel("debian:6.12", "6.12.117+deb12-amd64"),
         );
         opts
+    }
+
+    #[test]
+    fn each_kvm_variant_is_a_boot_and_a_suite_of_its_own() {
+        let text = "[lane]\nkind = \"virtual\"\nkernels = [\"debian:6.12\"]\n\
+            kvm = [{ name = \"stock\" }, { name = \"flawed\", params = { crpin_flaw = \"guest-unpin\" } }]\n\
+            [[test]]\nname = \"a\"\nchecks = [\"cr-pin.detect\"]\n\
+            [[expect]]\ntest = \"a\"\nwhen = { kvm_variant = \"flawed\" }\noutcome = \"kfail\"\nreason = \"r\"\n";
+        let p = virtual_plan(text);
+        assert_eq!(p.len(), 2);
+        let labels: Vec<String> = p.iter().map(|t| t.env.label()).collect();
+        assert_eq!(labels, ["debian:6.12, stock", "debian:6.12, flawed"]);
+        assert_ne!(p[0].boot, p[1].boot, "two variants share a boot");
+        assert_eq!(
+            p[1].boot.as_ref().unwrap().kvm.as_ref().unwrap().params,
+            ["crpin_flaw=guest-unpin"]
+        );
+        // The expectation keys on the variant, which is known before boot.
+        assert!(p[0].expects.is_empty());
+        assert_eq!(p[1].expects.len(), 1);
     }
 
     pub(crate) const VIRTUAL: &str = r#"

@@ -267,7 +267,7 @@ pub fn check_file_names(plan: &[PlannedTest]) -> Result<(), String> {
         }
         if let Some(b) = &t.boot {
             names.push((
-                lane::boot_dir_name(&b.suite, &b.kernel.name, lane::MAX_BOOTS),
+                lane::boot_dir_name(&b.suite, &b.label(), lane::MAX_BOOTS),
                 "its virtual host's results folder",
             ));
         }
@@ -630,10 +630,14 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
 fn agent_facts(results: &Path) -> HostFacts {
     let mut facts = host::detect();
     facts.kvm_host = std::env::var(lane::KVM_HOST_ENV).ok();
+    facts.kvm_variant = std::env::var(lane::KVM_VARIANT_ENV).ok();
     let loads =
         std::fs::read_to_string(results.join(ukci_vhost::initramfs::KVM_LOG)).unwrap_or_default();
     let dmesg = ukci_vfio::kmsg::Watch::from_oldest().lines();
     facts.kvm_log = kvm_log(&loads, &dmesg);
+    if let Ok(build) = std::fs::read_to_string(lane::KVM_BUILD_MARKER) {
+        facts.kvm_log = format!("kvm build: {}; {}", build.trim(), facts.kvm_log);
+    }
     if let Err(e) = &mut facts.dev_kvm {
         e.push_str(&format!(" ({})", facts.kvm_log));
     }

@@ -458,6 +458,7 @@ fn plan_all(m: Manifest) {
         kvm_module: Some("kvm_pvm".into()),
         kvm_host: None,
         kvm_log: String::new(),
+        kvm_variant: None,
         cpu_model: "EPYC".into(),
         dev_kvm: Ok(()),
     };

@@ -117,6 +117,8 @@ pub struct InitramfsSpec {
     /// Modules taken from these `.ko` files instead of the kernel's tree
     /// (a KVM built from patched sources), by module name.
     pub replacements: BTreeMap<String, PathBuf>,
+    /// `key=value` parameters of the `kvm` module itself.
+    pub kvm_params: Vec<String>,
 }
 
 impl Default for InitramfsSpec {
@@ -126,6 +128,7 @@ impl Default for InitramfsSpec {
             modules: lane_modules(),
             kvm: kvm_modules(),
             replacements: BTreeMap::new(),
+            kvm_params: Vec::new(),
         }
     }
 }
@@ -450,16 +453,26 @@ pub fn dependency_closure(
 /// The lines of [`KVM_LIST_PATH`]: `flag name [params...]` in load order,
 /// the flag of a vendor module its CPU feature and `-` for what it needs;
 /// a vendor module the kernel does not have as `absent name`.
-pub fn kvm_list(load_order: &[String], present: &[&KvmLoad], absent: &[&KvmLoad]) -> String {
+pub fn kvm_list(
+    load_order: &[String],
+    present: &[&KvmLoad],
+    absent: &[&KvmLoad],
+    kvm_params: &[String],
+) -> String {
     let mut out = String::new();
     for name in load_order {
         let vendor = present.iter().find(|k| &k.module.name == name);
+        let load = match vendor {
+            Some(k) => k.module.clone(),
+            None if name == "kvm" => ModuleLoad {
+                name: name.clone(),
+                params: kvm_params.to_vec(),
+            },
+            None => ModuleLoad::new(name),
+        };
         out.push_str(vendor.map_or("-", |k| k.cpu_flag));
         out.push(' ');
-        out.push_str(&module_list(
-            std::slice::from_ref(name),
-            &[vendor.map_or_else(|| ModuleLoad::new(name), |k| k.module.clone())],
-        ));
+        out.push_str(&module_list(std::slice::from_ref(name), &[load]));
     }
     for k in absent {
         out.push_str(&format!("absent {}\n", k.module.name));
@@ -593,6 +606,7 @@ pub fn build(
     for k in &spec.kvm {
         h.bytes(k.cpu_flag.as_bytes());
     }
+    h.bytes(spec.kvm_params.join(" ").as_bytes());
     for (name, path) in &spec.replacements {
         let meta = fs::metadata(path).map_err(io_err(path))?;
         h.bytes(name.as_bytes())
@@ -670,7 +684,7 @@ pub fn build(
         .into_iter()
         .filter(|m| !order.contains(m))
         .collect();
-    let kvm_list = kvm_list(&kvm_order, &kvm_present, &kvm_absent);
+    let kvm_list = kvm_list(&kvm_order, &kvm_present, &kvm_absent, &spec.kvm_params);
 
     let tmp = cache::temp_path(&image);
     let write = || -> io::Result<()> {
@@ -842,8 +856,11 @@ mod tests {
     fn the_kvm_list_gates_vendor_modules_on_their_cpu_flag() {
         let kvm = kvm_modules();
         let order: Vec<String> = ["kvm", "ccp", "kvm_amd"].map(String::from).to_vec();
-        let list = kvm_list(&order, &[&kvm[0]], &[&kvm[1]]);
-        assert_eq!(list, "- kvm\n- ccp\nsvm kvm_amd\nabsent kvm_intel\n");
+        let list = kvm_list(&order, &[&kvm[0]], &[&kvm[1]], &["crpin_flaw=none".into()]);
+        assert_eq!(
+            list,
+            "- kvm crpin_flaw=none\n- ccp\nsvm kvm_amd\nabsent kvm_intel\n"
+        );
     }
 
     #[test]
@@ -1052,6 +1069,7 @@ mod tests {
             ],
             kvm: vec![],
             replacements: BTreeMap::new(),
+            kvm_params: Vec::new(),
         };
         let images = root.join("images");
         let first = build(&images, &kernel, &spec).unwrap();
@@ -1131,6 +1149,7 @@ mod tests {
             modules: vec![ModuleLoad::new("9p")],
             kvm: vec![],
             replacements: BTreeMap::new(),
+            kvm_params: Vec::new(),
         };
         let cache = root.join("cache");
         let built: Vec<Initramfs> = std::thread::scope(|s| {
