@@ -244,6 +244,12 @@ pub fn kernel_cmdline(cfg: &BootConfig) -> String {
         // didn't happen"), and every sleep queued on it never returns; with a
         // periodic tick the next tick, at most 1/HZ later, repairs it.
         words.extend(["nohz=off", "highres=off", "lapic=notscdeadline"]);
+        // check_timer() (arch/x86/kernel/apic/io_apic.c) counts timer ticks
+        // in a busy-wait window at boot; on a loaded machine TCG delivers too
+        // few and the kernel panics ("timer doesn't work through
+        // Interrupt-remapped IO-APIC", seen with 7.3). The tick works; skip
+        // the count.
+        words.push("no_timer_check");
     }
     words.extend(cfg.extra_append.iter().map(String::as_str));
     words.join(" ")
@@ -867,7 +873,7 @@ mod tests {
         assert_eq!(value_after(&a, "-accel"), ["kvm"]);
         // The periodic tick is TCG's only.
         let kvm = kernel_cmdline(&c);
-        for w in ["nohz=off", "highres=off"] {
+        for w in ["nohz=off", "highres=off", "no_timer_check"] {
             assert!(tcg.split(' ').any(|x| x == w), "{tcg}");
             assert!(!kvm.split(' ').any(|x| x == w), "{kvm}");
         }
