@@ -102,6 +102,53 @@ pub fn parse_madison(output: &str) -> Vec<Candidate> {
         .collect()
 }
 
+/// The suites (`trixie`, `bookworm-backports`) in `apt-cache madison`
+/// output that have binary packages of `package`, in the order listed.
+pub fn madison_suites(output: &str, package: &str) -> Vec<String> {
+    let mut suites: Vec<String> = Vec::new();
+    for line in output.lines() {
+        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [name, _, origin] = cols[..] else {
+            continue;
+        };
+        if name != package || !origin.ends_with("Packages") {
+            continue;
+        }
+        // `http://deb.debian.org/debian trixie/main amd64 Packages`
+        let Some(suite) = origin
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+        else {
+            continue;
+        };
+        if !suites.iter().any(|s| s == suite) {
+            suites.push(suite.to_owned());
+        }
+    }
+    suites
+}
+
+/// The plain dependencies in a `Depends:` field: each name with the exact
+/// version it is pinned to (`(= v)`), if any. Alternatives (`a | b`) are
+/// left out: they name no one package that must be there.
+pub fn parse_depends(depends: &str) -> Vec<(&str, Option<&str>)> {
+    depends
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.contains('|'))
+        .map(|d| {
+            let (name, rest) = d.split_once('(').unwrap_or((d, ""));
+            let pinned = rest
+                .trim_end_matches(')')
+                .trim()
+                .strip_prefix('=')
+                .map(str::trim);
+            (name.trim(), pinned)
+        })
+        .collect()
+}
+
 /// Debian version ordering (`[epoch:]upstream[-revision]`), as dpkg does it.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
     fn split(v: &str) -> (u64, &str, &str) {
@@ -371,6 +418,21 @@ impl Apt {
         &self.sources.suites
     }
 
+    /// The Debian mirror the suites come from.
+    pub fn mirror(&self) -> &str {
+        &self.sources.mirror
+    }
+
+    /// The suites that have binary packages of `package`.
+    pub fn suites_with(&self, package: &str) -> Result<Vec<String>, AptError> {
+        let out = self.run(
+            "apt-cache",
+            &["madison".into(), package.into()],
+            QUERY_TIMEOUT,
+        )?;
+        Ok(madison_suites(&out, package))
+    }
+
     fn sources_list(&self) -> String {
         let keyring = Path::new(KEYRING);
         self.sources.render(keyring.is_file().then_some(keyring))
@@ -514,6 +576,17 @@ fn shown(program: &str, args: &[OsString]) -> String {
         .join(" ")
 }
 
+/// How a process that did not succeed ended, in words; `None` for success.
+pub fn failure(end: &End) -> Option<String> {
+    match end {
+        End::Exited(0) => None,
+        End::Exited(c) => Some(format!("exit status {c}")),
+        End::Signaled(s) => Some(format!("killed by signal {s}")),
+        End::TimedOut(t) => Some(format!("no answer within {}s", t.as_secs())),
+        End::SpawnFailed(e) => Some(format!("could not start: {e}")),
+    }
+}
+
 /// [`run`], naming the command `show` in errors.
 fn run_shown(
     program: &str,
@@ -522,12 +595,8 @@ fn run_shown(
     show: &str,
 ) -> Result<String, AptError> {
     let fin = supervise::run(OsStr::new(program), args, timeout, |_| {});
-    let status = match fin.end {
-        End::Exited(0) => return Ok(fin.stdout),
-        End::Exited(c) => format!("exit status {c}"),
-        End::Signaled(s) => format!("killed by signal {s}"),
-        End::TimedOut(t) => format!("no answer within {}s", t.as_secs()),
-        End::SpawnFailed(e) => format!("could not start: {e}"),
+    let Some(status) = failure(&fin.end) else {
+        return Ok(fin.stdout);
     };
     Err(AptError::Command {
         command: show.to_owned(),
@@ -546,6 +615,35 @@ mod tests {
         assert_eq!(upstream_version("1:6.1.192-3"), "6.1.192");
         assert_eq!(upstream_version("7.3.4"), "7.3.4");
         assert_eq!(upstream_version("2.0-rc1-4"), "2.0-rc1");
+    }
+
+    #[test]
+    fn madison_tells_the_suites_of_a_package() {
+        let out = "    gcc-12 |   12.4.0-5 | http://deb.debian.org/debian trixie/main amd64 Packages\n\
+                   \x20   gcc-12 | 12.2.0-14+deb12u1 | http://deb.debian.org/debian bookworm/main amd64 Packages\n\
+                   \x20   gcc-12 | 12.2.0-14+deb12u1 | http://deb.debian.org/debian bookworm/main Sources\n\
+                   \x20   gcc-12 | 12.2.0-14 | http://m/debian bookworm/main amd64 Packages\n\
+                   \x20   gcc-14 |  14.2.0-19 | http://deb.debian.org/debian trixie/main amd64 Packages\n";
+        assert_eq!(madison_suites(out, "gcc-12"), ["trixie", "bookworm"]);
+        assert_eq!(madison_suites(out, "gcc-14"), ["trixie"]);
+        assert!(madison_suites(out, "gcc-13").is_empty());
+    }
+
+    #[test]
+    fn depends_give_plain_names_and_pins() {
+        let deps = "linux-base (>= 4.12~), linux-headers-6.12.117+deb13-common (= 6.12.117-1), \
+                    linux-image-6.12.117+deb13-amd64 (= 6.12.117-1) | linux-image-6.12.117+deb13-amd64-unsigned (= 6.12.117-1), \
+                    linux-kbuild-6.12.117+deb13, gcc-14";
+        assert_eq!(
+            parse_depends(deps),
+            [
+                ("linux-base", None),
+                ("linux-headers-6.12.117+deb13-common", Some("6.12.117-1")),
+                ("linux-kbuild-6.12.117+deb13", None),
+                ("gcc-14", None),
+            ]
+        );
+        assert!(parse_depends("").is_empty());
     }
 
     #[test]

@@ -132,6 +132,42 @@ pub fn remove(path: &Path) -> io::Result<u64> {
     }
 }
 
+/// FNV-1a over length-delimited fields: the cache keys' hash (not for
+/// anything an attacker chooses).
+#[derive(Debug, Clone)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn new() -> Self {
+        Fnv::default()
+    }
+
+    /// Adds one field.
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        for &x in b {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Length-delimit each field so ("ab","c") and ("a","bc") differ.
+        for x in (b.len() as u64).to_le_bytes() {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        self
+    }
+
+    /// The hash as 16 hex digits.
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
 /// `1.5 GiB`, `320.0 MiB`, `12 KiB`, `80 B`.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];

@@ -347,13 +347,18 @@ fn builtin_modules(dir: &Path) -> BTreeSet<String> {
 
 /// The module's contents, decompressed.
 fn load_module(file: &ModuleFile) -> Result<Vec<u8>, InitramfsError> {
-    let raw = fs::read(&file.path).map_err(io_err(&file.path))?;
-    let name = file.path.to_string_lossy();
+    read_module(&file.path)
+}
+
+/// A module file's contents (`.ko` or `.ko.xz`), decompressed.
+pub fn read_module(path: &Path) -> Result<Vec<u8>, InitramfsError> {
+    let raw = fs::read(path).map_err(io_err(path))?;
+    let name = path.to_string_lossy();
     if name.ends_with(".xz") {
         let mut out = Vec::with_capacity(raw.len() * 4);
         lzma_rs::xz_decompress(&mut io::BufReader::new(&raw[..]), &mut out).map_err(|e| {
             InitramfsError::Bad {
-                path: file.path.clone(),
+                path: path.to_owned(),
                 what: format!("xz decompression failed: {e}"),
             }
         })?;
@@ -362,21 +367,26 @@ fn load_module(file: &ModuleFile) -> Result<Vec<u8>, InitramfsError> {
         Ok(raw)
     } else {
         Err(InitramfsError::Bad {
-            path: file.path.clone(),
+            path: path.to_owned(),
             what: "only .ko and .ko.xz modules are supported".into(),
         })
     }
 }
 
+/// The value of `key` in a module's `.modinfo` (`vermagic`, `depends`),
+/// as `modinfo -F key` prints it.
+pub fn modinfo_field(module: &[u8], key: &str) -> Option<String> {
+    let needle = [&b"\0"[..], key.as_bytes(), b"="].concat();
+    let start = module.windows(needle.len()).position(|w| w == needle)?;
+    let value = &module[start + needle.len()..];
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    Some(String::from_utf8_lossy(&value[..end]).into_owned())
+}
+
 /// The `depends=` list of a module's `.modinfo` (names normalised).
 pub fn modinfo_depends(module: &[u8]) -> Vec<String> {
-    const KEY: &[u8] = b"\0depends=";
-    let Some(start) = module.windows(KEY.len()).position(|w| w == KEY) else {
-        return Vec::new();
-    };
-    let value = &module[start + KEY.len()..];
-    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
-    String::from_utf8_lossy(&value[..end])
+    modinfo_field(module, "depends")
+        .unwrap_or_default()
         .split(',')
         .filter(|d| !d.is_empty())
         .map(normalise)
@@ -551,28 +561,6 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>, InitramfsError> {
 // ---------------------------------------------------------------------------
 // Cache key and build
 
-/// FNV-1a 64: a stable, dependency-free hash for cache keys (not for security).
-#[derive(Debug, Clone, Copy)]
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-    fn bytes(&mut self, b: &[u8]) -> &mut Self {
-        for &x in b {
-            self.0 ^= u64::from(x);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-        // Length-delimit each field so ("ab","c") and ("a","bc") differ.
-        for x in (b.len() as u64).to_le_bytes() {
-            self.0 ^= u64::from(x);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-        self
-    }
-}
-
 /// Builds the image for `kernel` into `<cache_root>/initramfs/`, or returns
 /// the cached one. Runs building the same image at once wait for the first
 /// (a lock per image); each writes under its own temporary name and renames
@@ -587,7 +575,7 @@ pub fn build(
 
     // The same tree under another spelling of its path is the same tree.
     let modules_dir = fs::canonicalize(&kernel.modules_dir).map_err(io_err(&kernel.modules_dir))?;
-    let mut h = Fnv::new();
+    let mut h = cache::Fnv::new();
     h.bytes(FORMAT.as_bytes())
         .bytes(kernel.release.as_bytes())
         .bytes(modules_dir.as_os_str().as_encoded_bytes())
@@ -627,7 +615,7 @@ pub fn build(
     }
 
     let dir = cache_root.join("initramfs");
-    let stem = format!("{}-{:016x}", kernel.release, h.0);
+    let stem = format!("{}-{}", kernel.release, h.hex());
     let image = dir.join(format!("{stem}.cpio"));
     let order_file = dir.join(format!("{stem}.modules"));
     if let Some(cached) = cached(&image, &order_file) {
@@ -928,6 +916,12 @@ mod tests {
         );
         assert!(modinfo_depends(b"\0license=GPL\0depends=\0name=x\0").is_empty());
         assert!(modinfo_depends(b"no modinfo").is_empty());
+        let info = b"\0license=GPL\0vermagic=7.3.4+deb13-amd64 SMP preempt mod_unload \0name=kvm\0";
+        assert_eq!(
+            modinfo_field(info, "vermagic").as_deref(),
+            Some("7.3.4+deb13-amd64 SMP preempt mod_unload ")
+        );
+        assert_eq!(modinfo_field(info, "magic"), None, "whole keys only");
     }
 
     fn fake(deps: &[(&str, &[&str])]) -> impl FnMut(&str) -> Result<Lookup, InitramfsError> {

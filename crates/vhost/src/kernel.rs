@@ -310,20 +310,10 @@ pub fn choose(want: &DebianVersion, candidates: &[Candidate]) -> Result<Candidat
 /// image names a `linux-base-<release>` no suite has.)
 pub fn same_kernel_depends(depends: &str, release: &str, version: &str) -> Vec<String> {
     let suffix = format!("-{release}");
-    depends
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.contains('|'))
-        .filter_map(|d| {
-            let (name, rest) = d.split_once('(').unwrap_or((d, ""));
-            let name = name.trim();
-            let pinned = rest
-                .trim_end_matches(')')
-                .trim()
-                .strip_prefix('=')
-                .is_some_and(|v| v.trim() == version);
-            (pinned && name.ends_with(&suffix)).then(|| name.to_owned())
-        })
+    apt::parse_depends(depends)
+        .into_iter()
+        .filter(|(name, pinned)| *pinned == Some(version) && name.ends_with(&suffix))
+        .map(|(name, _)| name.to_owned())
         .collect()
 }
 
@@ -410,7 +400,7 @@ impl Record {
 }
 
 /// The cache directory name of an unpacked package (no `:` or `/`).
-fn unpack_dir_name(package: &str, version: &str) -> String {
+pub(crate) fn unpack_dir_name(package: &str, version: &str) -> String {
     format!("{package}_{version}").replace([':', '/'], "_")
 }
 

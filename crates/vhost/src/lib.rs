@@ -20,6 +20,7 @@ pub mod boot;
 pub mod cache;
 pub mod initramfs;
 pub mod kernel;
+pub mod kvmbuild;
 
 /// Marker lines the virtual host's `/init` prints on the serial console. The
 /// supervisor keys its verdict on them; nothing else in the log is protocol.
