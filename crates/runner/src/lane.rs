@@ -432,6 +432,38 @@ fn run_boots(
     }
 }
 
+/// What the host loads besides the lane's modules: the kernel's own KVM, or
+/// kvm.ko and kvm-amd.ko built from the variant's patch set (cached; its
+/// build log copied beside the serial log), with the variant's parameters.
+fn kvm_spec(
+    boot: &crate::plan::VirtualBoot,
+    ctx: &LaneContext,
+    dir: &Path,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<InitramfsSpec, String> {
+    let mut spec = InitramfsSpec::default();
+    let Some(variant) = &boot.kvm else {
+        return Ok(spec);
+    };
+    spec.kvm_params = variant.params.clone();
+    if let Some(set) = &variant.patches {
+        let built = ukci_vhost::kvmbuild::build(&ctx.cache, &boot.kernel, set, &mut |l| {
+            on_line(&format!("kvm build [{}]: {l}", variant.name));
+        })
+        .map_err(|e| {
+            format!(
+                "KVM variant `{}` ({}) for {}: {e}",
+                variant.name,
+                set.display(),
+                boot.kernel.name
+            )
+        })?;
+        let _ = std::fs::copy(&built.log, dir.join("kvm-build.log"));
+        spec.replacements = built.modules;
+    }
+    Ok(spec)
+}
+
 /// Builds the initramfs, boots, runs the agent; the agent's exit status or
 /// why the host failed.
 fn boot_and_run(
@@ -450,7 +482,8 @@ fn boot_and_run(
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)
         .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-    let initrd = initramfs::build(&ctx.cache, &boot.kernel, &InitramfsSpec::default())
+    let spec = kvm_spec(boot, ctx, dir, on_line).map_err(fail)?;
+    let initrd = initramfs::build(&ctx.cache, &boot.kernel, &spec)
         .map_err(|e| fail(format!("initramfs: {e}")))?;
     // The agent starts in another working directory.
     let manifest = std::fs::canonicalize(&boot.manifest)
