@@ -471,7 +471,6 @@ pub fn build(
             &described,
             &mut log,
         )?;
-        let _ = fs::remove_file(work.join(DIRTY));
         let built = verify(&work, kernel)?;
         log.note("the modules' vermagic matches the kernel's own kvm");
         store(&entry, &built, &log_path)
@@ -568,6 +567,8 @@ struct Ran {
     failure: Option<String>,
     /// stdout and stderr together.
     output: String,
+    /// It ended by itself (with any status), not killed.
+    exited: bool,
 }
 
 impl<'a> Log<'a> {
@@ -614,7 +615,11 @@ impl<'a> Log<'a> {
         if let Some(f) = &failure {
             let _ = writeln!(self.file, "{}== {shown}: {f}", fin.stderr);
         }
-        Ran { failure, output }
+        Ran {
+            failure,
+            output,
+            exited: matches!(fin.end, supervise::End::Exited(_)),
+        }
     }
 }
 
@@ -801,6 +806,11 @@ fn make(
             log.run("unshare", &args, MAKE_TIMEOUT, true)
         }
     };
+    // make cleans up after a failed recipe itself; a killed one may leave
+    // an object half-written, newer than its source.
+    if ran.exited {
+        let _ = fs::remove_file(work.join(DIRTY));
+    }
     match &ran.failure {
         None => Ok(()),
         Some(status) => Err(KvmBuildError::Compile {

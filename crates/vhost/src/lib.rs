@@ -1,13 +1,16 @@
 //! The virtual test host of the virtual lane: a real Linux host kernel booted
 //! under QEMU with an IOMMU and an SR-IOV device, running ukci as its agent.
 //!
-//! Three steps, one module each, each with its own cache or guard:
+//! The steps, one module each, each with its own cache or guard:
 //! - [`kernel`]: which host kernel (`debian:6.12`, `debian:7.3`,
 //!   `debian:6.12.117`, `dir:PATH`), found through ukci's private apt
 //!   ([`apt`]) and unpacked once into the per-user cache ([`cache`]).
 //! - [`initramfs`]: busybox, the modules the lane needs with their
 //!   dependencies, and an `/init` that mounts the shares and starts the agent;
 //!   cached in the per-user cache, keyed by its contents.
+//! - [`kvmbuild`]: KVM modules built from the kernel's own sources with a
+//!   patch set of `patches/kvm/` applied, cached per kernel, compiler and
+//!   patches; the initramfs loads them instead of the kernel's.
 //! - [`boot`]: the QEMU command line for the virtual host and the supervisor
 //!   that runs it under a hard timeout and keeps the serial log.
 //!
