@@ -545,6 +545,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_variant_whose_build_is_not_loaded_is_an_error() {
+        let v3 = crate::plan::KvmVariant {
+            name: "v3-guest-unpin".into(),
+            patches: Some("manifests/../patches/kvm/cr-pin-v3".into()),
+            params: vec!["crpin_flaw=guest-unpin".into()],
+        };
+        assert!(wrong_kvm(Some(&v3), Some("cr-pin-v3"), "").is_none());
+        let stock = wrong_kvm(Some(&v3), None, "kvm_amd: insmod failed: Invalid argument").unwrap();
+        assert!(
+            matches!(&stock.outcome, Outcome::Error(m) if m.contains("the kernel's own")
+                && m.contains("`cr-pin-v3` build") && m.contains("insmod failed")),
+            "{stock:?}"
+        );
+        let other = wrong_kvm(Some(&v3), Some("heki"), "").unwrap();
+        assert!(matches!(&other.outcome, Outcome::Error(m) if m.contains("the `heki` build")));
+        // The kernel's own KVM, and a lane without variants, expect no build.
+        let own = crate::plan::KvmVariant {
+            patches: None,
+            ..v3
+        };
+        assert!(wrong_kvm(Some(&own), None, "").is_none());
+        assert!(wrong_kvm(None, Some("cr-pin-v3"), "").is_none());
+    }
+
+    #[test]
     fn events_round_trip_through_a_console_line() {
         let run = TestRun {
             judged: Judged {
