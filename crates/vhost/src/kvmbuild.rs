@@ -67,6 +67,17 @@ const PATCH_TIMEOUT: Duration = Duration::from_secs(120);
 const MAKE_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 const DEBOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// The log line that says how long a build took (sources staged, patched,
+/// compiled and checked; fetching and the chroot excluded).
+const BUILT_IN: &str = "built in ";
+
+/// How long the build behind a build log took, as its last note says.
+pub fn built_in(log: &str) -> Option<f64> {
+    log.lines()
+        .rev()
+        .find_map(|l| l.split_once(BUILT_IN)?.1.strip_suffix(" s")?.parse().ok())
+}
+
 /// Modules built for one kernel from one patch set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvmBuild {
@@ -453,6 +464,7 @@ pub fn build(
         }
     ));
     let stage = cache::temp_path(&builds.join("stage"));
+    let started = std::time::Instant::now();
     let result = (|| {
         let source = format!("linux-source-{series} {version} (for {})", kernel.name);
         stage_sources(&inputs, &patches, &stage, &work, &source, &mut log)?;
@@ -473,6 +485,7 @@ pub fn build(
         )?;
         let built = verify(&work, kernel)?;
         log.note("the modules' vermagic matches the kernel's own kvm");
+        log.note(&format!("{BUILT_IN}{:.1} s", started.elapsed().as_secs_f64()));
         store(&entry, &built, &log_path)
     })();
     let _ = fs::remove_dir_all(&stage);
@@ -1255,6 +1268,13 @@ fn chroot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_time_is_read_back_from_its_log() {
+        let log = "== building KVM ...\nmake: ok\n== built in 47.3 s\n";
+        assert_eq!(built_in(log), Some(47.3));
+        assert_eq!(built_in("== building KVM ...\n"), None);
+    }
 
     #[test]
     fn series_names_patches_in_order() {
