@@ -214,6 +214,7 @@ pub fn run(layout: &Layout, runs: usize) -> Result<i32> {
     crate::bench_nvme::run(layout, runs)?;
     crate::bench_vhost::run(layout, 3)?;
     crate::bench_vhost::vf_token(layout)?;
+    crate::bench_kvm::run(layout)?;
     Ok(exitcode::OK)
 }
 

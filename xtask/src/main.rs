@@ -2,6 +2,7 @@
 //! runner library; this file parses arguments and dispatches.
 
 mod bench;
+mod bench_kvm;
 mod bench_nvme;
 mod bench_vhost;
 mod ci;

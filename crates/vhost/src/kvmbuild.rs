@@ -485,7 +485,10 @@ pub fn build(
         )?;
         let built = verify(&work, kernel)?;
         log.note("the modules' vermagic matches the kernel's own kvm");
-        log.note(&format!("{BUILT_IN}{:.1} s", started.elapsed().as_secs_f64()));
+        log.note(&format!(
+            "{BUILT_IN}{:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
         store(&entry, &built, &log_path)
     })();
     let _ = fs::remove_dir_all(&stage);
