@@ -95,6 +95,7 @@ fn vm(machine: MachineType, boot: Boot, accel: &str, kvm_module: Option<&str>) -
         cpu: qemu::default_cpu(accel, kvm_module),
         memory: ByteSize::mib(128),
         smp: 1,
+        pit: true,
         boot,
         append: "checks=boot.smoke".into(),
         devices: vec![],

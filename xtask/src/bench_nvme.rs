@@ -142,6 +142,7 @@ fn measure(layout: &Layout, dir: &Path, runs: usize) -> Result<()> {
         cpu: qemu::default_cpu("tcg", None),
         memory: ByteSize::mib(128),
         smp: 1,
+        pit: true,
         boot: plan::guest_boot(MachineType::Q35, &layout.guest_image()),
         append: format!("checks=nvme.bench nvme.max-bytes={BYTES}"),
         devices: vec![VmDevice::Nvme {

@@ -176,6 +176,7 @@ fn probe_kvm(facts: &HostFacts, guest: &Path, limit: Duration) -> Probe {
         cpu: qemu::default_cpu("kvm", module),
         memory: ByteSize::mib(64),
         smp: 1,
+        pit: true,
         // The boot the q35 and pc tests use: through the firmware, which
         // is what makes KVM unusable under kvm_pvm.
         boot: qemu::Boot::Pvh {

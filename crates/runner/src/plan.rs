@@ -318,6 +318,7 @@ pub fn plan(
 
                 let vm = VmConfig {
                     machine,
+                    pit: qemu::machine_has_pit(machine, &accel, host.kvm_host.as_deref()),
                     accel: accel.clone(),
                     cpu,
                     memory: t

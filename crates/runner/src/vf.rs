@@ -59,6 +59,7 @@ fn vf_vm(ctx: &HostContext, config: &SecretFile, append: &str) -> VmConfig {
         cpu: "max".into(),
         memory: plan::DEFAULT_MEMORY,
         smp: 1,
+        pit: true,
         boot: plan::guest_boot(MachineType::Q35, &ctx.guest),
         append: append.into(),
         devices: vec![VmDevice::ReadConfig {
