@@ -179,6 +179,10 @@ pub struct BootConfig {
     pub timeout: Duration,
     /// The QEMU binary.
     pub qemu: PathBuf,
+    /// Where the kernel's uncompressed PVH ELF is cached ([`crate::vmlinux`]),
+    /// so the host does not decompress itself under TCG; `None` boots
+    /// `vmlinuz` as it is.
+    pub kernel_cache: Option<PathBuf>,
 }
 
 impl BootConfig {
@@ -209,6 +213,7 @@ impl BootConfig {
             ready_timeout: Duration::from_secs(90),
             timeout: Duration::from_secs(600),
             qemu: PathBuf::from("qemu-system-x86_64"),
+            kernel_cache: Some(crate::cache::user_dir()),
         }
     }
 
@@ -703,6 +708,20 @@ pub fn run(
         }
     }
 
+    let unpacked;
+    let cfg = match &cfg.kernel_cache {
+        Some(dir) => {
+            let vmlinuz =
+                crate::vmlinux::for_boot(dir, &cfg.vmlinuz).map_err(io_err(&cfg.vmlinuz))?;
+            unpacked = BootConfig {
+                vmlinuz,
+                ..cfg.clone()
+            };
+            &unpacked
+        }
+        None => cfg,
+    };
+
     fs::create_dir_all(&cfg.results_dir).map_err(io_err(&cfg.results_dir))?;
     fs::create_dir_all(&cfg.scratch_dir).map_err(io_err(&cfg.scratch_dir))?;
     let results_host = fs::canonicalize(&cfg.results_dir).map_err(io_err(&cfg.results_dir))?;
@@ -1106,6 +1125,7 @@ mod tests {
             },
         );
         c.qemu = fake;
+        c.kernel_cache = None;
         c.ready_timeout = Duration::from_millis(500);
         let t = Instant::now();
         let serial = dir.join("results/serial.log");
