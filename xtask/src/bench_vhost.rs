@@ -45,7 +45,7 @@ fn goal_row(what: &str, value: Option<f64>, goal: Option<f64>) {
         (_, Some(g)) => format!("goal <= {g} s: NOT met"),
         (_, None) => "no goal".to_string(),
     };
-    println!("{what:<52} {value} s   {verdict}");
+    println!("{what:<60} {value} s   {verdict}");
 }
 
 /// A virtual host for `kernel` running `agent`, its folders under `target/bench-vhost/<tag>`.
@@ -277,7 +277,7 @@ fn lane_total(layout: &Layout, kernel: &str) -> Result<Option<Duration>> {
     Ok(passed.then_some(d))
 }
 
-/// The whole `vf-token.toml` run on both kernels, and per kernel the time of
+/// The whole `vf-token.toml` run on its kernels, and per kernel the time of
 /// each test (summed over its results, as the JUnit records it).
 pub fn vf_token(layout: &Layout) -> Result<()> {
     let reports = "target/bench-vf-token";
@@ -285,7 +285,7 @@ pub fn vf_token(layout: &Layout) -> Result<()> {
     anyhow::ensure!(passed, "manifests/vf-token.toml did not pass");
     let xml = std::fs::read_to_string(layout.root.join(reports).join("latest/junit.xml"))?;
     println!(
-        "\nvf-token.toml on both kernels: {:.1} s (goal < 180 s)",
+        "\nvf-token.toml on its kernels: {:.1} s (goal < 180 s)",
         secs(total)
     );
     for (suite, test, t) in test_times(&xml) {
