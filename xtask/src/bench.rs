@@ -123,11 +123,25 @@ fn through_runner(v: &VmConfig) -> bool {
     j.results.iter().all(|r| r.outcome.as_expected())
 }
 
-pub fn run(layout: &Layout, runs: usize) -> Result<i32> {
+pub fn run(layout: &Layout, runs: usize, virtual_only: bool) -> Result<i32> {
     if let Err(code) = crate::prereq::ensure(layout) {
         return Ok(code);
     }
     crate::guest::build(layout)?;
+    if !virtual_only {
+        host_rows(layout, runs)?;
+    }
+    crate::bench_vhost::run(layout, runs.min(3))?;
+    crate::bench_vhost::nested_start(layout, "debian:6.12", runs)?;
+    crate::bench_vhost::kvm_manifest(layout)?;
+    crate::bench_vhost::vf_token(layout)?;
+    crate::bench_kvm::run(layout)?;
+    Ok(exitcode::OK)
+}
+
+/// This host's own rows: QEMU floors, boot-to-verdict per machine, the
+/// runner's overhead, the CR manifests, the NVMe driver.
+fn host_rows(layout: &Layout, runs: usize) -> Result<()> {
     let facts = host::detect();
     let auto = host::resolve_auto(
         &facts,
@@ -212,11 +226,7 @@ pub fn run(layout: &Layout, runs: usize) -> Result<i32> {
         }
     }
     cr_manifests(layout, runs);
-    crate::bench_nvme::run(layout, runs)?;
-    crate::bench_vhost::run(layout, 3)?;
-    crate::bench_vhost::vf_token(layout)?;
-    crate::bench_kvm::run(layout)?;
-    Ok(exitcode::OK)
+    crate::bench_nvme::run(layout, runs)
 }
 
 /// The CR manifests as `cargo xtask test manifests/cr-arch.toml

@@ -13,8 +13,8 @@ const REUSE_GOAL: Duration = Duration::from_secs(1);
 
 pub fn run(layout: &Layout) -> Result<()> {
     let manifest = layout.manifests().join("cr-pinning-kvm.toml");
-    let manifests =
-        session::load_manifests(std::slice::from_ref(&manifest)).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let manifests = session::load_manifests(std::slice::from_ref(&manifest))
+        .map_err(|d| anyhow::anyhow!("{d}"))?;
     let m = &manifests[0];
     let mut sets: Vec<_> = m
         .lane

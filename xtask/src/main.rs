@@ -98,6 +98,10 @@ enum Cmd {
         /// Runs per measurement.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Only the virtual lane's rows (agent-ready, nested VM starts,
+        /// the lane manifests), not this host's QEMU and NVMe rows.
+        #[arg(long = "virtual")]
+        virtual_only: bool,
     },
     /// Print the CI matrix (kernel × lane) derived from the manifests, as
     /// JSON for a GitHub Actions `strategy.matrix`.
@@ -227,7 +231,7 @@ fn run(cli: Cli) -> i32 {
         Cmd::Doctor => Ok(prereq::doctor(&layout)),
         Cmd::Setup => prereq::setup().map(|_| exitcode::OK),
         Cmd::Ci => ci::run(&layout),
-        Cmd::Bench { runs } => bench::run(&layout, runs),
+        Cmd::Bench { runs, virtual_only } => bench::run(&layout, runs, virtual_only),
         Cmd::Matrix { paths } => Ok(matrix(&layout, paths)),
         Cmd::CleanCache => Ok(clean_cache(&layout)),
         Cmd::Restore => {

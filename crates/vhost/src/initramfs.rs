@@ -329,7 +329,7 @@ fn module_name(file: &str) -> Option<String> {
     Some(normalise(stem))
 }
 
-fn mtime(meta: &fs::Metadata) -> u64 {
+pub(crate) fn mtime(meta: &fs::Metadata) -> u64 {
     meta.modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())

@@ -12,7 +12,8 @@
 //!   patch set of `patches/kvm/` applied, cached per kernel, compiler and
 //!   patches; the initramfs loads them instead of the kernel's.
 //! - [`boot`]: the QEMU command line for the virtual host and the supervisor
-//!   that runs it under a hard timeout and keeps the serial log.
+//!   that runs it under a hard timeout and keeps the serial log; the kernel
+//!   goes in as its PVH ELF ([`vmlinux`], unpacked once and cached).
 //!
 //! Decisions (version matching, dependency closure, QEMU arguments, what a
 //! serial log means) are plain functions; the edges (apt, dpkg-deb, QEMU) are
@@ -24,6 +25,7 @@ pub mod cache;
 pub mod initramfs;
 pub mod kernel;
 pub mod kvmbuild;
+pub mod vmlinux;
 
 /// Marker lines the virtual host's `/init` prints on the serial console. The
 /// supervisor keys its verdict on them; nothing else in the log is protocol.
