@@ -150,6 +150,7 @@ fn nested_vms(guest: &Path) -> Vec<(String, VmConfig)> {
                 cpu: qemu::default_cpu(accel, Some("kvm_amd")),
                 memory: ByteSize::mib(64),
                 smp: 1,
+                pit: qemu::machine_has_pit(machine, accel, Some(plan::VHOST_ACCEL)),
                 boot: plan::guest_boot(machine, guest),
                 append: "checks=boot.smoke".into(),
                 devices: vec![],
