@@ -16,6 +16,8 @@ struct Run {
     code: i32,
     stderr: String,
     junit: String,
+    /// The serial logs the run wrote, as paths under `logs/`, sorted.
+    logs: Vec<String>,
 }
 
 fn xtask_test(args: &[&str]) -> Run {
@@ -34,12 +36,32 @@ fn xtask_test(args: &[&str]) -> Run {
         .output()
         .expect("xtask runs");
     let junit = std::fs::read_to_string(reports.join("latest/junit.xml")).unwrap_or_default();
+    let logs = files_under(&reports.join("latest/logs"));
     let _ = std::fs::remove_dir_all(&reports);
     Run {
         code: out.status.code().unwrap_or(-1),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         junit,
+        logs,
     }
+}
+
+/// The files under `dir`, as sorted relative paths.
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                files.push(rel.display().to_string());
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 /// The `<testcase>` element named `name` (up to its end tag).
@@ -66,6 +88,14 @@ fn smoke_passes_on_every_machine_type() {
         );
     }
     assert!(r.junit.contains("fault.selftest: #PF"), "{}", r.junit);
+    assert_eq!(
+        r.logs,
+        [
+            "smoke@tcg/microvm.log",
+            "smoke@tcg/pc.log",
+            "smoke@tcg/q35.log"
+        ]
+    );
     assert!(
         r.junit.contains("<property name=\"accel\" value=\"tcg\"/>"),
         "{}",

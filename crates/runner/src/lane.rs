@@ -225,7 +225,17 @@ pub const KVM_BUILD_MARKER: &str = "/sys/module/kvm/parameters/ukci_variant";
 /// The folder name of one boot's results: `<suite>@<kernel>`, and
 /// `<suite>@<kernel>.boot<n>` for a boot after the first.
 pub fn boot_dir_name(suite: &str, kernel: &str, boot_no: u32) -> String {
-    let k: String = kernel
+    let dir = env_dir_name(suite, kernel);
+    match boot_no {
+        1 => dir,
+        n => format!("{dir}.boot{n}"),
+    }
+}
+
+/// `<suite>@<env>` with the environment label made a file name:
+/// `vf-token@debian-7.3--cr-pin-v3` for `debian:7.3, cr-pin-v3`.
+pub fn env_dir_name(suite: &str, label: &str) -> String {
+    let env: String = label
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' {
@@ -235,10 +245,7 @@ pub fn boot_dir_name(suite: &str, kernel: &str, boot_no: u32) -> String {
             }
         })
         .collect();
-    match boot_no {
-        1 => format!("{suite}@{k}"),
-        n => format!("{suite}@{k}.boot{n}"),
-    }
+    format!("{suite}@{env}")
 }
 
 /// How often one (suite, kernel) may boot: a second boot runs only the tests

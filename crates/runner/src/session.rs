@@ -250,17 +250,44 @@ pub fn reclaim_dead_runs(layout: &Layout) {
 /// The longest file name Linux file systems take (`NAME_MAX`).
 pub const NAME_MAX: usize = 255;
 
-/// The file in `reports/<run>/logs/` that holds a test's serial log.
-pub fn log_file_name(t: &PlannedTest) -> String {
-    format!("{}.log", t.id())
+/// Where in `reports/<run>/logs/` a test's serial log goes:
+/// `<suite>@<env>/<test>.log`, one folder per suite and environment, so the
+/// same test run in several environments (a lane's kernels, its KVM
+/// variants) keeps every log.
+pub fn log_path(t: &PlannedTest) -> PathBuf {
+    Path::new(&lane::env_dir_name(&t.suite, &t.env.label())).join(format!("{}.log", t.test))
 }
 
 /// Every file and folder name a test's run will create (its log, its scratch
-/// images, its virtual host's results folders) fits the file-name limit:
-/// checked before anything runs, not found out when the report is written.
+/// images, its virtual host's results folders) fits the file-name limit, and
+/// no two tests write the same log: checked before anything runs, not found
+/// out when the report is written.
 pub fn check_file_names(plan: &[PlannedTest]) -> Result<(), String> {
+    let mut logs: BTreeMap<PathBuf, &PlannedTest> = BTreeMap::new();
     for t in plan {
-        let mut names = vec![(log_file_name(t), "its log")];
+        let log = log_path(t);
+        if let Some(other) = logs.insert(log.clone(), t) {
+            return Err(format!(
+                "{}: test `{}` in environment `{}` would write the same log as test `{}` of {} in environment `{}`: \
+                 logs/{} (help: give the suites different names{})",
+                t.manifest.display(),
+                t.id(),
+                t.env.label(),
+                other.id(),
+                other.manifest.display(),
+                other.env.label(),
+                log.display(),
+                if t.boot.is_some() {
+                    ", or kernels and KVM variants names that differ in more than punctuation"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let mut names: Vec<(String, &str)> = log
+            .iter()
+            .map(|c| (c.to_string_lossy().into_owned(), "its log"))
+            .collect();
         for s in &t.scratch {
             let name = s.path.file_name().unwrap_or_default().to_string_lossy();
             names.push((name.into_owned(), "a scratch image"));
@@ -702,12 +729,16 @@ fn write_reports(
     std::fs::create_dir_all(dir.join("logs"))?;
     for (t, run) in plan.iter().zip(runs) {
         let Some(run) = run else { continue };
+        let path = dir.join("logs").join(log_path(t));
+        if let Some(folder) = path.parent() {
+            std::fs::create_dir_all(folder)?;
+        }
         let mut log = run.log.clone();
         if !run.stderr.is_empty() {
             log.push_str("\n--- QEMU stderr ---\n");
             log.push_str(&run.stderr);
         }
-        std::fs::write(dir.join("logs").join(log_file_name(t)), log)?;
+        std::fs::write(path, log)?;
     }
     let report = junit::report(run_name, plan, runs);
     let xml = report
@@ -826,13 +857,56 @@ mod tests {
     }
 
     #[test]
+    fn each_environment_keeps_its_own_logs() {
+        let text = "[lane]\nkind = \"virtual\"\nkernels = [\"debian:6.1\", \"debian:6.12\"]\n\
+            kvm = [{ name = \"stock\" }, { name = \"cr-pin-v3\" }]\n\
+            [[test]]\nname = \"env\"\nchecks = [\"vfio.env\"]\n";
+        let plan = crate::plan::tests::virtual_plan(text);
+        assert_eq!(check_file_names(&plan), Ok(()));
+        let logs: Vec<String> = plan
+            .iter()
+            .map(|t| log_path(t).display().to_string())
+            .collect();
+        assert_eq!(
+            logs,
+            [
+                "v@debian-6.1--stock/env.log",
+                "v@debian-6.1--cr-pin-v3/env.log",
+                "v@debian-6.12--stock/env.log",
+                "v@debian-6.12--cr-pin-v3/env.log",
+            ]
+        );
+        let local =
+            crate::plan::tests::virtual_plan("[[test]]\nname = \"env\"\nchecks = [\"vfio.env\"]\n");
+        assert_eq!(log_path(&local[0]), Path::new("v@tcg/env.log"));
+
+        // Two kernels whose names differ only in punctuation would share a
+        // log: refused before anything runs, naming both.
+        let mut p = plan.clone();
+        for t in p
+            .iter_mut()
+            .filter(|t| t.env.label().starts_with("debian:6.12"))
+        {
+            t.env.virtual_host.as_mut().unwrap().kernel = "debian-6.1".into();
+        }
+        let e = check_file_names(&p).unwrap_err();
+        assert!(
+            e.contains("environment `debian-6.1, stock` would write the same log as test `v.env`")
+                && e.contains(
+                    "in environment `debian:6.1, stock`: logs/v@debian-6.1--stock/env.log"
+                ),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_file_name_over_the_limit_is_caught_before_anything_runs() {
         let plan = crate::plan::tests::virtual_plan(crate::plan::tests::VIRTUAL);
         assert_eq!(check_file_names(&plan), Ok(()));
-        // `<suite>.<test>.log` at exactly the limit still fits.
+        // `<test>.log` at exactly the limit still fits.
         let mut p = plan.clone();
-        p[0].test = "t".repeat(NAME_MAX - p[0].suite.len() - ".".len() - ".log".len());
-        assert_eq!(log_file_name(&p[0]).len(), NAME_MAX);
+        p[0].test = "t".repeat(NAME_MAX - ".log".len());
+        assert_eq!(log_path(&p[0]).file_name().unwrap().len(), NAME_MAX);
         assert_eq!(check_file_names(&p), Ok(()));
         p[0].test.push('t');
         let e = check_file_names(&p).unwrap_err();
