@@ -34,6 +34,17 @@ pub struct TestRun {
 }
 
 impl TestRun {
+    /// The serial log, followed by what QEMU wrote to stderr, if anything:
+    /// what a report keeps of the VM.
+    pub fn vm_log(&self) -> String {
+        let mut log = self.log.clone();
+        if !self.stderr.trim().is_empty() {
+            log.push_str("\n--- QEMU stderr ---\n");
+            log.push_str(&self.stderr);
+        }
+        log
+    }
+
     /// A run that booted nothing: only these results.
     pub fn without_vm(results: Vec<SubResult>) -> Self {
         TestRun {

@@ -1,6 +1,15 @@
 //! The JUnit report: one testsuite per suite and environment, one testcase
-//! per guest sub-result (classname `suite.test`), the serial log in
-//! system-out, the environment fingerprint as properties.
+//! per guest sub-result (classname `suite.test`), the environment
+//! fingerprint as properties.
+//!
+//! A VM's serial log (and QEMU's stderr) is the system-out of the first
+//! testcase of that VM only. One VM prints many results, and a copy of the
+//! log on each would grow the report with the square of the results (100
+//! results: a third of a megabyte of the same text). The first testcase is
+//! where CI viewers that show system-out per testcase show it, beside the
+//! VM's results under the same classname; the suite's own system-out is
+//! shown by few, and would mix several VMs. The whole log is also in
+//! `logs/<suite>@<env>/<test>.log`.
 
 use crate::exec::TestRun;
 use crate::outcome::Outcome;
@@ -29,6 +38,7 @@ pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) ->
         } else {
             run.elapsed / run.judged.results.len() as u32
         };
+        let mut vm_log = Some(run.vm_log()).filter(|l| !l.is_empty());
         for r in &run.judged.results {
             let mut status = match &r.outcome {
                 Outcome::Pass => TestCaseStatus::success(),
@@ -54,13 +64,8 @@ pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) ->
             if let Some(d) = &r.detail {
                 case.add_property(Property::new("detail", d.clone()));
             }
-            let mut out = run.log.clone();
-            if !run.stderr.trim().is_empty() {
-                out.push_str("\n--- QEMU stderr ---\n");
-                out.push_str(&run.stderr);
-            }
-            if !out.is_empty() {
-                case.set_system_out_lossy(out.as_bytes());
+            if let Some(log) = vm_log.take() {
+                case.set_system_out_lossy(log.as_bytes());
             }
             suite.add_test_case(case);
         }
@@ -133,5 +138,38 @@ mod tests {
         assert!(x.contains("<failure") && x.contains("<rerunError"), "{x}");
         let x = xml(vec![Some(run(Outcome::Pass, &[]))]);
         assert!(!x.contains("flaky") && !x.contains("rerun"), "{x}");
+    }
+
+    #[test]
+    fn each_vm_log_is_in_the_report_once() {
+        let many = |log: &str, stderr: &str| {
+            let mut r = run(Outcome::Pass, &[]);
+            r.judged.results = (0..100)
+                .map(|i| SubResult {
+                    name: format!("vfio.env: fact {i}"),
+                    outcome: Outcome::Pass,
+                    detail: None,
+                })
+                .collect();
+            r.log = log.into();
+            r.stderr = stderr.into();
+            r
+        };
+        let x = xml(vec![
+            Some(many("serial of the first VM", "")),
+            Some(many("serial of the second VM", "qemu: warning")),
+        ]);
+        assert_eq!(x.matches("<testcase").count(), 200, "{x}");
+        assert_eq!(x.matches("<system-out>").count(), 2, "{x}");
+        assert_eq!(x.matches("serial of the first VM").count(), 1, "{x}");
+        assert_eq!(x.matches("serial of the second VM").count(), 1, "{x}");
+        assert_eq!(
+            x.matches("--- QEMU stderr ---\nqemu: warning").count(),
+            1,
+            "{x}"
+        );
+        // On the VM's first result, where viewers of a testcase show it.
+        let first = &x[x.find("fact 0\"").unwrap()..x.find("fact 1\"").unwrap()];
+        assert!(first.contains("serial of the first VM"), "{first}");
     }
 }

@@ -733,12 +733,7 @@ fn write_reports(
         if let Some(folder) = path.parent() {
             std::fs::create_dir_all(folder)?;
         }
-        let mut log = run.log.clone();
-        if !run.stderr.is_empty() {
-            log.push_str("\n--- QEMU stderr ---\n");
-            log.push_str(&run.stderr);
-        }
-        std::fs::write(path, log)?;
+        std::fs::write(path, run.vm_log())?;
     }
     let report = junit::report(run_name, plan, runs);
     let xml = report
