@@ -31,3 +31,11 @@ build:
 # Empty the per-user cache of host kernels and initramfs images (~/.cache/ukci).
 clean-cache:
     cargo xtask clean-cache
+
+# Print the CI matrix (kernel × lane) derived from the manifests, as JSON.
+matrix *args:
+    cargo xtask matrix {{args}}
+
+# Put back devices a crashed run left changed, as the restore journal recorded them.
+restore:
+    cargo xtask restore

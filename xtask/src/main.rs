@@ -18,6 +18,8 @@ use ukci_runner::session::{self, Layout, TestOptions};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
+    version,
     about = "ukci: host virtualization security tests from inside a unikernel guest"
 )]
 #[command(after_help = exit_table())]
@@ -81,7 +83,8 @@ enum Cmd {
     List {
         #[command(flatten)]
         sel: Selection,
-        /// List the checks the guest knows instead.
+        /// List the checks instead: the guest's, then the host checks the
+        /// runner runs itself.
         #[arg(long)]
         checks: bool,
     },
@@ -309,12 +312,17 @@ fn cores() -> usize {
 }
 
 fn list_checks() -> i32 {
+    println!("guest checks (run inside the unikernel guest):");
     for c in ukci_protocol::catalogue::CHECKS {
-        println!("{:<28} {}", c.name, c.summary);
+        println!("  {:<28} {}", c.name, c.summary);
         if !c.args.is_empty() {
             let keys: Vec<&str> = c.args.iter().map(|a| a.key).collect();
-            println!("{:<28} args: {}", "", keys.join(", "));
+            println!("  {:<28} args: {}", "", keys.join(", "));
         }
+    }
+    println!("host checks (run by the runner on the test host, with the SR-IOV PF):");
+    for c in ukci_runner::hostcheck::HOST_CHECKS {
+        println!("  {:<28} {}", c.name, c.summary);
     }
     exitcode::OK
 }

@@ -71,6 +71,17 @@ fn rust_target_installed() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether an executable file `name` is in a folder of `$PATH`.
+fn on_path(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            std::fs::metadata(d.join(name))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc_geteuid() == 0 }
@@ -151,6 +162,12 @@ pub fn doctor(layout: &Layout) -> i32 {
         Err(e) => println!(
             "accel auto    tcg ({e}; load kvm_intel or kvm_amd, or add yourself to the kvm group)"
         ),
+    }
+    if !on_path("just") {
+        println!(
+            "just          not installed (optional: the justfile's recipes are each one \
+             `cargo xtask` command; install with `cargo install just`)"
+        );
     }
     if missing.is_empty() {
         println!("\nready: nothing is missing");

@@ -36,7 +36,12 @@ fn xtask_test(args: &[&str]) -> Run {
         .output()
         .expect("xtask runs");
     let junit = std::fs::read_to_string(reports.join("latest/junit.xml")).unwrap_or_default();
-    let logs = files_under(&reports.join("latest/logs"));
+    let logs_dir = reports.join("latest/logs");
+    let mut logs: Vec<String> = files_under(&logs_dir)
+        .iter()
+        .filter_map(|p| Some(p.strip_prefix(&logs_dir).ok()?.display().to_string()))
+        .collect();
+    logs.sort();
     let _ = std::fs::remove_dir_all(&reports);
     Run {
         code: out.status.code().unwrap_or(-1),
@@ -46,21 +51,20 @@ fn xtask_test(args: &[&str]) -> Run {
     }
 }
 
-/// The files under `dir`, as sorted relative paths.
-fn files_under(dir: &std::path::Path) -> Vec<String> {
+/// Every file under `dir`, at any depth (not following symlinked folders).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
-            if p.is_dir() {
+            if p.is_dir() && !p.is_symlink() {
                 todo.push(p);
-            } else if let Ok(rel) = p.strip_prefix(dir) {
-                files.push(rel.display().to_string());
+            } else {
+                files.push(p);
             }
         }
     }
-    files.sort();
     files
 }
 
@@ -192,6 +196,69 @@ fn malformed_manifests_exit_with_the_manifest_code_and_a_position() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn the_command_line_names_itself_and_lists_every_check() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(root())
+            .args(args)
+            .output()
+            .expect("xtask runs");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(run(&["--help"]).contains("Usage: cargo xtask <COMMAND>"));
+    assert!(run(&["list", "--help"]).contains("Usage: cargo xtask list"));
+    assert_eq!(
+        run(&["--version"]),
+        format!("cargo xtask {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let checks = run(&["list", "--checks"]);
+    for name in [
+        "boot.smoke",
+        "cr.arch.smep",
+        "vfio.env",
+        "vf-token.rules",
+        "vf-token.secrets",
+    ] {
+        assert!(
+            checks.lines().any(|l| l.trim_start().starts_with(name)),
+            "{name} missing from:\n{checks}"
+        );
+    }
+}
+
+#[test]
+fn every_command_has_a_just_recipe() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("--help")
+        .output()
+        .expect("xtask runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(
+        commands.contains(&"test") && commands.contains(&"restore"),
+        "{help}"
+    );
+    let justfile = std::fs::read_to_string(root().join("justfile")).unwrap();
+    for c in commands {
+        assert!(
+            justfile.lines().any(|l| l
+                .strip_prefix(c)
+                .is_some_and(|rest| rest.starts_with([':', ' ']))
+                && l.contains(':')),
+            "the justfile has no recipe for `cargo xtask {c}`"
+        );
+    }
 }
 
 #[test]
@@ -456,19 +523,10 @@ fn files_with_token_text(dir: &Path) -> Vec<PathBuf> {
             })
         })
     }
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| spelled(&b)) {
-                out.push(p);
-            }
-        }
-    }
-    out
+    files_under(dir)
+        .into_iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| spelled(&b)))
+        .collect()
 }
 
 #[test]
