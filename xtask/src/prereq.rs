@@ -21,9 +21,10 @@ struct Lack {
     fix: &'static str,
 }
 
-fn lacks() -> Vec<Lack> {
+fn lacks(layout: &Layout) -> Vec<Lack> {
     let mut v = Vec::new();
-    match host::qemu_version() {
+    let qemu = host::qemu_facts(&layout.qemu_facts());
+    match qemu.version {
         None => v.push(Lack {
             what: format!("{} is not installed", qemu::QEMU),
             fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
@@ -32,7 +33,7 @@ fn lacks() -> Vec<Lack> {
             what: format!("QEMU {ver} is too old: vfio-pci has no vf-token before the QEMU 10 of bookworm-backports"),
             fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
         }),
-        Some(ver) if !qemu_has_vf_token() => v.push(Lack {
+        Some(ver) if !qemu.vf_token => v.push(Lack {
             what: format!("QEMU {ver} has no vf-token property on vfio-pci (checked with -device vfio-pci,help)"),
             fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
         }),
@@ -53,10 +54,6 @@ fn lacks() -> Vec<Lack> {
         });
     }
     v
-}
-
-fn qemu_has_vf_token() -> bool {
-    host::qemu_query(&["-device", "vfio-pci,help"]).is_some_and(|o| o.contains("vf-token"))
 }
 
 fn rust_target_installed() -> bool {
@@ -83,8 +80,8 @@ unsafe extern "C" {
 
 /// Before a test run: set up what is missing when allowed to (root or CI),
 /// else stop with the exact command to run.
-pub fn ensure(_layout: &Layout) -> Result<(), i32> {
-    let missing = lacks();
+pub fn ensure(layout: &Layout) -> Result<(), i32> {
+    let missing = lacks(layout);
     if missing.is_empty() {
         return Ok(());
     }
@@ -93,11 +90,11 @@ pub fn ensure(_layout: &Layout) -> Result<(), i32> {
     }
     if is_root() || std::env::var_os("CI").is_some() {
         eprintln!("setting up what is missing:");
-        if let Err(e) = setup() {
+        if let Err(e) = setup(layout) {
             eprintln!("error: set-up failed: {e:#}");
             return Err(exitcode::HOST);
         }
-        let still = lacks();
+        let still = lacks(layout);
         if still.is_empty() {
             return Ok(());
         }
@@ -111,8 +108,8 @@ pub fn ensure(_layout: &Layout) -> Result<(), i32> {
 }
 
 pub fn doctor(layout: &Layout) -> i32 {
-    let facts = host::detect();
-    let missing = lacks();
+    let facts = host::detect(&layout.qemu_facts());
+    let missing = lacks(layout);
     println!("host kernel   {}", facts.host_kernel);
     println!("cpu           {}", facts.cpu_model);
     println!(
@@ -172,9 +169,9 @@ fn os_codename() -> Option<String> {
 }
 
 /// Installs what `lacks` reports, printing each action.
-pub fn setup() -> Result<()> {
+pub fn setup(layout: &Layout) -> Result<()> {
     let sh = Shell::new()?;
-    let missing = lacks();
+    let missing = lacks(layout);
     if missing
         .iter()
         .any(|l| l.what.contains("x86_64-unknown-none"))
