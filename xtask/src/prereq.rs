@@ -60,14 +60,16 @@ fn lacks(layout: &Layout) -> Vec<Lack> {
 /// (in `guest_dir`): seen in rustup's toolchain folder when that toolchain
 /// can be told without asking rustup, else asked of rustup.
 fn rust_target_installed(guest_dir: &Path) -> bool {
+    guest_target_dir(guest_dir).is_some_and(|d| d.is_dir()) || rustup_lists_target()
+}
+
+/// [`rustup_target_dir`] for this user's rustup and environment.
+pub fn guest_target_dir(guest_dir: &Path) -> Option<PathBuf> {
     let home = std::env::var_os("RUSTUP_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".rustup")));
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".rustup")))?;
     let env = std::env::var("RUSTUP_TOOLCHAIN").ok();
-    let seen = home
-        .and_then(|h| rustup_target_dir(&h, env.as_deref(), guest_dir))
-        .is_some_and(|d| d.is_dir());
-    seen || rustup_lists_target()
+    rustup_target_dir(&home, env.as_deref(), guest_dir)
 }
 
 /// Where rustup keeps the guest target's standard library for the toolchain
