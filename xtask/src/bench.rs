@@ -142,7 +142,7 @@ pub fn run(layout: &Layout, runs: usize, virtual_only: bool) -> Result<i32> {
 /// This host's own rows: QEMU floors, boot-to-verdict per machine, the
 /// runner's overhead, the CR manifests, the NVMe driver.
 fn host_rows(layout: &Layout, runs: usize) -> Result<()> {
-    let facts = host::detect();
+    let facts = host::detect(&layout.qemu_facts());
     let auto = host::resolve_auto(
         &facts,
         &layout.guest_image(),

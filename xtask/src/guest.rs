@@ -3,8 +3,12 @@
 //! (`-kernel`) and the firmware-less ROM image (`-bios`) beside it.
 
 use anyhow::{Context, Result, bail, ensure};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
 use ukci_runner::qemu;
+use ukci_runner::rundir::replace_atomically;
 use ukci_runner::session::Layout;
 use xshell::{Shell, cmd};
 
@@ -18,9 +22,21 @@ pub const ROM_SIZE: usize = 128 << 10;
 /// flattened) and installs both atomically as images/ukci-guest and
 /// images/ukci-guest.rom (a run that is booting the previous image is not
 /// disturbed).
+///
+/// Cargo is not asked at all when the images were built from the sources
+/// there are now: see [`fingerprint`].
 pub fn build(layout: &Layout) -> Result<PathBuf> {
-    let sh = Shell::new()?;
     let guest_dir = layout.root.join("guest");
+    let dest = layout.guest_image();
+    let stamp = fingerprint_file(&dest);
+    // Taken before building: sources edited during the build make the
+    // record older than the images, and the next run builds again.
+    let fingerprint = fingerprint(&guest_dir);
+    let built = || dest.exists() && qemu::rom_image_for(&dest).exists();
+    if fingerprint.is_some() && std::fs::read_to_string(&stamp).ok() == fingerprint && built() {
+        return Ok(dest);
+    }
+    let sh = Shell::new()?;
     sh.change_dir(&guest_dir);
     let target_dir = guest_dir.join("target");
     let cargo_build = |target_dir: &Path, features: &[&str]| -> Result<Vec<u8>> {
@@ -45,10 +61,98 @@ pub fn build(layout: &Layout) -> Result<PathBuf> {
     let rom_elf = cargo_build(&target_dir.join("rom"), &["--features", "rom"])?;
     let rom = flatten_rom(&rom_elf).context("making the ROM image")?;
     std::fs::create_dir_all(layout.images())?;
-    let dest = layout.guest_image();
     install(&dest, &pvh)?;
     install(&qemu::rom_image_for(&dest), &rom)?;
+    if let Some(f) = fingerprint {
+        replace_atomically(&stamp, |tmp| std::fs::write(tmp, f))
+            .with_context(|| format!("writing {}", stamp.display()))?;
+    }
     Ok(dest)
+}
+
+/// Where the fingerprint of the sources the images were built from is kept.
+fn fingerprint_file(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".fingerprint");
+    PathBuf::from(name)
+}
+
+/// A digest of everything a guest build depends on: the contents of guest/
+/// and of every crate it builds from (its path dependencies, transitively),
+/// the toolchain's library for the target, and this program (which holds
+/// the build steps). `None` when the toolchain cannot be told without
+/// rustup: then cargo decides.
+pub fn fingerprint(guest_dir: &Path) -> Option<String> {
+    let std_lib = crate::prereq::guest_target_dir(guest_dir)?.join("lib");
+    let mut h = Sha256::new();
+    for file in [std_lib, std::env::current_exe().ok()?] {
+        let meta = std::fs::metadata(&file).ok()?;
+        let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
+        h.update(format!(
+            "{} {} {}\n",
+            file.display(),
+            meta.len(),
+            mtime.as_nanos()
+        ));
+    }
+    for krate in crates_of(guest_dir).ok()? {
+        for file in files_under(&krate).ok()? {
+            let bytes = std::fs::read(&file).ok()?;
+            h.update(format!("{} {}\n", file.display(), bytes.len()));
+            h.update(&bytes);
+        }
+    }
+    Some(format!("{:x}\n", h.finalize()))
+}
+
+/// The crate at `dir` and every crate it reaches through `path = ...`
+/// dependencies, each once.
+fn crates_of(dir: &Path) -> Result<BTreeSet<PathBuf>> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![dir.canonicalize()?];
+    while let Some(krate) = todo.pop() {
+        if !seen.insert(krate.clone()) {
+            continue;
+        }
+        let manifest: toml::Table = std::fs::read_to_string(krate.join("Cargo.toml"))?.parse()?;
+        let targets = manifest.get("target").and_then(|t| t.as_table());
+        let tables = std::iter::once(&manifest).chain(
+            targets
+                .into_iter()
+                .flat_map(|t| t.values().filter_map(|v| v.as_table())),
+        );
+        for table in tables {
+            for kind in ["dependencies", "build-dependencies"] {
+                let deps = table.get(kind).and_then(|d| d.as_table());
+                for dep in deps.into_iter().flat_map(|d| d.values()) {
+                    if let Some(path) = dep.get("path").and_then(|p| p.as_str()) {
+                        todo.push(krate.join(path).canonicalize()?);
+                    }
+                }
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// Every file under `dir` but build output (`target/`), in a fixed order.
+fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                if path.file_name() != Some("target".as_ref()) {
+                    todo.push(path);
+                }
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// Writes `bytes` to `dest` through a temporary file and a rename, and only
@@ -147,6 +251,45 @@ mod tests {
             e.extend_from_slice(bytes);
         }
         e
+    }
+
+    #[test]
+    fn the_fingerprint_covers_every_crate_the_guest_builds_from_but_no_build_output() {
+        let d = std::env::temp_dir().join(format!("ukci-guestfp-{}", std::process::id()));
+        let write = |rel: &str, text: &str| {
+            let f = d.join(rel);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, text).unwrap();
+        };
+        write(
+            "guest/Cargo.toml",
+            "[dependencies]\nx = \"1\"\np = { path = \"../crates/p\" }\n\
+             [target.'cfg(x)'.build-dependencies]\nb = { path = \"../crates/b\" }\n",
+        );
+        write("guest/src/main.rs", "");
+        write("guest/target/release/ukci-guest", "");
+        write(
+            "crates/p/Cargo.toml",
+            "[dependencies]\nq = { path = \"../q\" }\n",
+        );
+        write(
+            "crates/q/Cargo.toml",
+            "[dependencies]\np = { path = \"../p\" }\n",
+        );
+        write("crates/b/Cargo.toml", "");
+        write("crates/unused/Cargo.toml", "");
+        let d = d.canonicalize().unwrap();
+        let crates: Vec<PathBuf> = crates_of(&d.join("guest")).unwrap().into_iter().collect();
+        let want: Vec<PathBuf> = ["crates/b", "crates/p", "crates/q", "guest"]
+            .iter()
+            .map(|c| d.join(c))
+            .collect();
+        assert_eq!(crates, want);
+        assert_eq!(
+            files_under(&d.join("guest")).unwrap(),
+            vec![d.join("guest/Cargo.toml"), d.join("guest/src/main.rs")]
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -232,7 +232,7 @@ fn run(cli: Cli) -> i32 {
             list(&layout, sel)
         }),
         Cmd::Doctor => Ok(prereq::doctor(&layout)),
-        Cmd::Setup => prereq::setup().map(|_| exitcode::OK),
+        Cmd::Setup => prereq::setup(&layout).map(|_| exitcode::OK),
         Cmd::Ci => ci::run(&layout),
         Cmd::Bench { runs, virtual_only } => bench::run(&layout, runs, virtual_only),
         Cmd::Matrix { paths } => Ok(matrix(&layout, paths)),

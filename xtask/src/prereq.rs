@@ -2,7 +2,7 @@
 //! installs it. Each action is printed before it runs.
 
 use anyhow::{Context, Result, bail};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use ukci_runner::envmatch::Version;
 use ukci_runner::exitcode;
 use ukci_runner::session::Layout;
@@ -21,9 +21,10 @@ struct Lack {
     fix: &'static str,
 }
 
-fn lacks() -> Vec<Lack> {
+fn lacks(layout: &Layout) -> Vec<Lack> {
     let mut v = Vec::new();
-    match host::qemu_version() {
+    let qemu = host::qemu_facts(&layout.qemu_facts());
+    match qemu.version {
         None => v.push(Lack {
             what: format!("{} is not installed", qemu::QEMU),
             fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
@@ -32,13 +33,13 @@ fn lacks() -> Vec<Lack> {
             what: format!("QEMU {ver} is too old: vfio-pci has no vf-token before the QEMU 10 of bookworm-backports"),
             fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
         }),
-        Some(ver) if !qemu_has_vf_token() => v.push(Lack {
+        Some(ver) if !qemu.vf_token => v.push(Lack {
             what: format!("QEMU {ver} has no vf-token property on vfio-pci (checked with -device vfio-pci,help)"),
             fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
         }),
         Some(_) => {}
     }
-    if !rust_target_installed() {
+    if !rust_target_installed(&layout.root.join("guest")) {
         v.push(Lack {
             what:
                 "the Rust target x86_64-unknown-none is not installed (the guest is built for it)"
@@ -55,11 +56,59 @@ fn lacks() -> Vec<Lack> {
     v
 }
 
-fn qemu_has_vf_token() -> bool {
-    host::qemu_query(&["-device", "vfio-pci,help"]).is_some_and(|o| o.contains("vf-token"))
+/// Whether the guest's target is installed for the toolchain that builds it
+/// (in `guest_dir`): seen in rustup's toolchain folder when that toolchain
+/// can be told without asking rustup, else asked of rustup.
+fn rust_target_installed(guest_dir: &Path) -> bool {
+    guest_target_dir(guest_dir).is_some_and(|d| d.is_dir()) || rustup_lists_target()
 }
 
-fn rust_target_installed() -> bool {
+/// [`rustup_target_dir`] for this user's rustup and environment.
+pub fn guest_target_dir(guest_dir: &Path) -> Option<PathBuf> {
+    let home = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".rustup")))?;
+    let env = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    rustup_target_dir(&home, env.as_deref(), guest_dir)
+}
+
+/// Where rustup keeps the guest target's standard library for the toolchain
+/// a build in `dir` uses: the one `RUSTUP_TOOLCHAIN` names, else rustup's
+/// default. `None` when that is not sure without rustup: a toolchain file or
+/// a directory override may choose another, or the toolchain is not there.
+fn rustup_target_dir(rustup_home: &Path, env: Option<&str>, dir: &Path) -> Option<PathBuf> {
+    let toolchain = match env {
+        Some(t) => t.to_string(),
+        None => {
+            let files = ["rust-toolchain", "rust-toolchain.toml"];
+            if dir
+                .ancestors()
+                .any(|a| files.iter().any(|f| a.join(f).exists()))
+            {
+                return None;
+            }
+            let text = std::fs::read_to_string(rustup_home.join("settings.toml")).ok()?;
+            let settings: toml::Table = text.parse().ok()?;
+            let overridden = settings
+                .get("overrides")
+                .and_then(|o| o.as_table())
+                .is_some_and(|o| o.keys().any(|p| dir.starts_with(p)));
+            if overridden {
+                return None;
+            }
+            settings.get("default_toolchain")?.as_str()?.to_string()
+        }
+    };
+    // A channel name without the host (`stable`) is installed with it.
+    let host = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    [toolchain.clone(), format!("{toolchain}-{host}")]
+        .into_iter()
+        .map(|t| rustup_home.join("toolchains").join(t))
+        .find(|t| t.is_dir())
+        .map(|t| t.join("lib/rustlib").join(crate::guest::TARGET))
+}
+
+fn rustup_lists_target() -> bool {
     std::process::Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
@@ -94,8 +143,8 @@ unsafe extern "C" {
 
 /// Before a test run: set up what is missing when allowed to (root or CI),
 /// else stop with the exact command to run.
-pub fn ensure(_layout: &Layout) -> Result<(), i32> {
-    let missing = lacks();
+pub fn ensure(layout: &Layout) -> Result<(), i32> {
+    let missing = lacks(layout);
     if missing.is_empty() {
         return Ok(());
     }
@@ -104,11 +153,11 @@ pub fn ensure(_layout: &Layout) -> Result<(), i32> {
     }
     if is_root() || std::env::var_os("CI").is_some() {
         eprintln!("setting up what is missing:");
-        if let Err(e) = setup() {
+        if let Err(e) = setup(layout) {
             eprintln!("error: set-up failed: {e:#}");
             return Err(exitcode::HOST);
         }
-        let still = lacks();
+        let still = lacks(layout);
         if still.is_empty() {
             return Ok(());
         }
@@ -122,8 +171,8 @@ pub fn ensure(_layout: &Layout) -> Result<(), i32> {
 }
 
 pub fn doctor(layout: &Layout) -> i32 {
-    let facts = host::detect();
-    let missing = lacks();
+    let facts = host::detect(&layout.qemu_facts());
+    let missing = lacks(layout);
     println!("host kernel   {}", facts.host_kernel);
     println!("cpu           {}", facts.cpu_model);
     println!(
@@ -189,9 +238,9 @@ fn os_codename() -> Option<String> {
 }
 
 /// Installs what `lacks` reports, printing each action.
-pub fn setup() -> Result<()> {
+pub fn setup(layout: &Layout) -> Result<()> {
     let sh = Shell::new()?;
-    let missing = lacks();
+    let missing = lacks(layout);
     if missing
         .iter()
         .any(|l| l.what.contains("x86_64-unknown-none"))
@@ -253,4 +302,64 @@ fn has_backports() -> Result<bool> {
             t.lines()
                 .any(|l| !l.trim_start().starts_with('#') && l.contains("bookworm-backports"))
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_toolchain_is_read_from_the_environment_or_rustup_settings() {
+        let d = std::env::temp_dir().join(format!("ukci-rustup-{}", std::process::id()));
+        let home = d.join("rustup");
+        let guest = d.join("checkout/guest");
+        let lib = |t: &str| home.join("toolchains").join(t).join("lib/rustlib");
+        std::fs::create_dir_all(lib("stable-x86_64-unknown-linux-gnu")).unwrap();
+        std::fs::create_dir_all(lib("nightly-x86_64-unknown-linux-gnu")).unwrap();
+        std::fs::create_dir_all(&guest).unwrap();
+        let target = |t: &str| Some(lib(t).join(crate::guest::TARGET));
+        // No settings: rustup decides.
+        assert_eq!(rustup_target_dir(&home, None, &guest), None);
+        std::fs::write(
+            home.join("settings.toml"),
+            "version = \"12\"\ndefault_toolchain = \"stable-x86_64-unknown-linux-gnu\"\n[overrides]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            rustup_target_dir(&home, None, &guest),
+            target("stable-x86_64-unknown-linux-gnu")
+        );
+        assert_eq!(
+            rustup_target_dir(&home, Some("nightly"), &guest),
+            target("nightly-x86_64-unknown-linux-gnu"),
+            "the environment wins, a channel name is completed with the host"
+        );
+        assert_eq!(
+            rustup_target_dir(&home, Some("1.80.0"), &guest),
+            None,
+            "not installed"
+        );
+        // A directory override or a toolchain file may choose another one.
+        std::fs::write(
+            home.join("settings.toml"),
+            format!(
+                "default_toolchain = \"stable\"\n[overrides]\n\"{}\" = \"nightly\"\n",
+                d.join("checkout").display()
+            ),
+        )
+        .unwrap();
+        assert_eq!(rustup_target_dir(&home, None, &guest), None);
+        std::fs::write(
+            home.join("settings.toml"),
+            "default_toolchain = \"stable\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            rustup_target_dir(&home, None, &guest),
+            target("stable-x86_64-unknown-linux-gnu")
+        );
+        std::fs::write(d.join("checkout/rust-toolchain.toml"), "").unwrap();
+        assert_eq!(rustup_target_dir(&home, None, &guest), None);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -29,12 +29,12 @@ pub struct HostFacts {
     pub dev_kvm: Result<(), String>,
 }
 
-pub fn detect() -> HostFacts {
+/// This host's facts; what QEMU is comes from `qemu_cache` when that file
+/// still speaks for the installed QEMU (see [`qemu_facts`]).
+pub fn detect(qemu_cache: &Path) -> HostFacts {
     HostFacts {
-        qemu_version: qemu_version(),
-        host_kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into()),
+        qemu_version: qemu_facts(qemu_cache).version,
+        host_kernel: host_kernel().unwrap_or_else(|| "unknown".into()),
         kvm_module: kvm_module(Path::new("/sys/module")),
         kvm_host: None,
         kvm_log: String::new(),
@@ -44,8 +44,86 @@ pub fn detect() -> HostFacts {
     }
 }
 
-pub fn qemu_version() -> Option<Version> {
-    parse_qemu_version(&qemu_query(&["--version"])?)
+fn host_kernel() -> Option<String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    Some(release.trim().to_string())
+}
+
+/// What the installed QEMU is and can do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QemuFacts {
+    /// `None` when QEMU is missing or does not answer `--version`.
+    pub version: Option<Version>,
+    /// Whether vfio-pci has the `vf-token` property (`-device vfio-pci,help`).
+    pub vf_token: bool,
+}
+
+/// Asks QEMU what it is, once per QEMU binary and host kernel: each question
+/// starts a QEMU, which costs more than the rest of a one-test run's set-up.
+/// The answers are kept in `cache`, keyed by the binary found through `PATH`
+/// (path, size, modification time) and the running kernel; a key that no
+/// longer matches asks again. A missing QEMU is not cached.
+pub fn qemu_facts(cache: &Path) -> QemuFacts {
+    let key = qemu_key();
+    if let Some(facts) = key.as_deref().and_then(|k| read_qemu_cache(cache, k)) {
+        return facts;
+    }
+    let facts = QemuFacts {
+        version: qemu_query(&["--version"]).and_then(|v| parse_qemu_version(&v)),
+        vf_token: qemu_query(&["-device", "vfio-pci,help"]).is_some_and(|o| o.contains("vf-token")),
+    };
+    if let (Some(key), Some(version)) = (key, &facts.version) {
+        let text = format!("{key}\nversion={version}\nvf-token={}\n", facts.vf_token);
+        let _ = crate::rundir::replace_atomically(cache, |tmp| std::fs::write(tmp, text));
+    }
+    facts
+}
+
+/// The identity of the QEMU a run would start, and of the kernel it runs on.
+fn qemu_key() -> Option<String> {
+    let bin = find_in_path(qemu::QEMU, &std::env::var_os("PATH")?)?;
+    let meta = std::fs::metadata(&bin).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(format!(
+        "qemu={} size={} mtime={mtime} kernel={}",
+        bin.display(),
+        meta.len(),
+        host_kernel()?
+    ))
+}
+
+/// The file `PATH` resolves `name` to, as `execvp` would: the first
+/// executable regular file of that name.
+pub fn find_in_path(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .map(|dir| dir.join(name))
+        .find(|f| {
+            std::fs::metadata(f).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+fn read_qemu_cache(cache: &Path, key: &str) -> Option<QemuFacts> {
+    let text = std::fs::read_to_string(cache).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != key {
+        return None;
+    }
+    let version = Version::parse_prefix(lines.next()?.strip_prefix("version=")?)?;
+    let vf_token = match lines.next()?.strip_prefix("vf-token=")? {
+        "true" => true,
+        "false" => false,
+        _ => return None,
+    };
+    Some(QemuFacts {
+        version: Some(version),
+        vf_token,
+    })
 }
 
 /// Runs QEMU for a query (`--version`, `-device X,help`) under the same
@@ -253,6 +331,49 @@ mod tests {
         );
         assert_eq!(v, Some(Version(vec![10, 0, 2])));
         assert_eq!(parse_qemu_version("garbage"), None);
+    }
+
+    #[test]
+    fn only_a_whole_qemu_cache_entry_for_this_key_is_read() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("qemu-facts.txt");
+        std::fs::write(&cache, "k1\nversion=10.0.2\nvf-token=true\n").unwrap();
+        let want = QemuFacts {
+            version: Some(Version(vec![10, 0, 2])),
+            vf_token: true,
+        };
+        assert_eq!(read_qemu_cache(&cache, "k1"), Some(want));
+        assert_eq!(
+            read_qemu_cache(&cache, "k2"),
+            None,
+            "another QEMU or kernel"
+        );
+        for cut in [
+            "k1\n",
+            "k1\nversion=10.0.2\n",
+            "k1\nversion=x\nvf-token=true\n",
+            "k1\nversion=10\nvf-token=\n",
+        ] {
+            std::fs::write(&cache, cut).unwrap();
+            assert_eq!(read_qemu_cache(&cache, "k1"), None, "{cut:?}");
+        }
+    }
+
+    #[test]
+    fn the_qemu_in_use_is_the_first_executable_on_the_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let (a, b, c) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
+        for dir in [&a, &b, &c] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        std::fs::write(a.join("q"), "not executable").unwrap();
+        std::fs::create_dir(b.join("q")).unwrap();
+        std::fs::write(c.join("q"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(c.join("q"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths([&a, &b, &c]).unwrap();
+        assert_eq!(find_in_path("q", &path), Some(c.join("q")));
+        assert_eq!(find_in_path("r", &path), None);
     }
 
     #[test]

@@ -121,12 +121,14 @@ pub fn is_unfinished_report(dir: &Path) -> bool {
 
 /// Makes `path` by `make`-ing a temporary file beside it and renaming that
 /// over it: readers see the old file or the whole new one, never a part.
+/// The temporary file is this process's own, so runs replacing the same
+/// file at once do not write into each other's.
 pub fn replace_atomically(
     path: &Path,
     make: impl FnOnce(&Path) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
     let _ = fs::remove_file(&tmp);
     let made = make(&tmp).and_then(|()| fs::rename(&tmp, path));

@@ -54,6 +54,11 @@ impl Layout {
     pub fn guest_image(&self) -> PathBuf {
         self.images().join("ukci-guest")
     }
+    /// What the installed QEMU is and can do, kept between runs (see
+    /// [`host::qemu_facts`]).
+    pub fn qemu_facts(&self) -> PathBuf {
+        self.images().join("qemu-facts.txt")
+    }
     /// The restore journal of this host: every device change is written
     /// here first, and replayed by the next run or `cargo xtask restore`.
     pub fn journal(&self) -> PathBuf {
@@ -196,7 +201,7 @@ pub fn resolve_kernels(
 }
 
 pub fn make_plan(layout: &Layout, manifests: &[Manifest], opts: &PlanOptions) -> Vec<PlannedTest> {
-    let facts = host::detect();
+    let facts = host::detect(&layout.qemu_facts());
     let auto = auto_accel(layout, &facts, manifests, opts);
     plan::plan(
         manifests,
@@ -655,7 +660,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
 /// modules said (the load log in `results`, the kernel's `kvm` lines) and
 /// what KVM runs on (the runner says, through [`lane::KVM_HOST_ENV`]).
 fn agent_facts(results: &Path) -> HostFacts {
-    let mut facts = host::detect();
+    let mut facts = host::detect(&std::env::temp_dir().join("ukci-qemu-facts.txt"));
     facts.kvm_host = std::env::var(lane::KVM_HOST_ENV).ok();
     facts.kvm_variant = std::env::var(lane::KVM_VARIANT_ENV).ok();
     let loads =
