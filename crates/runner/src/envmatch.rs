@@ -26,6 +26,9 @@ pub struct Environment {
     /// The lane's KVM variant (`[[lane.kvm]]` name); none for a kernel's own
     /// KVM outside a lane that declares variants.
     pub kvm_variant: Option<String>,
+    /// The patch set of the KVM build that is loaded, as the build itself
+    /// says; none for a kernel's own KVM.
+    pub kvm_build: Option<String>,
     pub cpu_model: String,
     /// Set when the tests run inside a virtual test host.
     pub virtual_host: Option<VirtualHost>,
@@ -465,6 +468,7 @@ mod tests {
             kvm_host: None,
             kvm_log: String::new(),
             kvm_variant: None,
+            kvm_build: None,
             cpu_model: "AMD EPYC".into(),
             virtual_host: None,
         }

@@ -24,6 +24,8 @@ pub struct HostFacts {
     pub kvm_log: String,
     /// The lane's KVM variant this host loaded (inside a virtual host).
     pub kvm_variant: Option<String>,
+    /// The patch set of the loaded KVM build (inside a virtual host).
+    pub kvm_build: Option<String>,
     pub cpu_model: String,
     /// Whether `/dev/kvm` exists and opens read-write.
     pub dev_kvm: Result<(), String>,
@@ -39,6 +41,7 @@ pub fn detect(qemu_cache: &Path) -> HostFacts {
         kvm_host: None,
         kvm_log: String::new(),
         kvm_variant: None,
+        kvm_build: None,
         cpu_model: cpu_model(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         dev_kvm: dev_kvm(),
     }

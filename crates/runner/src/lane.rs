@@ -70,9 +70,7 @@ impl WireEnv {
             kvm_host: env.kvm_host.clone(),
             kvm_log: env.kvm_log.clone(),
             cpu_model: env.cpu_model.clone(),
-            kvm_build: std::fs::read_to_string(KVM_BUILD_MARKER)
-                .ok()
-                .map(|s| s.trim().to_string()),
+            kvm_build: env.kvm_build.clone(),
         }
     }
 
@@ -86,6 +84,7 @@ impl WireEnv {
             kvm_host: self.kvm_host.or_else(|| planned.kvm_host.clone()),
             kvm_log: self.kvm_log,
             cpu_model: self.cpu_model,
+            kvm_build: self.kvm_build,
             ..planned.clone()
         }
     }

@@ -239,6 +239,7 @@ pub fn plan(
                         kvm_host: host.kvm_host.clone(),
                         kvm_log: host.kvm_log.clone(),
                         kvm_variant: host.kvm_variant.clone(),
+                        kvm_build: host.kvm_build.clone(),
                         cpu_model: host.cpu_model.clone(),
                         virtual_host: None,
                     },
@@ -251,6 +252,7 @@ pub fn plan(
                         kvm_host: Some(VHOST_ACCEL.to_string()),
                         kvm_log: String::new(),
                         kvm_variant: b.kvm.as_ref().map(|k| k.name.clone()),
+                        kvm_build: None,
                         cpu_model: "QEMU TCG max".into(),
                         virtual_host: Some(VirtualHost {
                             kernel: b.kernel.name.clone(),
@@ -437,6 +439,7 @@ pub(crate) mod tests {
             kvm_host: None,
             kvm_log: String::new(),
             kvm_variant: None,
+            kvm_build: None,
             cpu_model: "EPYC".into(),
             dev_kvm: Ok(()),
         }

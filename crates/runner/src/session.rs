@@ -667,8 +667,11 @@ fn agent_facts(results: &Path) -> HostFacts {
         std::fs::read_to_string(results.join(ukci_vhost::initramfs::KVM_LOG)).unwrap_or_default();
     let dmesg = ukci_vfio::kmsg::Watch::from_oldest().lines();
     facts.kvm_log = kvm_log(&loads, &dmesg);
-    if let Ok(build) = std::fs::read_to_string(lane::KVM_BUILD_MARKER) {
-        facts.kvm_log = format!("kvm build: {}; {}", build.trim(), facts.kvm_log);
+    facts.kvm_build = std::fs::read_to_string(lane::KVM_BUILD_MARKER)
+        .ok()
+        .map(|s| s.trim().to_string());
+    if let Some(build) = &facts.kvm_build {
+        facts.kvm_log = format!("kvm build: {build}; {}", facts.kvm_log);
     }
     if let Err(e) = &mut facts.dev_kvm {
         e.push_str(&format!(" ({})", facts.kvm_log));

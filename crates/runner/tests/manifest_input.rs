@@ -460,6 +460,7 @@ fn plan_all(m: Manifest) {
         kvm_host: None,
         kvm_log: String::new(),
         kvm_variant: None,
+        kvm_build: None,
         cpu_model: "EPYC".into(),
         dev_kvm: Ok(()),
     };
