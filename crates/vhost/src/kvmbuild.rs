@@ -172,7 +172,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KvmBuildError + '_ {
 /// The patch names in a `series` file, in order. Blank lines and `#`
 /// comments are skipped; a line is one name (patches apply with `-p1`).
 /// Errors name the line.
-pub fn parse_series(text: &str) -> Result<Vec<String>, String> {
+fn parse_series(text: &str) -> Result<Vec<String>, String> {
     let mut names = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or_default().trim();
@@ -194,7 +194,7 @@ pub fn parse_series(text: &str) -> Result<Vec<String>, String> {
 }
 
 /// The kernel series (`6.12`) of a Debian package version (`6.12.117-1`).
-pub fn series_of(version: &str) -> Option<String> {
+fn series_of(version: &str) -> Option<String> {
     let up = apt::upstream_version(version);
     let mut parts = up.split(['.', '~', '+', '-']);
     let (major, minor) = (parts.next()?, parts.next()?);
@@ -206,7 +206,7 @@ pub fn series_of(version: &str) -> Option<String> {
 
 /// The compiler a kernel was built with, from its `.config`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Compiler {
+struct Compiler {
     /// `CONFIG_CC_VERSION_TEXT`: `x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0`.
     pub text: String,
     /// The program kbuild runs: `x86_64-linux-gnu-gcc-14`.
@@ -216,7 +216,7 @@ pub struct Compiler {
 }
 
 /// The compiler named in a kernel `.config`; only GCC is supported.
-pub fn compiler_from_config(config: &str) -> Result<Compiler, String> {
+fn compiler_from_config(config: &str) -> Result<Compiler, String> {
     let text = config
         .lines()
         .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT="))
@@ -245,7 +245,7 @@ pub fn compiler_from_config(config: &str) -> Result<Compiler, String> {
 
 /// Where the compiler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
+enum Place {
     /// The machine has the kernel's compiler.
     Host,
     /// A Debian chroot with it.
@@ -253,7 +253,7 @@ pub enum Place {
 }
 
 /// The cache key of a build: what decides the modules' bytes.
-pub fn build_key(
+fn build_key(
     package: &str,
     version: &str,
     compiler: &Compiler,
@@ -275,7 +275,7 @@ pub fn build_key(
 /// What `patch` said about the hunks that failed: the `patching file` line
 /// of each file with a problem and the problem lines themselves; the whole
 /// output when it has none of those.
-pub fn patch_failure(output: &str) -> String {
+fn patch_failure(output: &str) -> String {
     const BAD: &[&str] = &[
         "FAILED",
         "Reversed (or previously applied)",
@@ -312,7 +312,7 @@ pub fn patch_failure(output: &str) -> String {
 
 /// The first error a build printed: the compiler's `error:` line, else a
 /// modpost or kbuild `ERROR:` line, else make's `***` line.
-pub fn first_error(output: &str) -> Option<&str> {
+fn first_error(output: &str) -> Option<&str> {
     let find = |needle: &str| output.lines().find(|l| l.contains(needle)).map(str::trim);
     find("error:")
         .or_else(|| find("ERROR:"))
@@ -322,7 +322,7 @@ pub fn first_error(output: &str) -> Option<&str> {
 /// The flavour Makefile of a headers package (`KBUILD_OUTPUT=/usr/src/…`,
 /// `include /usr/src/…-common/Makefile`) pointed at a copy unpacked under
 /// `root`; `None` when it has no `include /usr/src/` line.
-pub fn relocate_headers_makefile(text: &str, root: &Path) -> Option<String> {
+fn relocate_headers_makefile(text: &str, root: &Path) -> Option<String> {
     let root = root.display().to_string();
     let mut found = false;
     let out: Vec<String> = text
@@ -347,7 +347,7 @@ pub fn relocate_headers_makefile(text: &str, root: &Path) -> Option<String> {
 /// (`trace.h` names itself `../../arch/x86/kvm/trace.h` through the
 /// headers' `define_trace.h`), and `virt/kvm/Makefile.kvm` from `tree`.
 /// `None` when either line is not there.
-pub fn fix_kvm_makefile(text: &str, tree: &Path) -> Option<String> {
+fn fix_kvm_makefile(text: &str, tree: &Path) -> Option<String> {
     let t = tree.display();
     let ccflags = "ccflags-y += -I $(srctree)/arch/x86/kvm";
     let include = "include $(srctree)/virt/kvm/Makefile.kvm";
@@ -751,7 +751,7 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 /// depends on it), the rest keep theirs; a source file of the last build
 /// that `stage` lacks is removed. Build products are left alone. Returns
 /// the files copied.
-pub fn sync_tree(stage: &Path, work: &Path) -> io::Result<Vec<PathBuf>> {
+fn sync_tree(stage: &Path, work: &Path) -> io::Result<Vec<PathBuf>> {
     let files = files_under(stage)?;
     let mut changed = Vec::new();
     for rel in &files {
