@@ -16,7 +16,7 @@ list *args:
 doctor:
     cargo xtask doctor
 
-# Install what is missing (QEMU from bookworm-backports, busybox-static, Rust target).
+# Install what is missing (QEMU from bookworm-backports, busybox-static, debootstrap, Rust target).
 setup:
     cargo xtask setup
 

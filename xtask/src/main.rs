@@ -90,7 +90,7 @@ enum Cmd {
     },
     /// Explain what this host lacks and how to fix it.
     Doctor,
-    /// Install what is missing (QEMU from bookworm-backports, busybox-static,
+    /// Install what is missing (QEMU from bookworm-backports, busybox-static, debootstrap,
     /// the guest's Rust target).
     Setup,
     /// The project's own tests: fmt, clippy, unit and integration tests, and

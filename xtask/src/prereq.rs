@@ -21,6 +21,21 @@ struct Lack {
     fix: &'static str,
 }
 
+/// Debian packages a host needs beside QEMU: the program that tells one is
+/// installed, the package, and what ukci uses it for.
+const PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "/bin/busybox",
+        "busybox-static",
+        "the virtual test host's initramfs is built from it",
+    ),
+    (
+        "/usr/sbin/debootstrap",
+        "debootstrap",
+        "KVM variants are built in a chroot of the Debian release whose compiler built the kernel",
+    ),
+];
+
 fn lacks(layout: &Layout) -> Vec<Lack> {
     let mut v = Vec::new();
     let qemu = host::qemu_facts(&layout.qemu_facts());
@@ -47,13 +62,21 @@ fn lacks(layout: &Layout) -> Vec<Lack> {
             fix: "cargo xtask setup (runs rustup target add x86_64-unknown-none)",
         });
     }
-    if !Path::new("/bin/busybox").exists() {
+    for (program, package, why) in missing_packages() {
         v.push(Lack {
-            what: "busybox-static is not installed (the virtual test host's initramfs is built from it)".into(),
-            fix: "cargo xtask setup (installs busybox-static)",
+            what: format!("{package} is not installed ({program}: {why})"),
+            fix: "cargo xtask setup (installs it with apt-get)",
         });
     }
     v
+}
+
+/// The entries of [`PACKAGES`] whose program is absent.
+fn missing_packages() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|(program, _, _)| !Path::new(program).exists())
 }
 
 /// Whether the guest's target is installed for the toolchain that builds it
@@ -261,7 +284,7 @@ pub fn setup(layout: &Layout) -> Result<()> {
     if os_codename().as_deref() != Some("bookworm") {
         bail!(
             "automatic set-up knows Debian 12 (bookworm); on this system install QEMU >= {}.{} \
-             (qemu-system-x86_64) and a static busybox with your package manager",
+             (qemu-system-x86_64), a static busybox and debootstrap with your package manager",
             MIN_QEMU[0],
             MIN_QEMU[1]
         );
@@ -283,10 +306,13 @@ pub fn setup(layout: &Layout) -> Result<()> {
     )
     .env("DEBIAN_FRONTEND", "noninteractive")
     .run()?;
-    println!("setup: apt-get install busybox-static");
-    cmd!(sh, "apt-get install -y -q busybox-static")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()?;
+    let packages: Vec<&str> = missing_packages().map(|(_, package, _)| package).collect();
+    if !packages.is_empty() {
+        println!("setup: apt-get install {}", packages.join(" "));
+        cmd!(sh, "apt-get install -y -q {packages...}")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()?;
+    }
     Ok(())
 }
 
