@@ -24,7 +24,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
-use ukci_supervise::qemu_opts::Opts;
+use ukci_supervise::qemu_opts::{Opts, SriovNvme};
 use ukci_supervise::{self as supervise, End};
 
 use crate::marker;
@@ -324,53 +324,22 @@ pub fn qemu_args(cfg: &BootConfig) -> Vec<OsString> {
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
     push(&["-append", &kernel_cmdline(cfg)]);
 
-    // The PF sits behind a root port: on pcie.0 QEMU 10.0 maps the 64-bit VF
-    // BAR as 32-bit and the VFs' registers read 0.
     let t = &cfg.topology;
+    let namespaces: Vec<PathBuf> = (1..=t.namespaces).map(|n| cfg.namespace_image(n)).collect();
+    let nvme = SriovNvme {
+        index: 0,
+        serial: "ukci0001",
+        nqn: Some("ukci-vhost"),
+        vfs: t.vfs,
+        vq_flexible: t.vq_flexible,
+        vi_flexible: t.vi_flexible,
+        max_ioqpairs: t.max_ioqpairs,
+        msix_qsize: t.msix_qsize,
+        namespaces: &namespaces,
+    };
     let mut push = |flag: &str, o: Opts| a.extend([flag.into(), o.into()]);
-    push(
-        "-device",
-        Opts::new("pcie-root-port")
-            .set("id", "rp1")
-            .set("bus", "pcie.0")
-            .set("chassis", 1)
-            .set("slot", 1),
-    );
-    push(
-        "-device",
-        Opts::new("nvme-subsys")
-            .set("id", "subsys0")
-            .set("nqn", "ukci-vhost"),
-    );
-    push(
-        "-device",
-        Opts::new("nvme")
-            .set("id", "nvme0")
-            .set("bus", "rp1")
-            .set("serial", "ukci0001")
-            .set("subsys", "subsys0")
-            .set("max_ioqpairs", t.max_ioqpairs)
-            .set("msix_qsize", t.msix_qsize)
-            .set("sriov_max_vfs", t.vfs)
-            .set("sriov_vq_flexible", t.vq_flexible)
-            .set("sriov_vi_flexible", t.vi_flexible),
-    );
-    for n in 1..=t.namespaces {
-        let drive = format!("ns{n}");
-        push(
-            "-drive",
-            Opts::pair("file", cfg.namespace_image(n).display())
-                .set("if", "none")
-                .set("id", &drive)
-                .set("format", "raw"),
-        );
-        push(
-            "-device",
-            Opts::new("nvme-ns")
-                .set("drive", &drive)
-                .set("bus", "nvme0")
-                .set("nsid", n),
-        );
+    for (flag, o) in nvme.args() {
+        push(flag, o);
     }
     push(
         "-virtfs",
@@ -852,19 +821,19 @@ mod tests {
         assert_eq!(devices[0], "intel-iommu,intremap=on,caching-mode=on");
         let rp = devices
             .iter()
-            .position(|d| d.starts_with("pcie-root-port,id=rp1"))
+            .position(|d| d.starts_with("pcie-root-port,id=rp0"))
             .unwrap();
         let nvme = devices.iter().position(|d| d.starts_with("nvme,")).unwrap();
         assert!(
             rp < nvme,
             "the root port exists before the NVMe is plugged into it"
         );
-        assert!(devices[nvme].contains("bus=rp1"));
+        assert!(devices[nvme].contains("bus=rp0"));
         assert!(devices[nvme].contains("subsys=subsys0"));
         assert!(devices[nvme].contains("sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2"));
         assert_eq!(
             value_after(&a, "-drive"),
-            ["file=/s/nvme-ns1.img,if=none,id=ns1,format=raw"]
+            ["file=/s/nvme-ns1.img,if=none,id=nvme0ns1,format=raw"]
         );
         let fs = value_after(&a, "-virtfs");
         assert_eq!(
@@ -918,8 +887,8 @@ mod tests {
         assert_eq!(
             ns,
             [
-                "nvme-ns,drive=ns1,bus=nvme0,nsid=1",
-                "nvme-ns,drive=ns2,bus=nvme0,nsid=2"
+                "nvme-ns,drive=nvme0ns1,bus=nvme0,nsid=1",
+                "nvme-ns,drive=nvme0ns2,bus=nvme0,nsid=2"
             ]
         );
     }
