@@ -4,6 +4,9 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::time::Duration;
+
+use ukci_supervise::{self as supervise, End};
 
 use super::cpio::CpioWriter;
 use super::modules::{
@@ -49,17 +52,20 @@ fn applet_link_target(applet: &str) -> String {
 /// The applet paths of a busybox (`bin/sh`, `sbin/insmod`, ...), from
 /// `busybox --list-full`.
 fn busybox_applets(busybox: &Path) -> Result<Vec<String>, InitramfsError> {
-    let out = std::process::Command::new(busybox)
-        .arg("--list-full")
-        .output()
-        .map_err(io_err(busybox))?;
-    if !out.status.success() {
+    let fin = supervise::run(
+        busybox.as_os_str(),
+        &["--list-full".into()],
+        Duration::from_secs(30),
+        |_| {},
+    );
+    if fin.end != End::Exited(0) {
         return Err(InitramfsError::Bad {
             path: busybox.to_owned(),
-            what: format!("`--list-full` failed: {}", out.status),
+            what: format!("`--list-full` failed: {:?} {}", fin.end, fin.stderr.trim()),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(fin
+        .stdout
         .lines()
         .map(|l| l.trim().trim_start_matches('/').to_owned())
         .filter(|l| !l.is_empty() && l != "bin/busybox")
@@ -346,11 +352,17 @@ mod tests {
         // netfs as .ko.xz: produced by the system xz, as Debian does.
         let raw = mods.join("kernel/fs/netfs.ko");
         fs::write(&raw, b"\0depends=\0name=netfs\0").unwrap();
-        let status = std::process::Command::new("xz")
-            .args(["--check=crc32", "--lzma2=dict=1MiB"])
-            .arg(&raw)
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
+        let xz = supervise::run(
+            "xz".as_ref(),
+            &[
+                "--check=crc32".into(),
+                "--lzma2=dict=1MiB".into(),
+                raw.clone().into(),
+            ],
+            Duration::from_secs(30),
+            |_| {},
+        );
+        if xz.end != End::Exited(0) {
             eprintln!("skipping the .ko.xz part: no xz on PATH");
             fs::write(&raw, b"\0depends=\0name=netfs\0").unwrap();
         }
