@@ -12,7 +12,6 @@
 
 use anyhow::{Context, Result, bail};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use ukci_runner::manifest::MachineType;
 use ukci_runner::plan;
@@ -111,14 +110,17 @@ fn dd_once(image: &Path, write: bool, bs: u64, direct: bool) -> Result<f64> {
             args.push("iflag=direct".into());
         }
     }
-    let out = Command::new("dd")
-        .args(&args)
-        .env("LC_ALL", "C")
-        .output()
-        .context("running dd")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("dd {}: {}", args.join(" "), stderr.trim());
+    // Through env(1): dd's summary in the C locale, whatever the caller's.
+    let argv: Vec<std::ffi::OsString> = ["LC_ALL=C", "dd"]
+        .into_iter()
+        .map(String::from)
+        .chain(args.iter().cloned())
+        .map(Into::into)
+        .collect();
+    let fin = supervise::run("env".as_ref(), &argv, Duration::from_secs(120), |_| {});
+    let stderr = fin.stderr;
+    if fin.end != End::Exited(0) {
+        bail!("dd {}: {:?} {}", args.join(" "), fin.end, stderr.trim());
     }
     let s = dd_seconds(&stderr).with_context(|| format!("dd printed no time: {stderr}"))?;
     Ok(BYTES as f64 / s.max(1e-9) / f64::from(1 << 20))

@@ -5,13 +5,14 @@
 
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use ukci_runner::manifest::MachineType;
 use ukci_runner::plan;
 use ukci_runner::qemu::{self, VmConfig};
 use ukci_runner::session::Layout;
+use ukci_runner::supervise::{self, End};
 use ukci_runner::units::ByteSize;
 use ukci_vhost::boot::{self, Agent, BootConfig, shell_quote};
 use ukci_vhost::initramfs::{self, InitramfsSpec};
@@ -252,22 +253,30 @@ pub fn kvm_manifest(layout: &Layout) -> Result<()> {
     Ok(())
 }
 
+/// The longest a whole manifest run may take here (its lanes have their own
+/// timeouts; this only bounds the child).
+const TEST_RUN_LIMIT: Duration = Duration::from_secs(3 * 3600);
+
 /// `cargo xtask test ARGS --reports DIR` (DIR under the checkout), quietly:
 /// whether it passed, and its wall time.
 fn test_run(layout: &Layout, args: &[&str], reports: &str) -> Result<(bool, Duration)> {
-    let (st, total) = timed(|| {
-        Command::new(std::env::current_exe()?)
-            .current_dir(&layout.root)
-            .arg("test")
-            .args(args)
-            .arg("--reports")
-            .arg(layout.root.join(reports))
-            .env("CI", "1")
-            .stderr(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .status()
-    });
-    Ok((st?.success(), total))
+    // Through env(1) for CI=1 (plain output); manifests by absolute path,
+    // since the child keeps this process's working folder.
+    let mut argv: Vec<OsString> = vec![
+        "CI=1".into(),
+        std::env::current_exe()?.into(),
+        "test".into(),
+    ];
+    argv.extend(args.iter().map(|a| match a.ends_with(".toml") {
+        true => layout.root.join(a).into_os_string(),
+        false => a.into(),
+    }));
+    argv.extend([
+        "--reports".into(),
+        layout.root.join(reports).into_os_string(),
+    ]);
+    let (fin, total) = timed(|| supervise::run("env".as_ref(), &argv, TEST_RUN_LIMIT, |_| {}));
+    Ok((fin.end == End::Exited(0), total))
 }
 
 /// `cargo xtask test manifests/vhost-smoke.toml --kernel K`, end to end.

@@ -132,15 +132,14 @@ fn rustup_target_dir(rustup_home: &Path, env: Option<&str>, dir: &Path) -> Optio
 }
 
 fn rustup_lists_target() -> bool {
-    std::process::Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == crate::guest::TARGET)
-        })
-        .unwrap_or(false)
+    let fin = ukci_runner::supervise::run(
+        "rustup".as_ref(),
+        &["target".into(), "list".into(), "--installed".into()],
+        std::time::Duration::from_secs(60),
+        |_| {},
+    );
+    fin.end == ukci_runner::supervise::End::Exited(0)
+        && fin.stdout.lines().any(|l| l.trim() == crate::guest::TARGET)
 }
 
 /// Whether an executable file `name` is in a folder of `$PATH`.

@@ -10,7 +10,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ukci_protocol::exit::{ISA_DEBUG_EXIT_PORT, ISA_DEBUG_EXIT_SIZE};
-use ukci_supervise::qemu_opts::Opts;
+use ukci_supervise::qemu_opts::{self, Opts, SriovNvme};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -182,49 +182,29 @@ impl VmDevice {
                 image,
                 sriov_max_vfs,
             } => {
-                let drive = format!("nvm{i}");
-                a.pair(
-                    "-drive",
-                    Opts::pair("file", image.display())
-                        .set("if", "none")
-                        .set("id", &drive)
-                        .set("format", "raw"),
-                );
                 if *sriov_max_vfs == 0 {
+                    let drive = format!("nvm{i}");
+                    a.pair("-drive", qemu_opts::raw_drive(&drive, image));
                     a.pair(
                         "-device",
                         Opts::new("nvme").set("serial", serial).set("drive", &drive),
                     );
                 } else {
-                    // QEMU 10.0 maps an SR-IOV PF's VF BARs wrongly on the root
-                    // bus; behind a root port the VF BARs work.
                     let vfs = u32::from(*sriov_max_vfs);
-                    let (port, subsys) = (format!("rp{i}"), format!("subsys{i}"));
-                    a.pair(
-                        "-device",
-                        Opts::new("pcie-root-port")
-                            .set("id", &port)
-                            .set("chassis", i + 1)
-                            .set("slot", i),
-                    );
-                    a.pair("-device", Opts::new("nvme-subsys").set("id", &subsys));
-                    a.pair(
-                        "-device",
-                        Opts::new("nvme")
-                            .set("id", format_args!("nvme{i}"))
-                            .set("serial", serial)
-                            .set("subsys", &subsys)
-                            .set("bus", &port)
-                            .set("sriov_max_vfs", vfs)
-                            .set("sriov_vq_flexible", 2 * vfs)
-                            .set("sriov_vi_flexible", vfs)
-                            .set("max_ioqpairs", 2 * vfs + 4)
-                            .set("msix_qsize", vfs + 8),
-                    );
-                    a.pair(
-                        "-device",
-                        Opts::new("nvme-ns").set("drive", &drive).set("nsid", 1),
-                    );
+                    let nvme = SriovNvme {
+                        index: i,
+                        serial,
+                        nqn: None,
+                        vfs: *sriov_max_vfs,
+                        vq_flexible: 2 * vfs,
+                        vi_flexible: vfs,
+                        max_ioqpairs: 2 * vfs + 4,
+                        msix_qsize: vfs + 8,
+                        namespaces: std::slice::from_ref(image),
+                    };
+                    for (flag, o) in nvme.args() {
+                        a.pair(flag, o);
+                    }
                 }
             }
         }

@@ -9,13 +9,19 @@ pub mod qemu_opts;
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
 /// How a supervised process ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,12 +63,10 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// SIGKILL to a group this process spawned; a group that is gone already
+/// (ESRCH) is nothing to kill.
 fn kill_group(pgid: i32) {
-    // SAFETY: killpg only sends a signal; a stale group id at worst hits
-    // nothing (ESRCH), and ids come from children this process spawned.
-    unsafe {
-        libc::killpg(pgid, libc::SIGKILL);
-    }
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
 }
 
 /// Kills every supervised process group. Safe to call from a signal-handling
@@ -157,11 +161,69 @@ fn spawn_and_wait(
     timeout: Duration,
     ready: Option<Ready<'_>>,
     inherit: &[RawFd],
-    mut on_line: impl FnMut(&str),
+    on_line: impl FnMut(&str),
 ) -> Finished {
     let start = Instant::now();
+    let mut guard = match spawn(command(program, args, inherit), program) {
+        Ok(g) => g,
+        Err(why) => {
+            return Finished {
+                end: End::SpawnFailed(why),
+                stdout: String::new(),
+                stderr: String::new(),
+                elapsed: start.elapsed(),
+                ready_at: None,
+            };
+        }
+    };
+    let pipes = Pipes::start(&mut guard.child);
+    let mut watch = Watch {
+        start,
+        timeout,
+        ready,
+        ready_at: None,
+        on_line,
+        out: String::new(),
+    };
+    let mut timed_out = watch.read_until_closed(&pipes.lines);
+    // stdout closed: the process is exiting. Wait for it, still bounded.
+    let status = wait_bounded(&mut guard, &watch, &mut timed_out);
+    let _ = pipes.out_thread.join();
+    if timed_out {
+        // SIGKILL is delivered at once but a process takes a moment to
+        // die: return only when none of the group runs any more (bounded).
+        let until = Instant::now() + Duration::from_secs(2);
+        while group_alive(guard.pgid) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // Anything still queued arrived before the end.
+    for line in pipes.lines.try_iter() {
+        watch.take(&line);
+    }
+    let stderr = pipes.err_thread.join().unwrap_or_default();
+    let end = match status {
+        _ if timed_out => End::TimedOut(watch.limit()),
+        Ok(st) => match (st.code(), st.signal()) {
+            (Some(c), _) => End::Exited(c),
+            (None, Some(s)) => End::Signaled(s),
+            _ => End::Exited(-1),
+        },
+        Err(e) => End::SpawnFailed(format!("waiting for the process failed: {e}")),
+    };
+    Finished {
+        end,
+        stdout: watch.out,
+        stderr,
+        elapsed: start.elapsed(),
+        ready_at: watch.ready_at,
+    }
+}
+
+/// `program args` in its own process group, with no stdin, its output
+/// piped, killed when this thread dies, and `inherit` open across exec.
+fn command(program: &OsStr, args: &[OsString], inherit: &[RawFd]) -> Command {
     let inherit = inherit.to_vec();
-    let mut ready_at = None;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -174,143 +236,144 @@ fn spawn_and_wait(
     // thread dies (even by SIGKILL), so no VM outlives the runner. Clearing
     // FD_CLOEXEC in the child alone hands it exactly the descriptors asked
     // for; the parent's copies stay close-on-exec for every other child.
+    // Each `inherit` descriptor is open in the parent, so in the child too.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            set_pdeathsig(Signal::SIGKILL)?;
             for &fd in &inherit {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                fcntl(
+                    BorrowedFd::borrow_raw(fd),
+                    FcntlArg::F_SETFD(FdFlag::empty()),
+                )?;
             }
             Ok(())
         });
     }
+    cmd
+}
+
+/// Starts `cmd` and registers its group for the interrupt handler, unless
+/// the run has been interrupted; the error says why nothing runs.
+fn spawn(mut cmd: Command, program: &OsStr) -> Result<Guard, String> {
     let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     if interrupted() {
-        return Finished {
-            end: End::SpawnFailed("not started: the run was interrupted".into()),
-            stdout: String::new(),
-            stderr: String::new(),
-            elapsed: start.elapsed(),
-            ready_at,
-        };
+        return Err("not started: the run was interrupted".into());
     }
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            return Finished {
-                end: End::SpawnFailed(format!("cannot run {}: {e}", program.to_string_lossy())),
-                stdout: String::new(),
-                stderr: String::new(),
-                elapsed: start.elapsed(),
-                ready_at,
-            };
-        }
-    };
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
     // The child leads its own group: its pid is the group id.
     let pgid = child.id() as i32;
     live.insert(pgid);
-    drop(live);
-    let mut guard = Guard {
+    Ok(Guard {
         child,
         pgid,
         reaped: false,
-    };
+    })
+}
 
-    let stdout = guard.child.stdout.take().expect("stdout is piped");
-    let mut stderr = guard.child.stderr.take().expect("stderr is piped");
-    let err_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let (tx, rx) = mpsc::channel::<String>();
-    let out_thread = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        while let Ok(n) = r.read_until(b'\n', &mut buf) {
-            if n == 0 {
-                break;
+/// The child's output, read by two threads: stdout line by line into a
+/// channel, stderr whole.
+struct Pipes {
+    lines: mpsc::Receiver<String>,
+    out_thread: std::thread::JoinHandle<()>,
+    err_thread: std::thread::JoinHandle<String>,
+}
+
+impl Pipes {
+    fn start(child: &mut Child) -> Pipes {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let err_thread = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = stderr.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        });
+        let (tx, lines) = mpsc::channel::<String>();
+        let out_thread = std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            while let Ok(n) = r.read_until(b'\n', &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let line = String::from_utf8_lossy(&buf).into_owned();
+                buf.clear();
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-            let line = String::from_utf8_lossy(&buf).into_owned();
-            buf.clear();
-            if tx.send(line).is_err() {
-                break;
-            }
+        });
+        Pipes {
+            lines,
+            out_thread,
+            err_thread,
         }
-    });
+    }
+}
 
-    let limit = |ready_at: Option<Duration>| match &ready {
-        Some(r) if ready_at.is_none() => r.within.min(timeout),
-        _ => timeout,
-    };
-    let mut take = |line: &str, out: &mut String, ready_at: &mut Option<Duration>| {
+/// The deadline (the ready line's until it appears, then the whole
+/// timeout) and the stdout seen so far.
+struct Watch<'a, F> {
+    start: Instant,
+    timeout: Duration,
+    ready: Option<Ready<'a>>,
+    ready_at: Option<Duration>,
+    on_line: F,
+    out: String,
+}
+
+impl<F: FnMut(&str)> Watch<'_, F> {
+    fn limit(&self) -> Duration {
+        match &self.ready {
+            Some(r) if self.ready_at.is_none() => r.within.min(self.timeout),
+            _ => self.timeout,
+        }
+    }
+
+    fn left(&self) -> Duration {
+        (self.start + self.limit()).saturating_duration_since(Instant::now())
+    }
+
+    fn take(&mut self, line: &str) {
         let text = line.trim_end_matches(['\r', '\n']);
-        if ready_at.is_none() && ready.as_ref().is_some_and(|r| (r.line)(text)) {
-            *ready_at = Some(start.elapsed());
+        if self.ready_at.is_none() && self.ready.as_ref().is_some_and(|r| (r.line)(text)) {
+            self.ready_at = Some(self.start.elapsed());
         }
-        on_line(text);
-        out.push_str(line);
-    };
-    let mut out = String::new();
-    let mut timed_out = false;
-    loop {
-        let left = (start + limit(ready_at)).saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => take(&line, &mut out, &mut ready_at),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                timed_out = true;
-                break;
+        (self.on_line)(text);
+        self.out.push_str(line);
+    }
+
+    /// Takes stdout lines until stdout closes (false) or the deadline
+    /// passes (true).
+    fn read_until_closed(&mut self, lines: &mpsc::Receiver<String>) -> bool {
+        loop {
+            match lines.recv_timeout(self.left()) {
+                Ok(line) => self.take(&line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+                Err(mpsc::RecvTimeoutError::Timeout) => return true,
             }
         }
     }
-    // stdout closed: the process is exiting. Wait for it, still bounded.
-    let status = loop {
-        if timed_out {
-            kill_group(pgid);
+}
+
+/// Reaps the child, killing its group first once the deadline has passed
+/// (and setting `timed_out` when it passes while waiting).
+fn wait_bounded<F: FnMut(&str)>(
+    guard: &mut Guard,
+    watch: &Watch<'_, F>,
+    timed_out: &mut bool,
+) -> std::io::Result<std::process::ExitStatus> {
+    loop {
+        if *timed_out {
+            kill_group(guard.pgid);
         }
         match guard.child.try_wait() {
-            Ok(Some(_)) => break guard.reap(),
-            Ok(None) if Instant::now() >= start + limit(ready_at) => timed_out = true,
-            Ok(None) => {
-                let left = (start + limit(ready_at)).saturating_duration_since(Instant::now());
-                wait_for_exit(pgid, left);
-            }
-            Err(e) => break Err(e),
+            Ok(Some(_)) => return guard.reap(),
+            Ok(None) if watch.left().is_zero() => *timed_out = true,
+            Ok(None) => wait_for_exit(guard.pgid, watch.left()),
+            Err(e) => return Err(e),
         }
-    };
-    let _ = out_thread.join();
-    if timed_out {
-        // SIGKILL is delivered at once but a process takes a moment to
-        // die: return only when none of the group runs any more (bounded).
-        let until = Instant::now() + Duration::from_secs(2);
-        while group_alive(pgid) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    // Anything still queued arrived before the end.
-    for line in rx.try_iter() {
-        take(&line, &mut out, &mut ready_at);
-    }
-    let stderr = err_thread.join().unwrap_or_default();
-    let end = match status {
-        _ if timed_out => End::TimedOut(limit(ready_at)),
-        Ok(st) => match (st.code(), st.signal()) {
-            (Some(c), _) => End::Exited(c),
-            (None, Some(s)) => End::Signaled(s),
-            _ => End::Exited(-1),
-        },
-        Err(e) => End::SpawnFailed(format!("waiting for the process failed: {e}")),
-    };
-    Finished {
-        end,
-        stdout: out,
-        stderr,
-        elapsed: start.elapsed(),
-        ready_at,
     }
 }
 
@@ -318,25 +381,20 @@ fn spawn_and_wait(
 /// has passed, whichever comes first.
 fn wait_for_exit(pid: i32, left: Duration) {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // (or -1); nothing else is touched.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    // (or -1); nothing else is touched. nix has no wrapper for it.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
     if fd < 0 {
         // Kernels before 5.3: a short sleep keeps the wait bounded.
         std::thread::sleep(left.min(Duration::from_millis(1)));
         return;
     }
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    // SAFETY: `fd` was just returned by pidfd_open and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: `pfd` is one valid pollfd for the call's duration; `fd` is
-    // ours and closed exactly once.
-    unsafe {
-        libc::poll(&mut pfd, 1, ms);
-        libc::close(fd);
-    }
+    let _ = poll(
+        &mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)],
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    );
 }
 
 /// Whether any process of group `pgid` is still running (zombies, which
@@ -425,7 +483,7 @@ mod tests {
     #[test]
     fn death_by_signal_is_reported() {
         let f = sh("kill -SEGV $$", 5000);
-        assert_eq!(f.end, End::Signaled(libc::SIGSEGV));
+        assert_eq!(f.end, End::Signaled(Signal::SIGSEGV as i32));
     }
 
     #[test]

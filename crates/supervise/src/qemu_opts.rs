@@ -6,6 +6,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 /// One option string: a leading value (the driver of `-device`, the
 /// backend of `-virtfs`), then `key=value` pairs.
@@ -58,6 +59,86 @@ impl From<Opts> for OsString {
 impl AsRef<std::ffi::OsStr> for Opts {
     fn as_ref(&self) -> &std::ffi::OsStr {
         self.0.as_ref()
+    }
+}
+
+/// A raw image file as a `-drive` that only a `-device` uses.
+pub fn raw_drive(id: &str, image: &Path) -> Opts {
+    Opts::pair("file", image.display())
+        .set("if", "none")
+        .set("id", id)
+        .set("format", "raw")
+}
+
+/// An SR-IOV NVMe PF as QEMU emulates one: a controller in an NVMe
+/// subsystem, with namespaces on raw image files, behind its own PCIe root
+/// port. On the root bus QEMU 10.0 maps the PF's 64-bit VF BAR as 32-bit and
+/// the VFs' registers read 0; behind a root port the VF BARs work.
+#[derive(Clone, Debug)]
+pub struct SriovNvme<'a> {
+    /// Names the devices: root port `rp{n}` (chassis n+1, slot n),
+    /// subsystem `subsys{n}`, controller `nvme{n}`, drives `nvme{n}ns{k}`.
+    pub index: usize,
+    pub serial: &'a str,
+    /// The subsystem's NQN; QEMU derives one from its id when `None`.
+    pub nqn: Option<&'a str>,
+    /// `sriov_max_vfs`: TotalVFs of the PF.
+    pub vfs: u16,
+    /// `sriov_vq_flexible`: queue resources the PF can hand to its VFs.
+    pub vq_flexible: u32,
+    /// `sriov_vi_flexible`: interrupt resources the PF can hand to its VFs.
+    pub vi_flexible: u32,
+    pub max_ioqpairs: u32,
+    pub msix_qsize: u32,
+    /// The image of each namespace, NSID 1 first.
+    pub namespaces: &'a [PathBuf],
+}
+
+impl SriovNvme<'_> {
+    /// The `(flag, value)` pairs, in the order QEMU needs them: the port
+    /// before the controller on it, the controller before its namespaces.
+    pub fn args(&self) -> Vec<(&'static str, Opts)> {
+        let n = self.index;
+        let (port, subsys, ctrl) = (format!("rp{n}"), format!("subsys{n}"), format!("nvme{n}"));
+        let mut subsystem = Opts::new("nvme-subsys").set("id", &subsys);
+        if let Some(nqn) = self.nqn {
+            subsystem = subsystem.set("nqn", nqn);
+        }
+        let mut a = vec![
+            (
+                "-device",
+                Opts::new("pcie-root-port")
+                    .set("id", &port)
+                    .set("chassis", n + 1)
+                    .set("slot", n),
+            ),
+            ("-device", subsystem),
+            (
+                "-device",
+                Opts::new("nvme")
+                    .set("id", &ctrl)
+                    .set("serial", self.serial)
+                    .set("subsys", &subsys)
+                    .set("bus", &port)
+                    .set("sriov_max_vfs", self.vfs)
+                    .set("sriov_vq_flexible", self.vq_flexible)
+                    .set("sriov_vi_flexible", self.vi_flexible)
+                    .set("max_ioqpairs", self.max_ioqpairs)
+                    .set("msix_qsize", self.msix_qsize),
+            ),
+        ];
+        for (k, image) in (1..).zip(self.namespaces) {
+            let drive = format!("{ctrl}ns{k}");
+            a.push(("-drive", raw_drive(&drive, image)));
+            a.push((
+                "-device",
+                Opts::new("nvme-ns")
+                    .set("drive", &drive)
+                    .set("bus", &ctrl)
+                    .set("nsid", k),
+            ));
+        }
+        a
     }
 }
 
@@ -122,5 +203,41 @@ mod tests {
             Opts::pair("file", "/a,b").set("if", "none").as_str(),
             "file=/a,,b,if=none"
         );
+    }
+
+    #[test]
+    fn an_sriov_nvme_sits_behind_its_root_port_with_its_namespaces() {
+        let images = [PathBuf::from("/s/a,b.img"), PathBuf::from("/s/c.img")];
+        let nvme = SriovNvme {
+            index: 1,
+            serial: "s,x",
+            nqn: Some("q"),
+            vfs: 2,
+            vq_flexible: 4,
+            vi_flexible: 2,
+            max_ioqpairs: 8,
+            msix_qsize: 10,
+            namespaces: &images,
+        };
+        let got: Vec<String> = nvme
+            .args()
+            .iter()
+            .map(|(f, o)| format!("{f} {o}"))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "-device pcie-root-port,id=rp1,chassis=2,slot=1",
+                "-device nvme-subsys,id=subsys1,nqn=q",
+                "-device nvme,id=nvme1,serial=s,,x,subsys=subsys1,bus=rp1,sriov_max_vfs=2,\
+                 sriov_vq_flexible=4,sriov_vi_flexible=2,max_ioqpairs=8,msix_qsize=10",
+                "-drive file=/s/a,,b.img,if=none,id=nvme1ns1,format=raw",
+                "-device nvme-ns,drive=nvme1ns1,bus=nvme1,nsid=1",
+                "-drive file=/s/c.img,if=none,id=nvme1ns2,format=raw",
+                "-device nvme-ns,drive=nvme1ns2,bus=nvme1,nsid=2",
+            ]
+        );
+        let plain = SriovNvme { nqn: None, ..nvme };
+        assert_eq!(plain.args()[1].1.as_str(), "nvme-subsys,id=subsys1");
     }
 }

@@ -18,7 +18,7 @@ use crate::host::Host;
 use crate::nvme_pf::{Controller, PfDriver, vf_iova};
 use crate::sysfs::{SysWrite, Sysfs};
 use crate::token::{NameToken, Token};
-use crate::vfio::{self, Device, Vfio, feature};
+use crate::vfio::{self, BAR0_REGION, Device, Vfio, feature};
 
 /// The kernel's messages (after `vfio-pci <bdf>: `).
 pub mod msg {
@@ -795,7 +795,8 @@ fn os_only(e: Error) -> OsError {
 }
 
 /// Opens a VF with the token, starts its controller and identifies it.
-/// Returns CSTS at open, CSTS after enable, the controller ID and the time to ready.
+/// Returns CSTS at open, CSTS after enable, the controller ID and the time
+/// the bring-up (reset, enable, Identify Controller) took.
 fn vf_ready(
     vfio: &mut Vfio,
     vf: &str,
@@ -803,13 +804,14 @@ fn vf_ready(
     token: &Token,
 ) -> Result<(u32, u32, u16, std::time::Duration)> {
     let dev = vfio.open_device(vf, NameToken::Token(token))?;
-    let mut ctrl = Controller::new(vfio, dev, vf_iova(vfn))?;
-    let before = ctrl.csts()?;
-    let rdy = ctrl.enable()?;
+    let before = dev.read32(&dev.region(BAR0_REGION)?, ukci_nvme::regs::CSTS as u64)?;
+    let t = Instant::now();
+    let mut ctrl = Controller::open(vfio, dev, vf_iova(vfn))?;
+    let rdy = t.elapsed();
     let csts = ctrl.csts()?;
-    let id = ctrl.identify_controller()?;
+    let cntlid = ctrl.data().cntlid;
     ctrl.close(vfio)?;
-    Ok((before, csts, id.cntlid, rdy))
+    Ok((before, csts, cntlid, rdy))
 }
 
 /// `vf-token.cdev`: the cdev/iommufd bind of a linked VF, where the kernel

@@ -8,7 +8,8 @@
 //!   `VFIO_DEVICE_FEATURE`, cdev bind) with errno names and kernel messages
 //!   ([`kmsg`]) in its errors.
 //! - [`nvme_pf`]: a userspace NVMe PF driver over VFIO that brings SR-IOV
-//!   secondary controllers online, with the encodings of `ukci-nvme`.
+//!   secondary controllers online, driving the controller with `ukci-nvme`
+//!   over [`nvme_hal`] (BAR0 as a VFIO region, DMA pages, the clock).
 //! - [`checks`]: the VF-token rule checks, reporting through
 //!   `ukci_protocol::Reporter` like guest checks.
 //! - [`token`]: the VF token, which never prints.
@@ -20,6 +21,7 @@ pub mod guard;
 pub mod host;
 pub mod journal;
 pub mod kmsg;
+pub mod nvme_hal;
 pub mod nvme_pf;
 pub mod sysfs;
 pub mod token;

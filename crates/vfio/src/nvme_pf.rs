@@ -1,31 +1,25 @@
-//! A userspace NVMe driver over VFIO, just enough to be the PF's driver while
-//! vfio-pci owns it: admin queue only, polling, every wait bounded. As PF
-//! driver it sets the VF token, gives up the primary's flexible resources,
+//! A userspace NVMe PF driver over VFIO: the PF's driver while vfio-pci owns
+//! it. It sets the VF token, gives up the primary's flexible resources,
 //! enables the VFs, and assigns queues and interrupts to each secondary
 //! controller and sets it online (Virtualization Management, opcode 0x1C).
-//! The encodings (registers, commands, completions, Identify pages) are
-//! `ukci-nvme`'s, the same the guest's driver uses.
+//! The controller is driven by `ukci-nvme` — the driver the guest runs —
+//! over [`crate::nvme_hal`]: admin queue only, polling, every wait bounded.
 //!
 //! The PF device fd must stay open while any VF is in use: closing it makes
 //! vfio-pci reset the PF, which takes every secondary controller offline.
 
-use std::sync::atomic::{Ordering, fence};
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use ukci_nvme::cmd::{Resource, VirtAction};
 use ukci_nvme::identify::{self, ControllerData, PrimaryCtrlCaps, SecondaryCtrl};
-use ukci_nvme::regs::{self, Cap, cc};
-use ukci_nvme::{Command, Completion};
+use ukci_nvme::{Command, Completion, Config, regs};
 
 use crate::error::{Error, Result};
 use crate::host::Host;
+use crate::nvme_hal::{Bar0, DmaPages, Fault, Wall};
 use crate::token::{NameToken, Token};
-use crate::vfio::{BAR0_REGION, Device, DmaBuffer, Region, Vfio};
+use crate::vfio::{Device, Vfio};
 
-/// Admin queue depth (entries).
-const QUEUE: u16 = 16;
-const PAGE: usize = 4096;
 /// Where the PF's admin queues live in the container's IOVA space; each VF
 /// controller gets its own window above.
 pub const PF_IOVA: u64 = 0x1000_0000;
@@ -33,242 +27,138 @@ pub fn vf_iova(vfn: u16) -> u64 {
     PF_IOVA + u64::from(vfn) * 0x10_0000
 }
 
-/// An NVMe controller (PF or VF) driven through its VFIO device: the admin
-/// queue pair and one data page in DMA memory.
-pub struct Controller {
-    dev: Device,
-    bar0: Region,
-    dma: DmaBuffer,
-    iova: u64,
-    cap: Cap,
-    sq_tail: u16,
-    cq_head: u16,
-    phase: bool,
-    cid: u16,
-    /// The bound for one admin command.
-    pub command_timeout: Duration,
+/// The admin queue only: 16 entries, bounded at 10 s a command.
+fn config() -> Config {
+    Config {
+        admin_entries: 16,
+        command_timeout_ns: 10_000_000_000,
+        ..Config::default()
+    }
 }
 
-const SQ_OFF: usize = 0;
-const CQ_OFF: usize = PAGE;
-const DATA_OFF: usize = 2 * PAGE;
-/// The byte of a completion entry whose bit 0 is the phase tag (DW3 bit 16).
-const CQE_PHASE_BYTE: usize = 14;
+/// DMA pages for [`config`]: the admin submission and completion queues, a
+/// PRP list and the identify page, one page each.
+const ADMIN_PAGES: usize = 4;
+
+/// An NVMe controller (PF or VF) driven by `ukci-nvme` through its VFIO
+/// device, admin queue only.
+pub struct Controller {
+    nvme: ukci_nvme::Controller<Bar0, DmaPages, Wall>,
+    fault: Fault,
+    bdf: String,
+}
 
 impl Controller {
-    /// Maps BAR0 and the queue memory (at `iova`) for `dev`.
-    pub fn new(vfio: &Vfio, dev: Device, iova: u64) -> Result<Controller> {
-        let bar0 = dev.region(BAR0_REGION)?;
+    /// Maps the queue memory at `iova`, then resets and enables the
+    /// controller and reads Identify Controller.
+    pub fn open(vfio: &Vfio, dev: Device, iova: u64) -> Result<Controller> {
+        let bdf = dev.bdf().to_owned();
+        let fault = Fault::default();
         dev.enable_bus_master()?;
-        let dma = DmaBuffer::new(3 * PAGE)?;
-        vfio.container.map_dma(&dma, iova)?;
-        let lo = dev.read32(&bar0, reg(regs::CAP))?;
-        let hi = dev.read32(&bar0, reg(regs::CAP + 4))?;
-        let cap = Cap(u64::from(hi) << 32 | u64::from(lo));
-        Ok(Controller {
-            dev,
-            bar0,
-            dma,
-            iova,
-            cap,
-            sq_tail: 0,
-            cq_head: 0,
-            phase: true,
-            cid: 0,
-            command_timeout: Duration::from_secs(10),
-        })
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.dev
-    }
-
-    pub fn cap(&self) -> u64 {
-        self.cap.0
-    }
-
-    pub fn reg32(&self, off: u64) -> Result<u32> {
-        self.dev.read32(&self.bar0, off)
-    }
-
-    fn set32(&self, off: u64, v: u32) -> Result<()> {
-        self.dev.write32(&self.bar0, off, v)
-    }
-
-    fn set64(&self, off: u64, v: u64) -> Result<()> {
-        self.set32(off, v as u32)?;
-        self.set32(off + 4, (v >> 32) as u32)
-    }
-
-    pub fn csts(&self) -> Result<u32> {
-        self.reg32(reg(regs::CSTS))
-    }
-
-    /// CAP.TO in milliseconds, as the controller reports it.
-    fn cap_timeout_ms(&self) -> u64 {
-        u64::from(self.cap.to()) * 500
-    }
-
-    /// CAP.TO, at least one second (TCG hosts are slow).
-    fn ready_timeout(&self) -> Duration {
-        Duration::from_millis(self.cap_timeout_ms().max(1000))
-    }
-
-    fn wait_ready(&self, want: bool, what: &str) -> Result<Duration> {
-        let start = Instant::now();
-        let limit = self.ready_timeout();
-        loop {
-            let csts = self.csts()?;
-            if (csts & regs::csts::RDY != 0) == want {
-                return Ok(start.elapsed());
+        let bar0 = Bar0::new(dev, fault.clone())?;
+        let dma = DmaPages::new(ADMIN_PAGES, iova)?;
+        vfio.container.map_dma(dma.buffer(), iova)?;
+        let len = dma.buffer().len() as u64;
+        match ukci_nvme::Controller::init(bar0, dma, Wall::new(), config()) {
+            Ok(nvme) => Ok(Controller { nvme, fault, bdf }),
+            Err(e) => {
+                let _ = vfio.container.unmap_dma(iova, len);
+                Err(nvme_error(&bdf, &fault, "enable", e))
             }
-            if want && csts & regs::csts::CFS != 0 && csts != u32::MAX {
-                return Err(Error::Other(format!(
-                    "{}: {what}: controller fatal status (CSTS={csts:#x})",
-                    self.dev.bdf()
-                )));
-            }
-            if start.elapsed() > limit {
-                return Err(Error::Timeout {
-                    what: format!("{}: {what}", self.dev.bdf()),
-                    waited: limit,
-                    state: format!("CSTS={csts:#x}, CAP.TO={} ms", self.cap_timeout_ms()),
-                });
-            }
-            sleep(Duration::from_millis(1));
         }
     }
 
-    /// CC.EN = 0 and wait for CSTS.RDY = 0.
-    pub fn disable(&mut self) -> Result<Duration> {
-        let cc = self.reg32(reg(regs::CC))?;
-        self.set32(reg(regs::CC), cc & !cc::EN)?;
-        self.wait_ready(false, "disable (CSTS.RDY -> 0)")
+    pub fn device(&mut self) -> &Device {
+        self.nvme.mmio().device()
     }
 
-    /// Resets the controller and starts it with a fresh admin queue pair.
-    /// Returns how long CSTS.RDY took.
-    pub fn enable(&mut self) -> Result<Duration> {
-        self.disable()?;
-        self.dma.fill(0, 2 * PAGE, 0);
-        self.sq_tail = 0;
-        self.cq_head = 0;
-        self.phase = true;
-        let n = u32::from(QUEUE).min(self.cap.max_queue_entries()) as u16;
-        self.set32(reg(regs::AQA), regs::aqa(n, n))?;
-        self.set64(reg(regs::ASQ), self.iova + SQ_OFF as u64)?;
-        self.set64(reg(regs::ACQ), self.iova + CQ_OFF as u64)?;
-        fence(Ordering::SeqCst);
-        self.set32(reg(regs::CC), cc::ENABLE)?;
-        self.wait_ready(true, "enable (CSTS.RDY -> 1)")
+    pub fn bdf(&self) -> &str {
+        &self.bdf
     }
 
-    /// Submits one admin command and polls for its completion (bounded).
-    /// Returns the completion whatever its status.
-    pub fn submit(&mut self, mut sqe: Command) -> Result<Completion> {
-        self.cid = self.cid.wrapping_add(1);
-        sqe.cid = self.cid;
-        self.dma
-            .write(SQ_OFF + usize::from(self.sq_tail) * 64, &sqe.encode());
-        self.sq_tail = (self.sq_tail + 1) % QUEUE;
-        fence(Ordering::SeqCst);
-        self.set32(
-            reg(regs::sq_tail_doorbell(0, self.cap.dstrd())),
-            self.sq_tail.into(),
-        )?;
-        let start = Instant::now();
-        loop {
-            // The phase tag first, then the entry (as Linux reads the status
-            // word before the rest): the buffer is read byte by byte, so one
-            // pass could pair the new phase tag with the old command ID.
-            let slot = CQ_OFF + usize::from(self.cq_head) * Completion::SIZE;
-            let mut tag = [0u8; 1];
-            self.dma.read(slot + CQE_PHASE_BYTE, &mut tag);
-            if (tag[0] & 1 != 0) == self.phase {
-                fence(Ordering::SeqCst);
-                let mut raw = [0u8; Completion::SIZE];
-                self.dma.read(slot, &mut raw);
-                let cqe = Completion::decode(&raw);
-                self.cq_head = (self.cq_head + 1) % QUEUE;
-                if self.cq_head == 0 {
-                    self.phase = !self.phase;
-                }
-                self.set32(
-                    reg(regs::cq_head_doorbell(0, self.cap.dstrd())),
-                    self.cq_head.into(),
-                )?;
-                if cqe.cid != sqe.cid {
-                    return Err(Error::Other(format!(
-                        "{}: completion for command {} while waiting for {}",
-                        self.dev.bdf(),
-                        cqe.cid,
-                        sqe.cid
-                    )));
-                }
-                return Ok(cqe);
-            }
-            if start.elapsed() > self.command_timeout {
-                return Err(Error::Timeout {
-                    what: format!("{}: admin opcode {:#04x}", self.dev.bdf(), sqe.opcode),
-                    waited: self.command_timeout,
-                    state: format!("CSTS={:#x}", self.csts().unwrap_or(u32::MAX)),
-                });
-            }
-            sleep(Duration::from_micros(200));
-        }
+    /// Identify Controller, as read when the controller was enabled.
+    pub fn data(&self) -> &ControllerData {
+        self.nvme.controller_data()
     }
 
-    /// Submits and turns a non-success status into [`Error::Nvme`].
-    pub fn admin(&mut self, what: &str, sqe: Command) -> Result<Completion> {
-        let c = self.submit(sqe)?;
-        if c.status.is_success() {
-            Ok(c)
-        } else {
-            Err(Error::Nvme {
-                what: format!("{}: {what}", self.dev.bdf()),
-                status: c.status,
-            })
-        }
+    pub fn csts(&mut self) -> Result<u32> {
+        let v = ukci_nvme::Mmio::read32(self.nvme.mmio(), regs::CSTS);
+        self.checked(v)
     }
 
-    /// An Identify command (a `ukci_nvme::Command::identify` builder) into
-    /// the data page.
-    pub fn identify(&mut self, cmd: Command) -> Result<Box<[u8; identify::SIZE]>> {
-        self.dma.fill(DATA_OFF, PAGE, 0);
-        let prp = self.iova + DATA_OFF as u64;
-        let cns = cmd.cdw10 as u8;
-        self.admin(&format!("Identify CNS {cns:#04x}"), cmd.with_prp(prp, 0))?;
-        let mut d = Box::new([0u8; identify::SIZE]);
-        self.dma.read(DATA_OFF, &mut d[..]);
-        Ok(d)
+    /// Resets the controller and enables it again with a fresh admin queue.
+    pub fn reset(&mut self) -> Result<()> {
+        let r = self.nvme.reset();
+        self.context("enable", r)
     }
 
-    pub fn identify_controller(&mut self) -> Result<ControllerData> {
-        Ok(ControllerData::parse(
-            &*self.identify(Command::identify_controller())?,
-        ))
+    /// Submits one admin command and polls for its completion (bounded);
+    /// a non-success status is [`Error::Nvme`] naming `what`.
+    pub fn admin(&mut self, what: &str, cmd: Command) -> Result<Completion> {
+        let r = self.nvme.admin_ok(cmd, None);
+        self.context(what, r)
     }
 
     /// Identify CNS 0x14.
     pub fn primary_controller_caps(&mut self) -> Result<PrimaryCtrlCaps> {
-        Ok(PrimaryCtrlCaps::parse(
-            &*self.identify(Command::primary_controller_caps())?,
-        ))
+        let r = self.nvme.primary_controller_caps();
+        self.context("Identify CNS 0x14", r)
     }
 
-    /// Disables the controller, removes the DMA mapping and hands the device back.
-    pub fn close(mut self, vfio: &Vfio) -> Result<Device> {
-        let disabled = self.disable();
-        let unmapped = vfio.container.unmap_dma(self.iova, self.dma.len() as u64);
+    /// Identify CNS 0x15: the secondary controllers.
+    pub fn secondaries(&mut self) -> Result<Vec<SecondaryCtrl>> {
+        let mut all = [SecondaryCtrl::default(); identify::MAX_SECONDARIES_PER_PAGE];
+        let r = self.nvme.secondary_controllers(0, &mut all);
+        let n = self.context("Identify CNS 0x15", r)?;
+        Ok(all[..n].to_vec())
+    }
+
+    /// Disables the controller and removes the DMA mapping.
+    pub fn close(mut self, vfio: &Vfio) -> Result<()> {
+        let disabled = self.nvme.disable();
+        let disabled = self.context("disable", disabled);
+        let dma = self.nvme.dma();
+        let unmapped = vfio
+            .container
+            .unmap_dma(dma.iova(), dma.buffer().len() as u64);
         disabled?;
-        unmapped?;
-        Ok(self.dev)
+        unmapped
+    }
+
+    /// `v`, unless a VFIO access failed on the way to it.
+    fn checked<T>(&mut self, v: T) -> Result<T> {
+        match self.fault.take() {
+            Some(e) => Err(e),
+            None => Ok(v),
+        }
+    }
+
+    fn context<T>(&mut self, what: &str, r: Result<T, ukci_nvme::Error>) -> Result<T> {
+        let r = r.map_err(|e| nvme_error(&self.bdf, &self.fault, what, e));
+        self.checked(r?)
     }
 }
 
-/// A register offset in BAR0 as the VFIO region access takes it.
-fn reg(off: usize) -> u64 {
-    off as u64
+/// A driver error with the device and the step it happened in; a failed
+/// VFIO access behind it is the error itself.
+fn nvme_error(bdf: &str, fault: &Fault, what: &str, e: ukci_nvme::Error) -> Error {
+    if let Some(os) = fault.take() {
+        return os;
+    }
+    let what = format!("{bdf}: {what}");
+    match e {
+        ukci_nvme::Error::Command { status, .. } => Error::Nvme { what, status },
+        ukci_nvme::Error::Timeout {
+            what: wait,
+            waited_ns,
+            csts,
+        } => Error::Timeout {
+            what: format!("{what}: {wait}"),
+            waited: Duration::from_nanos(waited_ns),
+            state: format!("CSTS={csts:#x}"),
+        },
+        e => Error::Other(format!("{what}: {e}")),
+    }
 }
 
 /// Time taken by each step of a bring-up, for the report.
@@ -319,11 +209,10 @@ impl PfDriver {
         dev.set_vf_token(&token)?;
         timings.add("open", t);
         let t = Instant::now();
-        let mut ctrl = Controller::new(vfio, dev, PF_IOVA)?;
-        ctrl.enable()?;
+        let mut ctrl = Controller::open(vfio, dev, PF_IOVA)?;
         timings.add("enable", t);
         let t = Instant::now();
-        let id = ctrl.identify_controller()?;
+        let id = ctrl.data().clone();
         if !id.has_virtualization_management() {
             return Err(Error::Other(format!(
                 "{bdf}: the controller does not support Virtualization Management (OACS={:#x})",
@@ -346,7 +235,7 @@ impl PfDriver {
     }
 
     pub fn bdf(&self) -> &str {
-        self.ctrl.device().bdf()
+        self.ctrl.bdf()
     }
 
     pub fn controller(&mut self) -> &mut Controller {
@@ -389,7 +278,7 @@ impl PfDriver {
         )?;
         self.ctrl.device().reset()?;
         self.ctrl.device().enable_bus_master()?;
-        self.ctrl.enable()?;
+        self.ctrl.reset()?;
         self.caps = self.ctrl.primary_controller_caps()?;
         if self.caps.primary_holds_flexible() {
             return Err(Error::Other(format!(
@@ -405,8 +294,7 @@ impl PfDriver {
 
     /// Identify CNS 0x15: the secondary controllers.
     pub fn secondaries(&mut self) -> Result<Vec<SecondaryCtrl>> {
-        let page = self.ctrl.identify(Command::secondary_controllers(0))?;
-        Ok(identify::secondary_controllers(&*page).collect())
+        self.ctrl.secondaries()
     }
 
     /// Enables `n` VFs through sysfs (journaled). vfio-pci captures them
@@ -514,31 +402,5 @@ impl PfDriver {
             first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ukci_nvme::Status;
-
-    #[test]
-    fn the_phase_byte_holds_the_phase_tag_alone() {
-        let done = Completion {
-            dw0: u32::MAX,
-            dw1: u32::MAX,
-            sq_head: u16::MAX,
-            sq_id: u16::MAX,
-            cid: u16::MAX,
-            phase: false,
-            status: Status(0x7fff),
-        };
-        let off = done.encode()[CQE_PHASE_BYTE];
-        let on = Completion {
-            phase: true,
-            ..done
-        }
-        .encode()[CQE_PHASE_BYTE];
-        assert_eq!((off & 1, on & 1, off ^ on), (0, 1, 1));
     }
 }

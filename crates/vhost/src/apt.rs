@@ -684,13 +684,16 @@ mod tests {
             ("1.0-1+b1", "1.0-1.1"),
         ];
         for (a, b) in pairs {
-            let Ok(out) = std::process::Command::new("dpkg")
-                .args(["--compare-versions", a, "lt", b])
-                .status()
-            else {
-                return eprintln!("skipping: no dpkg");
+            let fin = ukci_supervise::run(
+                "dpkg".as_ref(),
+                &["--compare-versions".into(), a.into(), "lt".into(), b.into()],
+                std::time::Duration::from_secs(30),
+                |_| {},
+            );
+            let dpkg_less = match fin.end {
+                ukci_supervise::End::Exited(c) => c == 0,
+                _ => return eprintln!("skipping: no dpkg"),
             };
-            let dpkg_less = out.success();
             assert_eq!(
                 compare_versions(a, b) == Ordering::Less,
                 dpkg_less,
