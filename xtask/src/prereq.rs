@@ -173,22 +173,22 @@ pub fn ensure(layout: &Layout) -> Result<(), i32> {
 pub fn doctor(layout: &Layout) -> i32 {
     let facts = host::detect(&layout.qemu_facts());
     let missing = lacks(layout);
-    println!("host kernel   {}", facts.host_kernel);
-    println!("cpu           {}", facts.cpu_model);
-    println!(
+    out!("host kernel   {}", facts.host_kernel);
+    out!("cpu           {}", facts.cpu_model);
+    out!(
         "qemu          {}",
         facts
             .qemu_version
             .as_ref()
             .map_or("not installed".into(), |v| v.to_string())
     );
-    println!(
+    out!(
         "kvm module    {}",
         facts.kvm_module.as_deref().unwrap_or("none")
     );
     match &facts.dev_kvm {
         Ok(()) if facts.qemu_version.is_none() => {
-            println!("accel auto    not probed (QEMU is missing)")
+            out!("accel auto    not probed (QEMU is missing)")
         }
         Ok(()) if layout.guest_image().exists() => {
             let c = host::resolve_auto(
@@ -197,34 +197,34 @@ pub fn doctor(layout: &Layout) -> i32 {
                 &layout.images().join("accel-probe.txt"),
                 host::KVM_PROBE_LIMIT,
             );
-            println!("accel auto    {} ({})", c.accel, c.reason);
+            out!("accel auto    {} ({})", c.accel, c.reason);
             if c.accel == "tcg" {
-                println!(
+                out!(
                     "              KVM is present but not usable for the guest: tests run under TCG."
                 );
-                println!(
+                out!(
                     "              `--accel kvm` forces it; expect slow firmware boots under kvm_pvm."
                 );
             }
         }
-        Ok(()) => println!("accel auto    not probed yet (run `cargo xtask build` first)"),
-        Err(e) => println!(
+        Ok(()) => out!("accel auto    not probed yet (run `cargo xtask build` first)"),
+        Err(e) => out!(
             "accel auto    tcg ({e}; load kvm_intel or kvm_amd, or add yourself to the kvm group)"
         ),
     }
     if !on_path("just") {
-        println!(
+        out!(
             "just          not installed (optional: the justfile's recipes are each one \
              `cargo xtask` command; install with `cargo install just`)"
         );
     }
     if missing.is_empty() {
-        println!("\nready: nothing is missing");
+        out!("\nready: nothing is missing");
         exitcode::OK
     } else {
-        println!();
+        out!();
         for l in &missing {
-            println!("missing: {}\n    fix: {}", l.what, l.fix);
+            out!("missing: {}\n    fix: {}", l.what, l.fix);
         }
         exitcode::HOST
     }
@@ -245,7 +245,7 @@ pub fn setup(layout: &Layout) -> Result<()> {
         .iter()
         .any(|l| l.what.contains("x86_64-unknown-none"))
     {
-        println!("setup: rustup target add {}", crate::guest::TARGET);
+        out!("setup: rustup target add {}", crate::guest::TARGET);
         let t = crate::guest::TARGET;
         cmd!(sh, "rustup target add {t}")
             .run()
@@ -255,7 +255,7 @@ pub fn setup(layout: &Layout) -> Result<()> {
         .iter()
         .any(|l| !l.what.contains("x86_64-unknown-none"));
     if !need_apt {
-        println!("setup: nothing else to install");
+        out!("setup: nothing else to install");
         return Ok(());
     }
     if os_codename().as_deref() != Some("bookworm") {
@@ -270,20 +270,20 @@ pub fn setup(layout: &Layout) -> Result<()> {
         bail!("installing packages needs root: run `sudo cargo xtask setup`");
     }
     if !has_backports()? {
-        println!("setup: adding bookworm-backports as {BACKPORTS_FILE}");
+        out!("setup: adding bookworm-backports as {BACKPORTS_FILE}");
         std::fs::write(BACKPORTS_FILE, BACKPORTS)
             .with_context(|| format!("writing {BACKPORTS_FILE}"))?;
     }
-    println!("setup: apt-get update");
+    out!("setup: apt-get update");
     cmd!(sh, "apt-get update -q").run()?;
-    println!("setup: apt-get install -t bookworm-backports qemu-system-x86");
+    out!("setup: apt-get install -t bookworm-backports qemu-system-x86");
     cmd!(
         sh,
         "apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86"
     )
     .env("DEBIAN_FRONTEND", "noninteractive")
     .run()?;
-    println!("setup: apt-get install busybox-static");
+    out!("setup: apt-get install busybox-static");
     cmd!(sh, "apt-get install -y -q busybox-static")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run()?;

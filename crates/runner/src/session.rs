@@ -486,7 +486,12 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(|| exec::execute(&plan, opts.jobs, &lane, tx));
-        for e in rx {
+        for mut e in rx {
+            // Marked before any reporter sees it: the result lines and the
+            // summary count the same outcomes.
+            if let (true, Event::Finished { idx, run }) = (opts.strict, &mut e) {
+                mark_strict(&plan[*idx], run);
+            }
             term.event(&e);
             if let Event::Finished { idx, run } = e {
                 runs[idx] = Some(*run);
@@ -504,11 +509,6 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
                 exitcode::ERROR
             }
         };
-    }
-    if opts.strict {
-        for (t, run) in plan.iter().zip(runs.iter_mut()) {
-            mark_strict(t, run.as_mut());
-        }
     }
     eprint!("\n{}", terminal::summary(&plan, &runs));
     match write_reports(layout, &dir, &run_name, &plan, &runs) {
@@ -701,15 +701,13 @@ pub fn kvm_log(loads: &str, dmesg: &[String]) -> String {
 
 /// Under `--strict` a skip counts as a failure unless the manifest's plan
 /// decided it (a requirement not met is still a skip).
-fn mark_strict(t: &PlannedTest, run: Option<&mut TestRun>) {
+fn mark_strict(t: &PlannedTest, run: &mut TestRun) {
     if t.decision != Decision::Run {
         return;
     }
-    if let Some(run) = run {
-        for r in &mut run.judged.results {
-            if let Outcome::Skip(m) = &r.outcome {
-                r.outcome = Outcome::Fail(format!("skipped under --strict: {m}"));
-            }
+    for r in &mut run.judged.results {
+        if let Outcome::Skip(m) = &r.outcome {
+            r.outcome = Outcome::Fail(format!("skipped under --strict: {m}"));
         }
     }
 }

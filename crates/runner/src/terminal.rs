@@ -57,7 +57,7 @@ impl<'a> Terminal<'a> {
                         ProgressStyle::with_template("  {spinner} {prefix}: {wide_msg}")
                             .expect("valid template"),
                     );
-                    bar.set_prefix(self.plan[*idx].id());
+                    bar.set_prefix(name(&self.plan[*idx]));
                     bar.enable_steady_tick(Duration::from_millis(120));
                     self.running.insert(*idx, bar);
                 }
@@ -104,12 +104,17 @@ fn test_word(run: &TestRun) -> &'static str {
     }
 }
 
+/// A test as the terminal names it: `suite.test [environment]`, the same
+/// test in each kernel or KVM variant told apart.
+pub fn name(t: &PlannedTest) -> String {
+    format!("{} [{}]", t.id(), t.env.label())
+}
+
 fn finished_lines(t: &PlannedTest, run: &TestRun) -> String {
     let mut s = format!(
-        "{:>5}  {} [{}] ({} results, {:.2} s)",
+        "{:>5}  {} ({} results, {:.2} s)",
         test_word(run),
-        t.id(),
-        t.env.label(),
+        name(t),
         run.judged.results.len(),
         run.elapsed.as_secs_f64()
     );
