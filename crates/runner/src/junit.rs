@@ -14,12 +14,18 @@
 use crate::exec::TestRun;
 use crate::outcome::Outcome;
 use crate::plan::PlannedTest;
+use crate::reproduce::{self, Rerun};
 use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
 };
 use std::collections::BTreeMap;
 
-pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) -> Report {
+pub fn report(
+    run_name: &str,
+    plan: &[PlannedTest],
+    runs: &[Option<TestRun>],
+    rerun: &Rerun,
+) -> Report {
     let mut suites: BTreeMap<(String, String), TestSuite> = BTreeMap::new();
     for (t, run) in plan.iter().zip(runs) {
         let Some(run) = run else { continue };
@@ -39,6 +45,7 @@ pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) ->
             run.elapsed / run.judged.results.len() as u32
         };
         let mut vm_log = Some(run.vm_log()).filter(|l| !l.is_empty());
+        let repro = reproduce::needs_reproducer(run).then(|| rerun.lines(t, run));
         for r in &run.judged.results {
             let mut status = match &r.outcome {
                 Outcome::Pass => TestCaseStatus::success(),
@@ -66,6 +73,11 @@ pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) ->
             }
             if let Some(log) = vm_log.take() {
                 case.set_system_out_lossy(log.as_bytes());
+            }
+            // On each result that did not go as expected: a few lines that
+            // rerun its test, where a CI viewer shows that result.
+            if let (Some(repro), TestCaseStatus::NonSuccess { .. }) = (&repro, &case.status) {
+                case.set_system_err(repro.clone());
             }
             suite.add_test_case(case);
         }
@@ -109,6 +121,7 @@ mod tests {
             end: None,
             reruns: reruns.iter().map(|s| s.to_string()).collect(),
             env: None,
+            qemu: String::new(),
         }
     }
 
@@ -119,7 +132,9 @@ mod tests {
             .chain(std::iter::repeat(None))
             .take(plan.len())
             .collect();
-        report("r", &plan, &runs).to_string().unwrap()
+        report("r", &plan, &runs, &Rerun::default())
+            .to_string()
+            .unwrap()
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod matrix;
 pub mod outcome;
 pub mod plan;
 pub mod qemu;
+pub mod reproduce;
 pub mod rundir;
 pub mod session;
 pub mod terminal;

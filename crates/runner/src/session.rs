@@ -8,6 +8,7 @@ use crate::lane::{self, LaneContext, WireRun};
 use crate::manifest::{self, Accel, Manifest};
 use crate::outcome::Outcome;
 use crate::plan::{self, Decision, PlanOptions, PlannedTest};
+use crate::reproduce::Rerun;
 use crate::rundir::{self, RunDir};
 use crate::{exitcode, junit, terminal};
 use std::collections::BTreeMap;
@@ -510,8 +511,10 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
             }
         };
     }
+    let rerun = Rerun::here(opts.strict);
     eprint!("\n{}", terminal::summary(&plan, &runs));
-    match write_reports(layout, &dir, &run_name, &plan, &runs) {
+    eprint!("{}", terminal::reproducers(&plan, &runs, &rerun));
+    match write_reports(layout, &dir, &run_name, &plan, &runs, &rerun) {
         Ok(p) => {
             eprintln!("report: {}", p.display());
             report_dir.keep();
@@ -731,6 +734,7 @@ fn write_reports(
     run_name: &str,
     plan: &[PlannedTest],
     runs: &[Option<TestRun>],
+    rerun: &Rerun,
 ) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("logs"))?;
     for (t, run) in plan.iter().zip(runs) {
@@ -739,9 +743,9 @@ fn write_reports(
         if let Some(folder) = path.parent() {
             std::fs::create_dir_all(folder)?;
         }
-        std::fs::write(path, run.vm_log())?;
+        std::fs::write(path, log_text(t, run, rerun))?;
     }
-    let report = junit::report(run_name, plan, runs);
+    let report = junit::report(run_name, plan, runs, rerun);
     let xml = report
         .to_string()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -755,6 +759,19 @@ fn write_reports(
         std::os::unix::fs::symlink(run_name, tmp)
     })?;
     Ok(path)
+}
+
+/// A test's log file: how to run it again and its QEMU command line, each
+/// line marked `# `, then the VM's serial log and QEMU's stderr.
+pub fn log_text(t: &PlannedTest, run: &TestRun, rerun: &Rerun) -> String {
+    let mut text: String = rerun
+        .lines(t, run)
+        .lines()
+        .map(|l| format!("# {l}\n"))
+        .collect();
+    text.push('\n');
+    text.push_str(&run.vm_log());
+    text
 }
 
 /// `20261124-131502-12345`: sortable, unique per process.

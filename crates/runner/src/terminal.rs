@@ -4,6 +4,7 @@
 use crate::exec::{Event, TestRun};
 use crate::outcome::Outcome;
 use crate::plan::PlannedTest;
+use crate::reproduce::{self, Rerun};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
@@ -190,6 +191,26 @@ pub fn summary(plan: &[PlannedTest], runs: &[Option<TestRun>]) -> String {
         s.push_str(&format!(
             "{rerun} test(s) ran again on a fresh virtual host after one broke down (see their rerun lines)\n"
         ));
+    }
+    s
+}
+
+/// After the summary, as cargo-nextest prints its rerun lines: for each
+/// test with a result that did not go as expected, how to run it again and
+/// the QEMU command line it had.
+pub fn reproducers(plan: &[PlannedTest], runs: &[Option<TestRun>], rerun: &Rerun) -> String {
+    let mut s = String::new();
+    for (t, run) in plan.iter().zip(runs) {
+        let Some(run) = run.as_ref().filter(|r| reproduce::needs_reproducer(r)) else {
+            continue;
+        };
+        if s.is_empty() {
+            s.push_str("\nto run again what did not pass:\n");
+        }
+        s.push_str(&format!("{:>5}  {}\n", test_word(run), name(t)));
+        for line in rerun.lines(t, run).lines() {
+            s.push_str(&format!("       {line}\n"));
+        }
     }
     s
 }

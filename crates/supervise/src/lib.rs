@@ -37,6 +37,10 @@ pub struct Finished {
     pub elapsed: Duration,
     /// When the [`Ready`] line appeared, if one was asked for and seen.
     pub ready_at: Option<Duration>,
+    /// The program and its arguments, quoted as a shell takes them: how to
+    /// start the same process again by hand. Empty for a process not started
+    /// here.
+    pub command: String,
 }
 
 /// A line the process must print within `within` of its start (a boot
@@ -160,6 +164,11 @@ fn spawn_and_wait(
     mut on_line: impl FnMut(&str),
 ) -> Finished {
     let start = Instant::now();
+    let command = shell_words::join(
+        std::iter::once(program)
+            .chain(args.iter().map(OsString::as_os_str))
+            .map(OsStr::to_string_lossy),
+    );
     let inherit = inherit.to_vec();
     let mut ready_at = None;
     let mut cmd = Command::new(program);
@@ -195,6 +204,7 @@ fn spawn_and_wait(
             stderr: String::new(),
             elapsed: start.elapsed(),
             ready_at,
+            command,
         };
     }
     let child = match cmd.spawn() {
@@ -206,6 +216,7 @@ fn spawn_and_wait(
                 stderr: String::new(),
                 elapsed: start.elapsed(),
                 ready_at,
+                command,
             };
         }
     };
@@ -311,6 +322,7 @@ fn spawn_and_wait(
         stderr,
         elapsed: start.elapsed(),
         ready_at,
+        command,
     }
 }
 
