@@ -7,6 +7,7 @@ pub mod exec;
 pub mod exitcode;
 pub mod host;
 pub mod hostcheck;
+pub mod html;
 pub mod junit;
 pub mod lane;
 pub mod manifest;

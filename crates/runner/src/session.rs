@@ -10,7 +10,7 @@ use crate::outcome::Outcome;
 use crate::plan::{self, Decision, PlanOptions, PlannedTest};
 use crate::reproduce::Rerun;
 use crate::rundir::{self, RunDir};
-use crate::{exitcode, junit, terminal};
+use crate::{exitcode, html, junit, terminal};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -745,6 +745,10 @@ fn write_reports(
         }
         std::fs::write(path, log_text(t, run, rerun))?;
     }
+    std::fs::write(
+        dir.join(rundir::HTML),
+        html::report(run_name, plan, runs, rerun),
+    )?;
     let report = junit::report(run_name, plan, runs, rerun);
     let xml = report
         .to_string()
