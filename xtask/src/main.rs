@@ -103,8 +103,13 @@ enum Cmd {
     /// Explain what this host lacks and how to fix it.
     Doctor,
     /// Install what is missing (QEMU from bookworm-backports, busybox-static,
-    /// the guest's Rust target).
-    Setup,
+    /// the guest's Rust target, just).
+    Setup {
+        /// Also what only `cargo xtask ci` needs: Chromium, which loads the
+        /// HTML report in its test.
+        #[arg(long)]
+        ci: bool,
+    },
     /// The project's own tests: fmt, clippy, unit and integration tests, and
     /// every manifest.
     Ci,
@@ -244,7 +249,7 @@ fn run(cli: Cli) -> i32 {
             list(&layout, sel)
         }),
         Cmd::Doctor => Ok(prereq::doctor(&layout)),
-        Cmd::Setup => prereq::setup(&layout).map(|_| exitcode::OK),
+        Cmd::Setup { ci } => prereq::setup(&layout, ci).map(|_| exitcode::OK),
         Cmd::Ci => ci::run(&layout),
         Cmd::Bench { runs, virtual_only } => bench::run(&layout, runs, virtual_only),
         Cmd::Matrix { paths } => Ok(matrix(&layout, paths)),

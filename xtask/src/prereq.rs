@@ -131,7 +131,7 @@ fn on_path(name: &str) -> bool {
     })
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc_geteuid() == 0 }
 }
@@ -153,7 +153,10 @@ pub fn ensure(layout: &Layout) -> Result<(), i32> {
     }
     if is_root() || std::env::var_os("CI").is_some() {
         eprintln!("setting up what is missing:");
-        if let Err(e) = setup(layout) {
+        if let Err(e) = Shell::new()
+            .map_err(Into::into)
+            .and_then(|sh| install_missing(layout, &sh))
+        {
             eprintln!("error: set-up failed: {e:#}");
             return Err(exitcode::HOST);
         }
@@ -215,7 +218,13 @@ pub fn doctor(layout: &Layout) -> i32 {
     if !on_path("just") {
         out!(
             "just          not installed (optional: the justfile's recipes are each one \
-             `cargo xtask` command; install with `cargo install just`)"
+             `cargo xtask` command; `cargo xtask setup` installs it)"
+        );
+    }
+    if !on_path(CHROMIUM) {
+        out!(
+            "chromium      not installed (`cargo xtask ci` loads the HTML report in it; \
+             `sudo cargo xtask setup --ci` installs it)"
         );
     }
     if missing.is_empty() {
@@ -237,9 +246,72 @@ fn os_codename() -> Option<String> {
         .map(|s| s.trim_matches('"').to_string())
 }
 
-/// Installs what `lacks` reports, printing each action.
-pub fn setup(layout: &Layout) -> Result<()> {
+/// The browser `cargo xtask ci` checks the HTML report in (Debian's package).
+pub const CHROMIUM: &str = "chromium";
+
+/// Whether apt has a candidate to install for `package` here.
+fn apt_has(package: &str) -> bool {
+    std::process::Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("Candidate:"))
+                .any(|c| c.trim() != "(none)")
+        })
+}
+
+/// `just`, for the justfile's recipes: Debian's package where the suite has
+/// one (trixie and later), else built with cargo.
+fn install_just(sh: &Shell) -> Result<()> {
+    if on_path("just") {
+        return Ok(());
+    }
+    if is_root() && apt_has("just") {
+        out!("setup: apt-get install just");
+        cmd!(sh, "apt-get install -y -q just")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()?;
+    } else {
+        out!("setup: cargo install just --locked (no Debian package of it here)");
+        cmd!(sh, "cargo install just --locked")
+            .run()
+            .context("cargo install just failed")?;
+    }
+    Ok(())
+}
+
+/// What only `cargo xtask ci` needs: Chromium, for the HTML report's test.
+pub fn install_ci_tools(sh: &Shell) -> Result<()> {
+    if on_path(CHROMIUM) {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("installing chromium needs root: run `sudo cargo xtask setup --ci`");
+    }
+    if !apt_has(CHROMIUM) {
+        bail!("apt has no chromium package here: install Chromium as `chromium` on the PATH");
+    }
+    out!("setup: apt-get install chromium");
+    cmd!(sh, "apt-get install -y -q --no-install-recommends chromium")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()?;
+    Ok(())
+}
+
+/// Installs what `lacks` reports and `just`, and with `ci` what only `cargo
+/// xtask ci` needs; printing each action.
+pub fn setup(layout: &Layout, ci: bool) -> Result<()> {
     let sh = Shell::new()?;
+    install_just(&sh)?;
+    if ci {
+        install_ci_tools(&sh)?;
+    }
+    install_missing(layout, &sh)
+}
+
+fn install_missing(layout: &Layout, sh: &Shell) -> Result<()> {
     let missing = lacks(layout);
     if missing
         .iter()
