@@ -418,7 +418,7 @@ mod tests {
     use crate::plan::tests::{VIRTUAL, virtual_plan};
     use std::time::Duration;
 
-    fn run(results: Vec<(&str, Outcome, Option<&str>)>) -> TestRun {
+    fn run<N: Into<String>>(results: Vec<(N, Outcome, Option<&str>)>) -> TestRun {
         let mut r = TestRun::without_vm(
             results
                 .into_iter()
@@ -541,6 +541,34 @@ mod tests {
         assert!(
             p.contains("1 of 4 results did not go as expected: 1 error, 1 skip, 1 xfail, 1 pass."),
             "{p}"
+        );
+    }
+
+    #[test]
+    fn thousands_of_passing_results_stay_collapsed_and_small() {
+        let mut plan = Vec::new();
+        let mut runs = Vec::new();
+        for t in virtual_plan(VIRTUAL)
+            .into_iter()
+            .filter(|t| t.test == "env")
+        {
+            for i in 0..250 {
+                let mut t = t.clone();
+                t.test = format!("env-{i}");
+                plan.push(t);
+                runs.push(Some(run((0..10)
+                    .map(|k| (format!("vfio.env: fact {k}"), Outcome::Pass, Some("seen=1")))
+                    .collect())));
+            }
+        }
+        let p = report("big", &plan, &runs, &Rerun::default());
+        assert_eq!(count(&p, "data-outcome=\"pass\""), 5000);
+        assert_eq!(count(&p, "<details class=\"test\">"), 250);
+        assert_eq!(count(&p, "<details class=\"test\" open>"), 0);
+        assert!(
+            p.len() < 250 * 1024 * 10,
+            "{} bytes for 5000 results",
+            p.len()
         );
     }
 

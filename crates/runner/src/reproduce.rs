@@ -56,7 +56,7 @@ impl Rerun {
 pub fn qemu_line(t: &PlannedTest, run: &TestRun) -> String {
     match (&t.boot, run.qemu.is_empty()) {
         (_, true) if t.host_checks => {
-            "qemu: none of its own (host checks run in the runner; a check's own guests are in its log)".into()
+            "qemu: none of its own (host checks run in the runner)".into()
         }
         (_, true) => "qemu: none (no VM was started)".into(),
         (Some(b), false) => format!("qemu (inside the virtual host {}): {}", b.label(), run.qemu),
