@@ -254,12 +254,16 @@ fn apt_has(package: &str) -> bool {
     std::process::Command::new("apt-cache")
         .args(["policy", package])
         .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("Candidate:"))
-                .any(|c| c.trim() != "(none)")
-        })
+        .is_ok_and(|o| has_candidate(&String::from_utf8_lossy(&o.stdout)))
+}
+
+/// Whether `apt-cache policy` output names a version to install: nothing
+/// for a package apt does not know, `Candidate: (none)` for one no source has.
+fn has_candidate(policy: &str) -> bool {
+    policy
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Candidate:"))
+        .any(|c| c.trim() != "(none)")
 }
 
 /// `just`, for the justfile's recipes: Debian's package where the suite has
@@ -379,6 +383,16 @@ fn has_backports() -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apt_has_a_package_only_with_a_candidate_version() {
+        let policy = "chromium:\n  Installed: (none)\n  Candidate: 156.0.8078.129-1~deb12u1\n  Version table:\n";
+        assert!(has_candidate(policy));
+        assert!(!has_candidate(
+            "just:\n  Installed: (none)\n  Candidate: (none)\n"
+        ));
+        assert!(!has_candidate(""));
+    }
 
     #[test]
     fn the_guest_toolchain_is_read_from_the_environment_or_rustup_settings() {

@@ -98,11 +98,15 @@ fn chromium(page: &Path, what: &[&str]) -> String {
 }
 
 /// The report folder to check: the one named, or a small real run's.
+/// A relative `UKCI_BROWSER_REPORT` is taken from the checkout (cargo runs
+/// tests in the package's folder).
 fn report_folder(scratch: &Path) -> PathBuf {
-    if let Some(dir) = std::env::var_os("UKCI_BROWSER_REPORT") {
-        return std::fs::canonicalize(dir).expect("UKCI_BROWSER_REPORT names a report folder");
-    }
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    if let Some(dir) = std::env::var_os("UKCI_BROWSER_REPORT") {
+        let dir = root.join(dir);
+        return std::fs::canonicalize(&dir)
+            .unwrap_or_else(|e| panic!("UKCI_BROWSER_REPORT: {}: {e}", dir.display()));
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .current_dir(root)
         .args(["test", "manifests/smoke.toml", "--filter", "smoke.microvm"])

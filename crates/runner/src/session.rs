@@ -767,7 +767,7 @@ fn write_reports(
 
 /// A test's log file: how to run it again and its QEMU command line, each
 /// line marked `# `, then the VM's serial log and QEMU's stderr.
-pub fn log_text(t: &PlannedTest, run: &TestRun, rerun: &Rerun) -> String {
+fn log_text(t: &PlannedTest, run: &TestRun, rerun: &Rerun) -> String {
     let mut text: String = rerun
         .lines(t, run)
         .lines()
