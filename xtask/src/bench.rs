@@ -51,13 +51,13 @@ fn row(name: &str, s: &Option<Stats>, floor: Option<&Stats>) {
             let ratio = floor.map_or(String::new(), |f| {
                 format!("{:>6.2}x floor", ms(s.min) / ms(f.min))
             });
-            println!(
+            out!(
                 "{name:<44} {:>8.1} {:>8.1}  {ratio}",
                 ms(s.min),
                 ms(s.median)
             );
         }
-        None => println!("{name:<44}   failed"),
+        None => out!("{name:<44}   failed"),
     }
 }
 
@@ -151,9 +151,9 @@ fn host_rows(layout: &Layout, runs: usize) -> Result<()> {
     );
     let module = facts.kvm_module.as_deref();
     let guest = layout.guest_image();
-    println!("accel auto: {} ({})", auto.accel, auto.reason);
-    println!("{runs} runs each, wall clock in ms\n");
-    println!("{:<44} {:>8} {:>8}", "", "min", "median");
+    out!("accel auto: {} ({})", auto.accel, auto.reason);
+    out!("{runs} runs each, wall clock in ms\n");
+    out!("{:<44} {:>8} {:>8}", "", "min", "median");
     let mut accels = vec!["tcg"];
     if auto.accel == "kvm" {
         accels.push("kvm");
@@ -217,7 +217,7 @@ fn host_rows(layout: &Layout, runs: usize) -> Result<()> {
             None,
         );
         if let (Some(h), Some(r)) = (&hand, &runner) {
-            println!(
+            out!(
                 "{:<44} {:>+7.1}% (min) {:>+7.1}% (median)",
                 format!("runner overhead [{accel}]"),
                 (ms(r.min) / ms(h.min) - 1.0) * 100.0,
@@ -235,7 +235,7 @@ fn host_rows(layout: &Layout, runs: usize) -> Result<()> {
 /// and the report: the wall time from planning to the last verdict.
 fn cr_manifests(layout: &Layout, runs: usize) {
     let paths = ["cr-arch.toml", "cr-pinning.toml"].map(|m| layout.manifests().join(m));
-    println!("\nCR manifests, --jobs 2 [tcg]");
+    out!("\nCR manifests, --jobs 2 [tcg]");
     let manifests = match session::load_manifests(&paths) {
         Ok(m) => m,
         Err(d) => {

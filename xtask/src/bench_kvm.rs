@@ -24,10 +24,14 @@ pub fn run(layout: &Layout) -> Result<()> {
         .collect();
     sets.sort();
     sets.dedup();
-    println!("\nKVM from patch sets ({}), seconds", manifest.display());
-    println!(
+    out!("\nKVM from patch sets ({}), seconds", manifest.display());
+    out!(
         "{:<12} {:<16} {:>10} {:>14} {:>6}",
-        "kernel", "set", "cold build", "cached reuse", "goal"
+        "kernel",
+        "set",
+        "cold build",
+        "cached reuse",
+        "goal"
     );
     let store = KernelStore::new(&layout.cache());
     for name in m.kernels() {
@@ -43,7 +47,7 @@ pub fn run(layout: &Layout) -> Result<()> {
                 .ok()
                 .and_then(|l| kvmbuild::built_in(&l))
                 .map_or("unknown".to_string(), |s| format!("{s:.1}"));
-            println!(
+            out!(
                 "{:<12} {:<16} {:>10} {:>14.3} {:>6}",
                 name,
                 set.file_name().unwrap_or_default().to_string_lossy(),
@@ -57,7 +61,7 @@ pub fn run(layout: &Layout) -> Result<()> {
             );
         }
     }
-    println!(
+    out!(
         "(cold build: the log's own time, sources staged to modules checked; the first set of a \
          kernel compiles everything, the next ones only what their patches change)"
     );

@@ -163,14 +163,18 @@ fn measure(layout: &Layout, dir: &Path, runs: usize) -> Result<()> {
     if shapes.is_empty() {
         bail!("nvme.bench printed no throughput lines");
     }
-    println!(
+    out!(
         "\nNVMe sequential throughput, queue depth 1, {} MiB per shape, median of {runs} \
          [guest: ukci nvme.bench on QEMU nvme, q35, tcg | host: dd on a sparse raw file]",
         BYTES >> 20
     );
-    println!(
+    out!(
         "{:<26} {:>14} {:>16} {:>8} {:>16}",
-        "", "guest", "host dd", "ratio", "host dd direct"
+        "",
+        "guest",
+        "host dd",
+        "ratio",
+        "host dd direct"
     );
     for bs in shapes {
         for (op, write) in [("write", true), ("read", false)] {
@@ -197,7 +201,7 @@ fn measure(layout: &Layout, dir: &Path, runs: usize) -> Result<()> {
                 _ => "-".into(),
             };
             let mib = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} MiB/s"));
-            println!(
+            out!(
                 "{:<26} {:>14} {:>16} {:>8} {:>16}",
                 format!("{op} {} KiB transfers", bs >> 10),
                 mib(guest),
@@ -207,7 +211,7 @@ fn measure(layout: &Layout, dir: &Path, runs: usize) -> Result<()> {
             );
         }
     }
-    println!(
+    out!(
         "(host writes: buffered = conv=fdatasync, the guest's Flush; direct = oflag=direct. \
          host reads of the file just written: buffered, and iflag=direct)"
     );

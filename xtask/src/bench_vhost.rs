@@ -46,7 +46,7 @@ fn goal_row(what: &str, value: Option<f64>, goal: Option<f64>) {
         (_, Some(g)) => format!("goal <= {g} s: NOT met"),
         (_, None) => "no goal".to_string(),
     };
-    println!("{what:<60} {value} s   {verdict}");
+    out!("{what:<60} {value} s   {verdict}");
 }
 
 /// A virtual host for `kernel` running `agent`, its folders under `target/bench-vhost/<tag>`.
@@ -78,10 +78,16 @@ fn true_agent() -> Agent {
 }
 
 pub fn run(layout: &Layout, boots: usize) -> Result<()> {
-    println!("\nvirtual lane (TCG), seconds");
-    println!(
+    out!("\nvirtual lane (TCG), seconds");
+    out!(
         "{:<12} {:>9} {:>8} {:>10} {:>8} {:>14} {:>10}",
-        "kernel", "fetch 1st", "cached", "initrd 1st", "cached", "agent-ready min", "lane total"
+        "kernel",
+        "fetch 1st",
+        "cached",
+        "initrd 1st",
+        "cached",
+        "agent-ready min",
+        "lane total"
     );
     let fresh = layout.root.join("target/bench-images");
     let _ = std::fs::remove_dir_all(&fresh);
@@ -111,7 +117,7 @@ pub fn run(layout: &Layout, boots: usize) -> Result<()> {
         }
         let ready = ready.into_iter().min().unwrap_or_default();
         let lane = lane_total(layout, name)?;
-        println!(
+        out!(
             "{name:<12} {:>9.2} {:>8.3} {:>10.3} {:>8.3} {:>14.2} {:>10}",
             secs(fetch_first),
             secs(fetch_cached),
@@ -132,7 +138,7 @@ pub fn run(layout: &Layout, boots: usize) -> Result<()> {
         goals.push((format!("agent-ready {name}, cached"), secs(ready), goal));
     }
     let _ = std::fs::remove_dir_all(&fresh);
-    println!("goals: cached initramfs < 1 s");
+    out!("goals: cached initramfs < 1 s");
     for (what, v, goal) in goals {
         goal_row(&what, Some(v), goal);
     }
@@ -217,7 +223,7 @@ pub fn nested_start(layout: &Layout, kernel: &str, runs: usize) -> Result<()> {
         }
     })
     .with_context(|| format!("the virtual host {} for the nested VM starts", kernel.name))?;
-    println!(
+    out!(
         "\nnested VM inside a {} host: QEMU start to the guest's verdict, seconds",
         kernel.name
     );
@@ -244,7 +250,7 @@ pub fn nested_start(layout: &Layout, kernel: &str, runs: usize) -> Result<()> {
 /// `cargo xtask test manifests/kvm.toml` over its four kernels, cached.
 pub fn kvm_manifest(layout: &Layout) -> Result<()> {
     let (passed, total) = test_run(layout, &["manifests/kvm.toml"], "target/bench-kvm")?;
-    println!();
+    out!();
     goal_row(
         "kvm.toml on its four kernels, cached",
         passed.then_some(secs(total)),
@@ -294,7 +300,7 @@ pub fn vf_token(layout: &Layout) -> Result<()> {
     let (passed, total) = test_run(layout, &["manifests/vf-token.toml"], reports)?;
     anyhow::ensure!(passed, "manifests/vf-token.toml did not pass");
     let xml = std::fs::read_to_string(layout.root.join(reports).join("latest/junit.xml"))?;
-    println!(
+    out!(
         "\nvf-token.toml on its kernels: {:.1} s (goal < 180 s)",
         secs(total)
     );
@@ -303,7 +309,7 @@ pub fn vf_token(layout: &Layout) -> Result<()> {
             .iter()
             .any(|n| test.ends_with(n))
         {
-            println!("  {suite:<26} {test:<28} {t:>6.2} s");
+            out!("  {suite:<26} {test:<28} {t:>6.2} s");
         }
     }
     Ok(())

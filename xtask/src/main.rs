@@ -1,6 +1,18 @@
 //! `cargo xtask`: ukci's command line. Thin: every decision lives in the
 //! runner library; this file parses arguments and dispatches.
 
+/// `println!` for the command's output: a reader that went away
+/// (`cargo xtask list --checks | head -1`) ends the command quietly, as it
+/// does other Unix tools, instead of a panic.
+macro_rules! out {
+    () => {
+        $crate::emit(format_args!(""))
+    };
+    ($($t:tt)*) => {
+        $crate::emit(format_args!($($t)*))
+    };
+}
+
 mod bench;
 mod bench_kvm;
 mod bench_nvme;
@@ -90,9 +102,14 @@ enum Cmd {
     },
     /// Explain what this host lacks and how to fix it.
     Doctor,
-    /// Install what is missing (QEMU from bookworm-backports, busybox-static, debootstrap,
-    /// the guest's Rust target).
-    Setup,
+    /// Install what is missing (QEMU from bookworm-backports, busybox-static,
+    /// debootstrap, the guest's Rust target, just).
+    Setup {
+        /// Also what only `cargo xtask ci` needs: Chromium, which loads the
+        /// HTML report in its test.
+        #[arg(long)]
+        ci: bool,
+    },
     /// The project's own tests: fmt, clippy, unit and integration tests, and
     /// every manifest.
     Ci,
@@ -232,7 +249,7 @@ fn run(cli: Cli) -> i32 {
             list(&layout, sel)
         }),
         Cmd::Doctor => Ok(prereq::doctor(&layout)),
-        Cmd::Setup => prereq::setup(&layout).map(|_| exitcode::OK),
+        Cmd::Setup { ci } => prereq::setup(&layout, ci).map(|_| exitcode::OK),
         Cmd::Ci => ci::run(&layout),
         Cmd::Bench { runs, virtual_only } => bench::run(&layout, runs, virtual_only),
         Cmd::Matrix { paths } => Ok(matrix(&layout, paths)),
@@ -240,7 +257,7 @@ fn run(cli: Cli) -> i32 {
         Cmd::Restore => {
             let r = session::restore(&layout);
             match &r {
-                session::Restored::Done(m) => println!("{m}"),
+                session::Restored::Done(m) => out!("{m}"),
                 session::Restored::Busy(m) | session::Restored::Left(m) => eprintln!("error: {m}"),
             }
             Ok(r.exit_code())
@@ -270,7 +287,7 @@ fn matrix(layout: &Layout, paths: Vec<PathBuf>) -> i32 {
     let paths = manifest_paths(layout, paths);
     match session::load_manifests(&paths) {
         Ok(m) => {
-            println!("{}", ukci_runner::matrix::generate(&m, &layout.root));
+            out!("{}", ukci_runner::matrix::generate(&m, &layout.root));
             exitcode::OK
         }
         Err(d) => {
@@ -299,7 +316,7 @@ fn clean_cache(layout: &Layout) -> i32 {
             }
         }
     }
-    println!(
+    out!(
         "freed {} ({})",
         cache::human_size(freed),
         places[0].display()
@@ -307,22 +324,37 @@ fn clean_cache(layout: &Layout) -> i32 {
     status
 }
 
+fn emit(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(exitcode::OK);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(exitcode::HOST);
+    }
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn list_checks() -> i32 {
-    println!("guest checks (run inside the unikernel guest):");
+    out!("guest checks (run inside the unikernel guest):");
     for c in ukci_protocol::catalogue::CHECKS {
-        println!("  {:<28} {}", c.name, c.summary);
+        out!("  {:<28} {}", c.name, c.summary);
         if !c.args.is_empty() {
             let keys: Vec<&str> = c.args.iter().map(|a| a.key).collect();
-            println!("  {:<28} args: {}", "", keys.join(", "));
+            out!("  {:<28} args: {}", "", keys.join(", "));
         }
     }
-    println!("host checks (run by the runner on the test host, with the SR-IOV PF):");
+    out!("host checks (run by the runner on the test host, with the SR-IOV PF):");
     for c in ukci_runner::hostcheck::HOST_CHECKS {
-        println!("  {:<28} {}", c.name, c.summary);
+        out!("  {:<28} {}", c.name, c.summary);
     }
     exitcode::OK
 }
@@ -365,15 +397,15 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
             .boot
             .as_ref()
             .map_or(String::new(), |b| format!(" @ {}", b.label()));
-        println!("{:<36} {what}", format!("{}{lane}", t.id()));
-        println!("{:<36}   checks: {}", "", t.checks.join(", "));
+        out!("{:<36} {what}", format!("{}{lane}", t.id()));
+        out!("{:<36}   checks: {}", "", t.checks.join(", "));
         for e in &t.expects {
             let kind = if e.known_bug { "kfail" } else { "xfail" };
-            println!("{:<36}   {kind} {}: {}", "", e.result, e.reason);
+            out!("{:<36}   {kind} {}: {}", "", e.result, e.reason);
         }
     }
     if let Some(t) = plan.first() {
-        println!("\naccel auto: {} ({})", t.env.accel, t.env.accel_reason);
+        out!("\naccel auto: {} ({})", t.env.accel, t.env.accel_reason);
     }
     exitcode::OK
 }

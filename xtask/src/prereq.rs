@@ -153,7 +153,7 @@ fn on_path(name: &str) -> bool {
     })
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc_geteuid() == 0 }
 }
@@ -175,7 +175,10 @@ pub fn ensure(layout: &Layout) -> Result<(), i32> {
     }
     if is_root() || std::env::var_os("CI").is_some() {
         eprintln!("setting up what is missing:");
-        if let Err(e) = setup(layout) {
+        if let Err(e) = Shell::new()
+            .map_err(Into::into)
+            .and_then(|sh| install_missing(layout, &sh))
+        {
             eprintln!("error: set-up failed: {e:#}");
             return Err(exitcode::HOST);
         }
@@ -195,22 +198,22 @@ pub fn ensure(layout: &Layout) -> Result<(), i32> {
 pub fn doctor(layout: &Layout) -> i32 {
     let facts = host::detect(&layout.qemu_facts());
     let missing = lacks(layout);
-    println!("host kernel   {}", facts.host_kernel);
-    println!("cpu           {}", facts.cpu_model);
-    println!(
+    out!("host kernel   {}", facts.host_kernel);
+    out!("cpu           {}", facts.cpu_model);
+    out!(
         "qemu          {}",
         facts
             .qemu_version
             .as_ref()
             .map_or("not installed".into(), |v| v.to_string())
     );
-    println!(
+    out!(
         "kvm module    {}",
         facts.kvm_module.as_deref().unwrap_or("none")
     );
     match &facts.dev_kvm {
         Ok(()) if facts.qemu_version.is_none() => {
-            println!("accel auto    not probed (QEMU is missing)")
+            out!("accel auto    not probed (QEMU is missing)")
         }
         Ok(()) if layout.guest_image().exists() => {
             let c = host::resolve_auto(
@@ -219,34 +222,40 @@ pub fn doctor(layout: &Layout) -> i32 {
                 &layout.images().join("accel-probe.txt"),
                 host::KVM_PROBE_LIMIT,
             );
-            println!("accel auto    {} ({})", c.accel, c.reason);
+            out!("accel auto    {} ({})", c.accel, c.reason);
             if c.accel == "tcg" {
-                println!(
+                out!(
                     "              KVM is present but not usable for the guest: tests run under TCG."
                 );
-                println!(
+                out!(
                     "              `--accel kvm` forces it; expect slow firmware boots under kvm_pvm."
                 );
             }
         }
-        Ok(()) => println!("accel auto    not probed yet (run `cargo xtask build` first)"),
-        Err(e) => println!(
+        Ok(()) => out!("accel auto    not probed yet (run `cargo xtask build` first)"),
+        Err(e) => out!(
             "accel auto    tcg ({e}; load kvm_intel or kvm_amd, or add yourself to the kvm group)"
         ),
     }
     if !on_path("just") {
-        println!(
+        out!(
             "just          not installed (optional: the justfile's recipes are each one \
-             `cargo xtask` command; install with `cargo install just`)"
+             `cargo xtask` command; `cargo xtask setup` installs it)"
+        );
+    }
+    if !on_path(CHROMIUM) {
+        out!(
+            "chromium      not installed (`cargo xtask ci` loads the HTML report in it; \
+             `sudo cargo xtask setup --ci` installs it)"
         );
     }
     if missing.is_empty() {
-        println!("\nready: nothing is missing");
+        out!("\nready: nothing is missing");
         exitcode::OK
     } else {
-        println!();
+        out!();
         for l in &missing {
-            println!("missing: {}\n    fix: {}", l.what, l.fix);
+            out!("missing: {}\n    fix: {}", l.what, l.fix);
         }
         exitcode::HOST
     }
@@ -259,15 +268,82 @@ fn os_codename() -> Option<String> {
         .map(|s| s.trim_matches('"').to_string())
 }
 
-/// Installs what `lacks` reports, printing each action.
-pub fn setup(layout: &Layout) -> Result<()> {
+/// The browser `cargo xtask ci` checks the HTML report in (Debian's package).
+pub const CHROMIUM: &str = "chromium";
+
+/// Whether apt has a candidate to install for `package` here.
+fn apt_has(package: &str) -> bool {
+    std::process::Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .is_ok_and(|o| has_candidate(&String::from_utf8_lossy(&o.stdout)))
+}
+
+/// Whether `apt-cache policy` output names a version to install: nothing
+/// for a package apt does not know, `Candidate: (none)` for one no source has.
+fn has_candidate(policy: &str) -> bool {
+    policy
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Candidate:"))
+        .any(|c| c.trim() != "(none)")
+}
+
+/// `just`, for the justfile's recipes: Debian's package where the suite has
+/// one (trixie and later), else built with cargo.
+fn install_just(sh: &Shell) -> Result<()> {
+    if on_path("just") {
+        return Ok(());
+    }
+    if is_root() && apt_has("just") {
+        out!("setup: apt-get install just");
+        cmd!(sh, "apt-get install -y -q just")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()?;
+    } else {
+        out!("setup: cargo install just --locked (no Debian package of it here)");
+        cmd!(sh, "cargo install just --locked")
+            .run()
+            .context("cargo install just failed")?;
+    }
+    Ok(())
+}
+
+/// What only `cargo xtask ci` needs: Chromium, for the HTML report's test.
+pub fn install_ci_tools(sh: &Shell) -> Result<()> {
+    if on_path(CHROMIUM) {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("installing chromium needs root: run `sudo cargo xtask setup --ci`");
+    }
+    if !apt_has(CHROMIUM) {
+        bail!("apt has no chromium package here: install Chromium as `chromium` on the PATH");
+    }
+    out!("setup: apt-get install chromium");
+    cmd!(sh, "apt-get install -y -q --no-install-recommends chromium")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()?;
+    Ok(())
+}
+
+/// Installs what `lacks` reports and `just`, and with `ci` what only `cargo
+/// xtask ci` needs; printing each action.
+pub fn setup(layout: &Layout, ci: bool) -> Result<()> {
     let sh = Shell::new()?;
+    install_just(&sh)?;
+    if ci {
+        install_ci_tools(&sh)?;
+    }
+    install_missing(layout, &sh)
+}
+
+fn install_missing(layout: &Layout, sh: &Shell) -> Result<()> {
     let missing = lacks(layout);
     if missing
         .iter()
         .any(|l| l.what.contains("x86_64-unknown-none"))
     {
-        println!("setup: rustup target add {}", crate::guest::TARGET);
+        out!("setup: rustup target add {}", crate::guest::TARGET);
         let t = crate::guest::TARGET;
         cmd!(sh, "rustup target add {t}")
             .run()
@@ -277,7 +353,7 @@ pub fn setup(layout: &Layout) -> Result<()> {
         .iter()
         .any(|l| !l.what.contains("x86_64-unknown-none"));
     if !need_apt {
-        println!("setup: nothing else to install");
+        out!("setup: nothing else to install");
         return Ok(());
     }
     if os_codename().as_deref() != Some("bookworm") {
@@ -292,13 +368,13 @@ pub fn setup(layout: &Layout) -> Result<()> {
         bail!("installing packages needs root: run `sudo cargo xtask setup`");
     }
     if !has_backports()? {
-        println!("setup: adding bookworm-backports as {BACKPORTS_FILE}");
+        out!("setup: adding bookworm-backports as {BACKPORTS_FILE}");
         std::fs::write(BACKPORTS_FILE, BACKPORTS)
             .with_context(|| format!("writing {BACKPORTS_FILE}"))?;
     }
-    println!("setup: apt-get update");
+    out!("setup: apt-get update");
     cmd!(sh, "apt-get update -q").run()?;
-    println!("setup: apt-get install -t bookworm-backports qemu-system-x86");
+    out!("setup: apt-get install -t bookworm-backports qemu-system-x86");
     cmd!(
         sh,
         "apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86"
@@ -307,7 +383,7 @@ pub fn setup(layout: &Layout) -> Result<()> {
     .run()?;
     let packages: Vec<&str> = missing_packages().map(|(_, package, _)| package).collect();
     if !packages.is_empty() {
-        println!("setup: apt-get install {}", packages.join(" "));
+        out!("setup: apt-get install {}", packages.join(" "));
         cmd!(sh, "apt-get install -y -q {packages...}")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .run()?;
@@ -332,6 +408,16 @@ fn has_backports() -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apt_has_a_package_only_with_a_candidate_version() {
+        let policy = "chromium:\n  Installed: (none)\n  Candidate: 156.0.8078.129-1~deb12u1\n  Version table:\n";
+        assert!(has_candidate(policy));
+        assert!(!has_candidate(
+            "just:\n  Installed: (none)\n  Candidate: (none)\n"
+        ));
+        assert!(!has_candidate(""));
+    }
 
     #[test]
     fn the_guest_toolchain_is_read_from_the_environment_or_rustup_settings() {

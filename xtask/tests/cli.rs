@@ -231,6 +231,23 @@ fn the_command_line_names_itself_and_lists_every_check() {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // A pipe whose reader is already gone: the first write fails with EPIPE,
+    // as when `| head -1` has read its line.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root())
+        .args(["list", "--checks"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("xtask runs");
+    assert_eq!(out.status.code(), Some(exitcode::OK), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+#[test]
 fn every_command_has_a_just_recipe() {
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .arg("--help")
@@ -265,6 +282,29 @@ fn every_command_has_a_just_recipe() {
 fn a_filter_that_matches_nothing_is_a_usage_error() {
     let r = xtask_test(&["manifests/smoke.toml", "--filter", "no-such-test"]);
     assert_eq!(r.code, exitcode::USAGE, "{}", r.stderr);
+}
+
+#[test]
+fn strict_prints_a_skip_as_the_failure_it_counts() {
+    // No host config names a PF here: the host check skips, and under
+    // `--strict` that skip is a failure in its result line and the summary.
+    let r = xtask_test(&[
+        "manifests/vf-token-local.toml",
+        "--filter",
+        "vf-token-local.rules",
+        "--strict",
+    ]);
+    assert_eq!(r.code, exitcode::FAILED, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(" FAIL  vf-token-local.rules [")
+            && r.stderr
+                .contains("fail  vf-token.rules: skipped under --strict: no SR-IOV PF"),
+        "{}",
+        r.stderr
+    );
+    let total = r.stderr.lines().find(|l| l.starts_with("total")).unwrap();
+    let counts: Vec<&str> = total.split_whitespace().skip(1).collect();
+    assert_eq!(counts, ["0", "1", "0", "0", "0", "0"], "{}", r.stderr);
 }
 
 #[test]

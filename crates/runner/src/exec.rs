@@ -31,6 +31,10 @@ pub struct TestRun {
     /// (inside a virtual host: its accelerator, KVM module, what KVM runs
     /// on); otherwise the plan's.
     pub env: Option<Environment>,
+    /// The QEMU command line of the test's VM as a shell takes it (a VF's
+    /// token travels in an inherited sealed memfd, `-readconfig
+    /// /proc/self/fd/N`, never here); empty when no VM of its own ran.
+    pub qemu: String,
 }
 
 impl TestRun {
@@ -58,6 +62,7 @@ impl TestRun {
             end: None,
             reruns: vec![],
             env: None,
+            qemu: String::new(),
         }
     }
 }
@@ -219,6 +224,7 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
         end: Some(fin.end),
         reruns: vec![],
         env: None,
+        qemu: fin.command,
     }
 }
 
@@ -239,6 +245,7 @@ fn host_checks(t: &PlannedTest, host: &HostContext) -> Finished {
         stderr: String::new(),
         elapsed: start.elapsed(),
         ready_at: None,
+        command: String::new(),
     }
 }
 

@@ -396,6 +396,7 @@ mod tests {
             stderr: stderr.into(),
             elapsed: Duration::from_millis(21),
             ready_at: None,
+            command: String::new(),
         };
         judge_probe(&fin, Some("kvm_intel"), KVM_PROBE_LIMIT)
     }

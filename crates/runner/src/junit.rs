@@ -10,16 +10,28 @@
 //! VM's results under the same classname; the suite's own system-out is
 //! shown by few, and would mix several VMs. The whole log is also in
 //! `logs/<suite>@<env>/<test>.log`.
+//!
+//! A result's detail (the `ukci-detail:` line) is no testcase property: the
+//! Jenkins junit-10 XSD allows no `properties` in a testcase, and GitLab
+//! reads none. It is the text of the failure, error or skipped element, and
+//! a pass's system-out when that is not the VM's log (which has the line).
+//! Properties stay where the XSD has them, on the testsuite.
 
 use crate::exec::TestRun;
 use crate::outcome::Outcome;
 use crate::plan::PlannedTest;
+use crate::reproduce::{self, Rerun};
 use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
 };
 use std::collections::BTreeMap;
 
-pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) -> Report {
+pub fn report(
+    run_name: &str,
+    plan: &[PlannedTest],
+    runs: &[Option<TestRun>],
+    rerun: &Rerun,
+) -> Report {
     let mut suites: BTreeMap<(String, String), TestSuite> = BTreeMap::new();
     for (t, run) in plan.iter().zip(runs) {
         let Some(run) = run else { continue };
@@ -39,6 +51,7 @@ pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) ->
             run.elapsed / run.judged.results.len() as u32
         };
         let mut vm_log = Some(run.vm_log()).filter(|l| !l.is_empty());
+        let repro = reproduce::needs_reproducer(run).then(|| rerun.lines(t, run));
         for r in &run.judged.results {
             let mut status = match &r.outcome {
                 Outcome::Pass => TestCaseStatus::success(),
@@ -48,7 +61,8 @@ pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) ->
                 Outcome::Skip(m) => skipped("skip", m),
                 Outcome::Xfail(m) => skipped("xfail", m),
             };
-            if let (Some(d), TestCaseStatus::NonSuccess { .. }) = (&r.detail, &status) {
+            let pass = matches!(status, TestCaseStatus::Success { .. });
+            if let (Some(d), false) = (&r.detail, pass) {
                 status.set_description(d.clone());
             }
             // An earlier run that gave no result: flakyError beside a pass,
@@ -61,11 +75,19 @@ pub fn report(run_name: &str, plan: &[PlannedTest], runs: &[Option<TestRun>]) ->
             let mut case = TestCase::new(r.name.clone(), status);
             case.set_classname(t.id());
             case.set_time(per_case);
-            if let Some(d) = &r.detail {
-                case.add_property(Property::new("detail", d.clone()));
+            match (vm_log.take(), &r.detail) {
+                (Some(log), _) => {
+                    case.set_system_out_lossy(log.as_bytes());
+                }
+                (None, Some(d)) if pass => {
+                    case.set_system_out(d.clone());
+                }
+                _ => {}
             }
-            if let Some(log) = vm_log.take() {
-                case.set_system_out_lossy(log.as_bytes());
+            // On each result that did not go as expected: a few lines that
+            // rerun its test, where a CI viewer shows that result.
+            if let (Some(repro), TestCaseStatus::NonSuccess { .. }) = (&repro, &case.status) {
+                case.set_system_err(repro.clone());
             }
             suite.add_test_case(case);
         }
@@ -109,6 +131,7 @@ mod tests {
             end: None,
             reruns: reruns.iter().map(|s| s.to_string()).collect(),
             env: None,
+            qemu: String::new(),
         }
     }
 
@@ -119,7 +142,9 @@ mod tests {
             .chain(std::iter::repeat(None))
             .take(plan.len())
             .collect();
-        report("r", &plan, &runs).to_string().unwrap()
+        report("r", &plan, &runs, &Rerun::default())
+            .to_string()
+            .unwrap()
     }
 
     #[test]
@@ -171,5 +196,151 @@ mod tests {
         // On the VM's first result, where viewers of a testcase show it.
         let first = &x[x.find("fact 0\"").unwrap()..x.find("fact 1\"").unwrap()];
         assert!(first.contains("serial of the first VM"), "{first}");
+    }
+
+    /// What the Jenkins junit-10 XSD (jenkinsci/xunit-plugin) allows of
+    /// each element: its attributes, those it requires, its child elements.
+    /// One attribute is outside it: `testsuites/@skipped`, which quick-junit
+    /// (as cargo-nextest) always writes and Jenkins' junit plugin and GitLab
+    /// read or ignore.
+    fn junit10(
+        element: &str,
+    ) -> Option<(
+        &'static [&'static str],
+        &'static [&'static str],
+        &'static [&'static str],
+    )> {
+        const NON_SUCCESS: (&[&str], &[&str], &[&str]) = (&["type", "message"], &[], &[]);
+        const RERUN: (&[&str], &[&str], &[&str]) = (
+            &["type", "message"],
+            &["type"],
+            &["stackTrace", "system-out", "system-err"],
+        );
+        Some(match element {
+            "testsuites" => (
+                &["name", "time", "tests", "failures", "errors", "skipped"],
+                &[],
+                &["testsuite"],
+            ),
+            "testsuite" => (
+                &[
+                    "name",
+                    "tests",
+                    "failures",
+                    "errors",
+                    "group",
+                    "time",
+                    "skipped",
+                    "timestamp",
+                    "hostname",
+                    "id",
+                    "package",
+                    "file",
+                    "log",
+                    "url",
+                ],
+                &["name", "tests", "failures", "errors"],
+                &[
+                    "testsuite",
+                    "properties",
+                    "testcase",
+                    "system-out",
+                    "system-err",
+                ],
+            ),
+            "properties" => (&[], &[], &["property"]),
+            "property" => (&["name", "value"], &["name", "value"], &[]),
+            "testcase" => (
+                &["name", "time", "classname", "group"],
+                &["name"],
+                &[
+                    "skipped",
+                    "error",
+                    "failure",
+                    "rerunFailure",
+                    "rerunError",
+                    "flakyFailure",
+                    "flakyError",
+                    "system-out",
+                    "system-err",
+                ],
+            ),
+            "failure" | "error" | "skipped" => NON_SUCCESS,
+            "rerunFailure" | "rerunError" | "flakyFailure" | "flakyError" => RERUN,
+            "system-out" | "system-err" | "stackTrace" => (&[], &[], &[]),
+            _ => return None,
+        })
+    }
+
+    #[test]
+    fn the_report_keeps_to_the_jenkins_xsd_and_reads_in_gitlab_as_it_was() {
+        let mut detailed = run(Outcome::Pass, &["the host kernel wedged (boot 1)"]);
+        detailed.judged.results = [
+            Outcome::Pass,
+            Outcome::Fail("f".into()),
+            Outcome::Skip("s".into()),
+            Outcome::Xfail("x".into()),
+            Outcome::Xpass("xp".into()),
+            Outcome::Error("e".into()),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, outcome)| SubResult {
+            name: format!("vfio.env: {i}"),
+            outcome,
+            detail: Some(format!("detail {i}")),
+        })
+        .collect();
+        // The serial log has the first result's detail line, as a guest's has.
+        detailed.log = "PASS: vfio.env: 0\nukci-detail: detail 0\n".into();
+        let x = xml(vec![Some(detailed), Some(run(Outcome::Pass, &[]))]);
+        let doc = roxmltree::Document::parse(&x).unwrap();
+        for n in doc.descendants().filter(|n| n.is_element()) {
+            let name = n.tag_name().name();
+            let (attrs, required, children) =
+                junit10(name).unwrap_or_else(|| panic!("<{name}> is not in the XSD: {x}"));
+            for a in n.attributes() {
+                assert!(attrs.contains(&a.name()), "<{name} {}>: {x}", a.name());
+            }
+            for r in required {
+                assert!(n.has_attribute(*r), "<{name}> without {r}: {x}");
+            }
+            for c in n.children().filter(|c| c.is_element()) {
+                assert!(
+                    children.contains(&c.tag_name().name()),
+                    "<{name}><{}>: {x}",
+                    c.tag_name().name()
+                );
+            }
+            if let Some(t) = n.attribute("time") {
+                assert!(
+                    t.split_once('.')
+                        .map_or(t, |(a, _)| a)
+                        .bytes()
+                        .all(|b| b.is_ascii_digit()),
+                    "{t}"
+                );
+            }
+        }
+        // GitLab's parser: a testcase with <failure> failed, with <error>
+        // is an error, with <skipped> skipped, else it passed; its text is
+        // the failure's text.
+        let mut gitlab: BTreeMap<&str, usize> = BTreeMap::new();
+        for case in doc.descendants().filter(|n| n.has_tag_name("testcase")) {
+            let status = ["failure", "error", "skipped"]
+                .into_iter()
+                .find(|s| case.children().any(|c| c.has_tag_name(*s)))
+                .unwrap_or("success");
+            *gitlab.entry(status).or_default() += 1;
+        }
+        assert_eq!(
+            gitlab,
+            BTreeMap::from([("error", 1), ("failure", 2), ("skipped", 2), ("success", 2)])
+        );
+        // Each detail is still in the report, where the XSD allows it.
+        for i in 0..6 {
+            assert!(x.contains(&format!("detail {i}")), "detail {i}: {x}");
+        }
+        assert!(!x.contains("<property name=\"detail\""), "{x}");
     }
 }

@@ -45,6 +45,9 @@ pub struct WireRun {
     /// and the KVM it ran on.
     #[serde(default)]
     pub env: Option<WireEnv>,
+    /// The QEMU command line the agent started the test's guest with.
+    #[serde(default)]
+    pub qemu: String,
 }
 
 /// The part of a test's environment only the agent knows.
@@ -120,6 +123,7 @@ impl WireRun {
             host_kernel: String::new(),
             tokens: token::remembered().iter().map(|d| d.to_string()).collect(),
             env: run.env.as_ref().map(WireEnv::of),
+            qemu: run.qemu.clone(),
         }
     }
 
@@ -168,6 +172,7 @@ impl WireRun {
             end: None,
             reruns: vec![],
             env: None,
+            qemu: self.qemu,
         }
     }
 
@@ -599,6 +604,7 @@ mod tests {
             end: None,
             reruns: vec![],
             env: None,
+            qemu: "qemu-system-x86_64 -readconfig /proc/self/fd/5".into(),
         };
         let line = WireRun::new("vhost-smoke.env", &run).to_line();
         assert!(!line.contains('\n'));
@@ -606,6 +612,7 @@ mod tests {
         let back = WireRun::from_line(&noisy).unwrap().into_run();
         assert_eq!(back.judged, run.judged);
         assert_eq!(back.log, run.log);
+        assert_eq!(back.qemu, run.qemu);
         assert!(WireRun::from_line("ukci-event: {\"test\": trunc").is_none());
     }
 

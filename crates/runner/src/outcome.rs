@@ -326,6 +326,7 @@ mod tests {
             stderr: stderr.into(),
             elapsed: Duration::from_millis(50),
             ready_at: None,
+            command: String::new(),
         }
     }
 

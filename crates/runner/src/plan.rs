@@ -165,9 +165,13 @@ impl PlannedTest {
     }
 }
 
-fn selected(filter: &Option<String>, id: &str) -> bool {
+/// Whether the test `id` is selected by `--filter`: a glob with `*` or `?`
+/// matches the whole id, a filter that is some test's whole id (`exact`)
+/// that test alone, any other filter every id containing it.
+fn selected(filter: &Option<String>, id: &str, exact: bool) -> bool {
     match filter {
         None => true,
+        Some(f) if exact => f == id,
         Some(f) if f.contains(['*', '?']) => glob(f, id),
         Some(f) => id.contains(f.as_str()),
     }
@@ -182,6 +186,13 @@ pub fn plan(
     opts: &PlanOptions,
 ) -> Vec<PlannedTest> {
     let mut out = Vec::new();
+    let exact = opts.filter.as_ref().is_some_and(|f| {
+        manifests.iter().any(|m| {
+            m.tests
+                .iter()
+                .any(|t| *f == format!("{}.{}", m.suite_name(), t.name.get_ref()))
+        })
+    });
     for m in manifests {
         let suite = m.suite_name();
         let boots: Vec<Option<VirtualBoot>> = if m.is_virtual() && !opts.agent {
@@ -213,7 +224,7 @@ pub fn plan(
         for boot in &boots {
             for t in &m.tests {
                 let id = format!("{suite}.{}", t.name.get_ref());
-                if !selected(&opts.filter, &id) {
+                if !selected(&opts.filter, &id, exact) {
                     continue;
                 }
                 let d = &m.defaults;
@@ -576,6 +587,23 @@ reason = "why"
         // The expectation keys on the variant, which is known before boot.
         assert!(p[0].expects.is_empty());
         assert_eq!(p[1].expects.len(), 1);
+    }
+
+    #[test]
+    fn a_filter_that_is_a_whole_test_id_selects_that_test_alone() {
+        let text = "[[test]]\nname = \"env\"\nchecks = [\"vfio.env\"]\n\
+            [[test]]\nname = \"env-2\"\nchecks = [\"vfio.env\"]\n";
+        let ids = |filter: &str| -> Vec<String> {
+            let opts = PlanOptions {
+                filter: Some(filter.into()),
+                ..Default::default()
+            };
+            plan_of(text, opts).iter().map(PlannedTest::id).collect()
+        };
+        assert_eq!(ids("s.env"), ["s.env"]);
+        assert_eq!(ids("s.en"), ["s.env", "s.env-2"]);
+        assert_eq!(ids("s.env*"), ["s.env", "s.env-2"]);
+        assert_eq!(ids("s.env-2"), ["s.env-2"]);
     }
 
     pub(crate) const VIRTUAL: &str = r#"

@@ -8,8 +8,9 @@ use crate::lane::{self, LaneContext, WireRun};
 use crate::manifest::{self, Accel, Manifest};
 use crate::outcome::Outcome;
 use crate::plan::{self, Decision, PlanOptions, PlannedTest};
+use crate::reproduce::Rerun;
 use crate::rundir::{self, RunDir};
-use crate::{exitcode, junit, terminal};
+use crate::{exitcode, html, junit, terminal};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -486,7 +487,12 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(|| exec::execute(&plan, opts.jobs, &lane, tx));
-        for e in rx {
+        for mut e in rx {
+            // Marked before any reporter sees it: the result lines and the
+            // summary count the same outcomes.
+            if let (true, Event::Finished { idx, run }) = (opts.strict, &mut e) {
+                mark_strict(&plan[*idx], run);
+            }
             term.event(&e);
             if let Event::Finished { idx, run } = e {
                 runs[idx] = Some(*run);
@@ -505,13 +511,10 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
             }
         };
     }
-    if opts.strict {
-        for (t, run) in plan.iter().zip(runs.iter_mut()) {
-            mark_strict(t, run.as_mut());
-        }
-    }
+    let rerun = Rerun::here(opts.strict);
     eprint!("\n{}", terminal::summary(&plan, &runs));
-    match write_reports(layout, &dir, &run_name, &plan, &runs) {
+    eprint!("{}", terminal::reproducers(&plan, &runs, &rerun));
+    match write_reports(layout, &dir, &run_name, &plan, &runs, &rerun) {
         Ok(p) => {
             eprintln!("report: {}", p.display());
             report_dir.keep();
@@ -701,15 +704,13 @@ pub fn kvm_log(loads: &str, dmesg: &[String]) -> String {
 
 /// Under `--strict` a skip counts as a failure unless the manifest's plan
 /// decided it (a requirement not met is still a skip).
-fn mark_strict(t: &PlannedTest, run: Option<&mut TestRun>) {
+fn mark_strict(t: &PlannedTest, run: &mut TestRun) {
     if t.decision != Decision::Run {
         return;
     }
-    if let Some(run) = run {
-        for r in &mut run.judged.results {
-            if let Outcome::Skip(m) = &r.outcome {
-                r.outcome = Outcome::Fail(format!("skipped under --strict: {m}"));
-            }
+    for r in &mut run.judged.results {
+        if let Outcome::Skip(m) = &r.outcome {
+            r.outcome = Outcome::Fail(format!("skipped under --strict: {m}"));
         }
     }
 }
@@ -733,6 +734,7 @@ fn write_reports(
     run_name: &str,
     plan: &[PlannedTest],
     runs: &[Option<TestRun>],
+    rerun: &Rerun,
 ) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("logs"))?;
     for (t, run) in plan.iter().zip(runs) {
@@ -741,9 +743,13 @@ fn write_reports(
         if let Some(folder) = path.parent() {
             std::fs::create_dir_all(folder)?;
         }
-        std::fs::write(path, run.vm_log())?;
+        std::fs::write(path, log_text(t, run, rerun))?;
     }
-    let report = junit::report(run_name, plan, runs);
+    std::fs::write(
+        dir.join(rundir::HTML),
+        html::report(run_name, plan, runs, rerun),
+    )?;
+    let report = junit::report(run_name, plan, runs, rerun);
     let xml = report
         .to_string()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -757,6 +763,19 @@ fn write_reports(
         std::os::unix::fs::symlink(run_name, tmp)
     })?;
     Ok(path)
+}
+
+/// A test's log file: how to run it again and its QEMU command line, each
+/// line marked `# `, then the VM's serial log and QEMU's stderr.
+fn log_text(t: &PlannedTest, run: &TestRun, rerun: &Rerun) -> String {
+    let mut text: String = rerun
+        .lines(t, run)
+        .lines()
+        .map(|l| format!("# {l}\n"))
+        .collect();
+    text.push('\n');
+    text.push_str(&run.vm_log());
+    text
 }
 
 /// `20261124-131502-12345`: sortable, unique per process.

@@ -4,6 +4,7 @@
 use crate::exec::{Event, TestRun};
 use crate::outcome::Outcome;
 use crate::plan::PlannedTest;
+use crate::reproduce::{self, Rerun};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
@@ -57,7 +58,7 @@ impl<'a> Terminal<'a> {
                         ProgressStyle::with_template("  {spinner} {prefix}: {wide_msg}")
                             .expect("valid template"),
                     );
-                    bar.set_prefix(self.plan[*idx].id());
+                    bar.set_prefix(name(&self.plan[*idx]));
                     bar.enable_steady_tick(Duration::from_millis(120));
                     self.running.insert(*idx, bar);
                 }
@@ -104,12 +105,17 @@ fn test_word(run: &TestRun) -> &'static str {
     }
 }
 
+/// A test as the terminal names it: `suite.test [environment]`, the same
+/// test in each kernel or KVM variant told apart.
+pub fn name(t: &PlannedTest) -> String {
+    format!("{} [{}]", t.id(), t.env.label())
+}
+
 fn finished_lines(t: &PlannedTest, run: &TestRun) -> String {
     let mut s = format!(
-        "{:>5}  {} [{}] ({} results, {:.2} s)",
+        "{:>5}  {} ({} results, {:.2} s)",
         test_word(run),
-        t.id(),
-        t.env.label(),
+        name(t),
         run.judged.results.len(),
         run.elapsed.as_secs_f64()
     );
@@ -185,6 +191,26 @@ pub fn summary(plan: &[PlannedTest], runs: &[Option<TestRun>]) -> String {
         s.push_str(&format!(
             "{rerun} test(s) ran again on a fresh virtual host after one broke down (see their rerun lines)\n"
         ));
+    }
+    s
+}
+
+/// After the summary, as cargo-nextest prints its rerun lines: for each
+/// test with a result that did not go as expected, how to run it again and
+/// the QEMU command line it had.
+pub fn reproducers(plan: &[PlannedTest], runs: &[Option<TestRun>], rerun: &Rerun) -> String {
+    let mut s = String::new();
+    for (t, run) in plan.iter().zip(runs) {
+        let Some(run) = run.as_ref().filter(|r| reproduce::needs_reproducer(r)) else {
+            continue;
+        };
+        if s.is_empty() {
+            s.push_str("\nto run again what did not pass:\n");
+        }
+        s.push_str(&format!("{:>5}  {}\n", test_word(run), name(t)));
+        for line in rerun.lines(t, run).lines() {
+            s.push_str(&format!("       {line}\n"));
+        }
     }
     s
 }

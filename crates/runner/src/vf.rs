@@ -223,6 +223,7 @@ pub fn run_guest_with_vf(
         stderr: String::new(),
         elapsed: Duration::ZERO,
         ready_at: None,
+        command: String::new(),
     };
     let Some(pf) = ctx.pf.clone() else {
         return failed(format!("no SR-IOV PF to take a VF from: {}", ctx.pf_source));

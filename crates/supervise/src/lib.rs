@@ -43,6 +43,10 @@ pub struct Finished {
     pub elapsed: Duration,
     /// When the [`Ready`] line appeared, if one was asked for and seen.
     pub ready_at: Option<Duration>,
+    /// The program and its arguments, quoted as a shell takes them: how to
+    /// start the same process again by hand. Empty for a process not started
+    /// here.
+    pub command: String,
 }
 
 /// A line the process must print within `within` of its start (a boot
@@ -164,6 +168,11 @@ fn spawn_and_wait(
     on_line: impl FnMut(&str),
 ) -> Finished {
     let start = Instant::now();
+    let command_line = shell_words::join(
+        std::iter::once(program)
+            .chain(args.iter().map(OsString::as_os_str))
+            .map(OsStr::to_string_lossy),
+    );
     let mut guard = match spawn(command(program, args, inherit), program) {
         Ok(g) => g,
         Err(why) => {
@@ -173,6 +182,7 @@ fn spawn_and_wait(
                 stderr: String::new(),
                 elapsed: start.elapsed(),
                 ready_at: None,
+                command: command_line,
             };
         }
     };
@@ -217,6 +227,7 @@ fn spawn_and_wait(
         stderr,
         elapsed: start.elapsed(),
         ready_at: watch.ready_at,
+        command: command_line,
     }
 }
 
