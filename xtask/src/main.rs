@@ -1,411 +1,75 @@
-//! `cargo xtask`: ukci's command line. Thin: every decision lives in the
-//! runner library; this file parses arguments and dispatches.
+//! `cargo xtask`: the project's entry point in a checkout. `ci` runs the
+//! project's own checks; every other command is the `ukci` binary's, built
+//! here and run with the same arguments (`cargo xtask test` is `ukci test`).
 
-/// `println!` for the command's output: a reader that went away
-/// (`cargo xtask list --checks | head -1`) ends the command quietly, as it
-/// does other Unix tools, instead of a panic.
-macro_rules! out {
-    () => {
-        $crate::emit(format_args!(""))
-    };
-    ($($t:tt)*) => {
-        $crate::emit(format_args!($($t)*))
-    };
-}
-
-mod bench;
-mod bench_kvm;
-mod bench_nvme;
-mod bench_vhost;
 mod ci;
-mod guest;
-mod prereq;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
-use ukci_runner::exitcode;
-use ukci_runner::manifest::Accel;
-use ukci_runner::session::{self, Layout, TestOptions};
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-#[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    version,
-    about = "ukci: host virtualization security tests from inside a unikernel guest"
-)]
-#[command(after_help = exit_table())]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum AccelArg {
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl From<AccelArg> for Accel {
-    fn from(a: AccelArg) -> Accel {
-        match a {
-            AccelArg::Auto => Accel::Auto,
-            AccelArg::Kvm => Accel::Kvm,
-            AccelArg::Tcg => Accel::Tcg,
-        }
-    }
-}
-
-#[derive(clap::Args)]
-struct Selection {
-    /// Manifests to use (default: every manifests/*.toml).
-    paths: Vec<PathBuf>,
-    /// Only tests whose `suite.test` contains this (or matches it as a glob).
-    #[arg(long)]
-    filter: Option<String>,
-    /// Accelerator for every test, overriding the manifests.
-    #[arg(long, value_enum)]
-    accel: Option<AccelArg>,
-    /// Host kernel for the virtual suites (`debian:6.12`, `dir:PATH`);
-    /// repeatable; replaces the manifests' kernel lists.
-    #[arg(long = "kernel", value_name = "KERNEL")]
-    kernels: Vec<String>,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Build the guest image into images/.
-    Build,
-    /// Build, set up what is missing, run the manifests, write JUnit.
-    Test {
-        #[command(flatten)]
-        sel: Selection,
-        /// VMs to run at once (default: the number of cores).
-        #[arg(long, short)]
-        jobs: Option<usize>,
-        /// Count skips that no requirement explains as failures.
-        #[arg(long)]
-        strict: bool,
-        /// Where reports go (default: reports/).
-        #[arg(long)]
-        reports: Option<PathBuf>,
-    },
-    /// Print the plan: what would run, where, and what is skipped and why.
-    List {
-        #[command(flatten)]
-        sel: Selection,
-        /// List the checks instead: the guest's, then the host checks the
-        /// runner runs itself.
-        #[arg(long)]
-        checks: bool,
-    },
-    /// Explain what this host lacks and how to fix it.
-    Doctor,
-    /// Install what is missing (QEMU from bookworm-backports, busybox-static,
-    /// debootstrap, the guest's Rust target, just).
-    Setup {
-        /// Also what only `cargo xtask ci` needs: Chromium, which loads the
-        /// HTML report in its test.
-        #[arg(long)]
-        ci: bool,
-    },
-    /// The project's own tests: fmt, clippy, unit and integration tests, and
-    /// every manifest.
-    Ci,
-    /// Measure boot-to-verdict times and the runner's overhead.
-    Bench {
-        /// Runs per measurement.
-        #[arg(long, default_value_t = 10)]
-        runs: usize,
-        /// Only the virtual lane's rows (agent-ready, nested VM starts,
-        /// the lane manifests), not this host's QEMU and NVMe rows.
-        #[arg(long = "virtual")]
-        virtual_only: bool,
-    },
-    /// Print the CI matrix (kernel × lane) derived from the manifests, as
-    /// JSON for a GitHub Actions `strategy.matrix`.
-    Matrix {
-        /// Manifests to use (default: every manifests/*.toml).
-        paths: Vec<PathBuf>,
-    },
-    /// Empty the per-user cache of host kernels, initramfs images and
-    /// Debian package lists ($XDG_CACHE_HOME/ukci, default ~/.cache/ukci),
-    /// which every checkout shares; not while a run uses it.
-    CleanCache,
-    /// Put back devices a crashed run left changed, as the restore journal
-    /// recorded them (every run does this first by itself).
-    Restore,
-    /// A VF run that stops at a point and waits to be killed; started by the
-    /// crash-recovery check, not by people.
-    #[command(hide = true)]
-    CrashPoint {
-        point: String,
-        #[arg(long)]
-        pf: String,
-        #[arg(long)]
-        journal: PathBuf,
-        #[arg(long)]
-        guest: PathBuf,
-        #[arg(long)]
-        scratch: PathBuf,
-    },
-    /// Run inside a virtual host: the named tests of one manifest, reported
-    /// as event lines. Started by `test`, not by people.
-    #[command(hide = true)]
-    Agent {
-        manifest: PathBuf,
-        #[arg(long)]
-        results: PathBuf,
-        #[arg(long = "test")]
-        tests: Vec<String>,
-    },
-}
-
-fn exit_table() -> String {
-    let mut s = String::from("Exit status of `test` and `restore`:\n");
-    for (code, what) in exitcode::TABLE {
-        s.push_str(&format!("  {code:>3}  {what}\n"));
-    }
-    s
-}
-
-fn layout() -> Layout {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the repository")
-        .to_path_buf();
-    Layout {
-        root,
-        reports: None,
-    }
-}
-
-fn manifest_paths(layout: &Layout, paths: Vec<PathBuf>) -> Vec<PathBuf> {
-    if paths.is_empty() {
-        session::all_manifests(&layout.manifests())
-    } else {
-        paths
-    }
-}
+/// Exit status when the `ukci` binary cannot be built or started (the
+/// runner's "host not ready" status).
+const CANNOT_RUN: i32 = 2;
 
 fn main() {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { exitcode::USAGE } else { 0 };
-            let _ = e.print();
-            std::process::exit(code);
-        }
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let root = root();
+    let code = if args.first().is_some_and(|a| a == "ci") {
+        ci::run(&root).unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            1
+        })
+    } else {
+        run_ukci(&root, &args)
     };
-    std::process::exit(run(cli));
+    std::process::exit(code);
 }
 
-fn run(cli: Cli) -> i32 {
-    let layout = layout();
-    let result = match cli.cmd {
-        Cmd::Build => guest::build(&layout).map(|_| exitcode::OK),
-        Cmd::Test {
-            sel,
-            jobs,
-            strict,
-            reports,
-        } => {
-            let paths = manifest_paths(&layout, sel.paths);
-            let manifests = match session::load_manifests(&paths) {
-                Ok(m) => m,
-                Err(d) => {
-                    eprint!("{d}");
-                    return exitcode::MANIFEST;
-                }
-            };
-            if let Err(code) = prereq::ensure(&layout) {
-                return code;
-            }
-            if let Err(e) = guest::build(&layout) {
-                eprintln!("error: {e:#}");
-                return exitcode::HOST;
-            }
-            if let Err(e) = ukci_runner::supervise::install_interrupt_handler() {
-                eprintln!("error: {e}");
-                return exitcode::HOST;
-            }
-            let mut layout = layout;
-            if let Some(r) = reports {
-                layout.reports = Some(r);
-            }
-            let opts = TestOptions {
-                kernels: sel.kernels,
-                filter: sel.filter,
-                accel: sel.accel.map(Accel::from),
-                jobs: jobs.unwrap_or_else(cores),
-                strict,
-            };
-            Ok(session::run_tests(&layout, &manifests, &opts))
-        }
-        Cmd::List { sel, checks } => Ok(if checks {
-            list_checks()
-        } else {
-            list(&layout, sel)
-        }),
-        Cmd::Doctor => Ok(prereq::doctor(&layout)),
-        Cmd::Setup { ci } => prereq::setup(&layout, ci).map(|_| exitcode::OK),
-        Cmd::Ci => ci::run(&layout),
-        Cmd::Bench { runs, virtual_only } => bench::run(&layout, runs, virtual_only),
-        Cmd::Matrix { paths } => Ok(matrix(&layout, paths)),
-        Cmd::CleanCache => Ok(clean_cache(&layout)),
-        Cmd::Restore => {
-            let r = session::restore(&layout);
-            match &r {
-                session::Restored::Done(m) => out!("{m}"),
-                session::Restored::Busy(m) | session::Restored::Left(m) => eprintln!("error: {m}"),
-            }
-            Ok(r.exit_code())
-        }
-        Cmd::CrashPoint {
-            point,
-            pf,
-            journal,
-            guest,
-            scratch,
-        } => Ok(ukci_runner::vf::crash_child(
-            &point, &pf, &journal, &guest, &scratch,
-        )),
-        Cmd::Agent {
-            manifest,
-            results,
-            tests,
-        } => Ok(session::run_agent(&layout, &manifest, &tests, &results)),
-    };
-    result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
-        exitcode::HOST
-    })
+/// The checkout this xtask belongs to.
+fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-fn matrix(layout: &Layout, paths: Vec<PathBuf>) -> i32 {
-    let paths = manifest_paths(layout, paths);
-    match session::load_manifests(&paths) {
-        Ok(m) => {
-            out!("{}", ukci_runner::matrix::generate(&m, &layout.root));
-            exitcode::OK
-        }
-        Err(d) => {
-            eprint!("{d}");
-            exitcode::MANIFEST
-        }
-    }
-}
-
-fn clean_cache(layout: &Layout) -> i32 {
-    use ukci_vhost::cache;
-    // Checkouts from before the shared cache kept kernels in their images/.
-    let places = [
-        layout.cache(),
-        layout.images().join("kernels"),
-        layout.images().join("initramfs"),
-    ];
-    let mut freed = 0;
-    let mut status = exitcode::OK;
-    for place in &places {
-        match cache::remove(place) {
-            Ok(n) => freed += n,
-            Err(e) => {
-                eprintln!("error: cannot remove {}: {e}", place.display());
-                status = exitcode::HOST;
-            }
-        }
-    }
-    out!(
-        "freed {} ({})",
-        cache::human_size(freed),
-        places[0].display()
-    );
-    status
-}
-
-fn emit(line: std::fmt::Arguments) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_fmt(line)
-        .and_then(|()| stdout.write_all(b"\n"))
+/// Builds the `ukci` binary and becomes it, with `args`; returns only when
+/// that fails.
+fn run_ukci(root: &Path, args: &[OsString]) -> i32 {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    match Command::new(&cargo)
+        .args(["build", "--quiet", "--package", "ukci"])
+        .current_dir(root)
+        .status()
     {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(exitcode::OK);
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            eprintln!("error: building the ukci binary failed ({s})");
+            return CANNOT_RUN;
         }
-        eprintln!("error: cannot write the output: {e}");
-        std::process::exit(exitcode::HOST);
-    }
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn list_checks() -> i32 {
-    out!("guest checks (run inside the unikernel guest):");
-    for c in ukci_protocol::catalogue::CHECKS {
-        out!("  {:<28} {}", c.name, c.summary);
-        if !c.args.is_empty() {
-            let keys: Vec<&str> = c.args.iter().map(|a| a.key).collect();
-            out!("  {:<28} args: {}", "", keys.join(", "));
-        }
-    }
-    out!("host checks (run by the runner on the test host, with the SR-IOV PF):");
-    for c in ukci_runner::hostcheck::HOST_CHECKS {
-        out!("  {:<28} {}", c.name, c.summary);
-    }
-    exitcode::OK
-}
-
-fn list(layout: &Layout, sel: Selection) -> i32 {
-    let paths = manifest_paths(layout, sel.paths);
-    let manifests = match session::load_manifests(&paths) {
-        Ok(m) => m,
-        Err(d) => {
-            eprint!("{d}");
-            return exitcode::MANIFEST;
-        }
-    };
-    let mut opts = ukci_runner::plan::PlanOptions {
-        filter: sel.filter,
-        accel: sel.accel.map(Accel::from),
-        kernels: sel.kernels,
-        ..Default::default()
-    };
-    match session::resolve_kernels(layout, &manifests, &opts) {
-        Ok(k) => opts.resolved = k,
         Err(e) => {
-            eprintln!("error: {e}");
-            return e.code;
+            eprintln!("error: cannot run {}: {e}", cargo.to_string_lossy());
+            return CANNOT_RUN;
         }
     }
-    let plan = session::make_plan(layout, &manifests, &opts);
-    for t in &plan {
-        let what = match &t.decision {
-            ukci_runner::plan::Decision::Run => format!(
-                "run   {} {} cpu={} timeout={}s",
-                t.vm.machine.qemu_name(),
-                t.vm.accel,
-                t.vm.cpu,
-                t.timeout.as_secs_f64()
-            ),
-            ukci_runner::plan::Decision::Skip(why) => format!("skip  {why}"),
-        };
-        let lane = t
-            .boot
-            .as_ref()
-            .map_or(String::new(), |b| format!(" @ {}", b.label()));
-        out!("{:<36} {what}", format!("{}{lane}", t.id()));
-        out!("{:<36}   checks: {}", "", t.checks.join(", "));
-        for e in &t.expects {
-            let kind = if e.known_bug { "kfail" } else { "xfail" };
-            out!("{:<36}   {kind} {}: {}", "", e.result, e.reason);
-        }
-    }
-    if let Some(t) = plan.first() {
-        out!("\naccel auto: {} ({})", t.env.accel, t.env.accel_reason);
-    }
-    exitcode::OK
+    let ukci = ukci_binary(root);
+    let err = Command::new(&ukci)
+        .args(args)
+        .env("UKCI_INVOKED_AS", "cargo xtask")
+        .exec();
+    eprintln!("error: cannot run {}: {err}", ukci.display());
+    CANNOT_RUN
+}
+
+/// Where `cargo build` put the `ukci` binary: the debug profile of the
+/// target folder cargo uses.
+pub fn ukci_binary(root: &Path) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target = if target.is_relative() {
+        root.join(target)
+    } else {
+        target
+    };
+    target.join("debug").join("ukci")
 }

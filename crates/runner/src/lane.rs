@@ -205,7 +205,7 @@ pub struct LaneContext {
 /// file while this process runs, Linux reports it as "<path> (deleted)";
 /// the new file at that path is the same program.
 pub fn runner_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|_| "xtask".into());
+    let exe = std::env::current_exe().unwrap_or_else(|_| "ukci".into());
     let s = exe.to_string_lossy();
     match s.strip_suffix(" (deleted)") {
         Some(p) => PathBuf::from(p),

@@ -101,20 +101,20 @@ fn chromium(page: &Path, what: &[&str]) -> String {
 /// A relative `UKCI_BROWSER_REPORT` is taken from the checkout (cargo runs
 /// tests in the package's folder).
 fn report_folder(scratch: &Path) -> PathBuf {
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     if let Some(dir) = std::env::var_os("UKCI_BROWSER_REPORT") {
         let dir = root.join(dir);
         return std::fs::canonicalize(&dir)
             .unwrap_or_else(|e| panic!("UKCI_BROWSER_REPORT: {}: {e}", dir.display()));
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = Command::new(env!("CARGO_BIN_EXE_ukci"))
         .current_dir(root)
         .args(["test", "manifests/smoke.toml", "--filter", "smoke.microvm"])
         .arg("--reports")
         .arg(scratch)
         .env("CI", "1")
         .output()
-        .expect("xtask runs");
+        .expect("ukci runs");
     assert!(out.status.success(), "{out:?}");
     std::fs::canonicalize(scratch.join("latest")).unwrap()
 }

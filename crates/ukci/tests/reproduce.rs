@@ -33,7 +33,7 @@ reason = "deliberately wrong: boot.smoke passes under TCG, so it is an XPASS"
 
 /// The checkout: where `cargo xtask` is typed.
 fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 struct Run {
@@ -43,14 +43,14 @@ struct Run {
 
 /// `cargo xtask ARGS` as this build's binary, started in `dir`.
 fn xtask(dir: &Path, args: &[String], reports: &Path) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = Command::new(env!("CARGO_BIN_EXE_ukci"))
         .current_dir(dir)
         .args(args)
         .arg("--reports")
         .arg(reports)
         .env("CI", "1")
         .output()
-        .expect("xtask runs");
+        .expect("ukci runs");
     Run {
         code: out.status.code().unwrap_or(-1),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -6,10 +6,9 @@ use std::process::Command;
 use ukci_runner::exitcode;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .canonicalize()
         .unwrap()
-        .to_path_buf()
 }
 
 struct Run {
@@ -26,7 +25,7 @@ fn xtask_test(args: &[&str]) -> Run {
         std::process::id(),
         args.join("-").replace(['/', '*'], "_")
     ));
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = Command::new(env!("CARGO_BIN_EXE_ukci"))
         .current_dir(root())
         .arg("test")
         .args(args)
@@ -34,7 +33,7 @@ fn xtask_test(args: &[&str]) -> Run {
         .arg(&reports)
         .env("CI", "1")
         .output()
-        .expect("xtask runs");
+        .expect("ukci runs");
     let junit = std::fs::read_to_string(reports.join("latest/junit.xml")).unwrap_or_default();
     let logs_dir = reports.join("latest/logs");
     let mut logs: Vec<String> = files_under(&logs_dir)
@@ -200,20 +199,27 @@ fn malformed_manifests_exit_with_the_manifest_code_and_a_position() {
 
 #[test]
 fn the_command_line_names_itself_and_lists_every_check() {
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .current_dir(root())
-            .args(args)
-            .output()
-            .expect("xtask runs");
+    let run_as = |invoked_as: Option<&str>, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ukci"));
+        cmd.current_dir(root()).args(args);
+        match invoked_as {
+            Some(name) => cmd.env("UKCI_INVOKED_AS", name),
+            None => cmd.env_remove("UKCI_INVOKED_AS"),
+        };
+        let out = cmd.output().expect("ukci runs");
         assert!(out.status.success(), "{args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert!(run(&["--help"]).contains("Usage: cargo xtask <COMMAND>"));
-    assert!(run(&["list", "--help"]).contains("Usage: cargo xtask list"));
+    let run = |args: &[&str]| run_as(None, args);
+    assert!(run(&["--help"]).contains("Usage: ukci <COMMAND>"));
+    assert!(run(&["list", "--help"]).contains("Usage: ukci list"));
+    // Run by `cargo xtask`, it names that command.
+    let xtask = Some("cargo xtask");
+    assert!(run_as(xtask, &["--help"]).contains("Usage: cargo xtask <COMMAND>"));
+    assert!(run_as(xtask, &["list", "--help"]).contains("Usage: cargo xtask list"));
     assert_eq!(
         run(&["--version"]),
-        format!("cargo xtask {}\n", env!("CARGO_PKG_VERSION"))
+        format!("ukci {}\n", env!("CARGO_PKG_VERSION"))
     );
     let checks = run(&["list", "--checks"]);
     for name in [
@@ -236,23 +242,23 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     // as when `| head -1` has read its line.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = Command::new(env!("CARGO_BIN_EXE_ukci"))
         .current_dir(root())
         .args(["list", "--checks"])
         .stdout(writer)
         .stderr(std::process::Stdio::piped())
         .output()
-        .expect("xtask runs");
+        .expect("ukci runs");
     assert_eq!(out.status.code(), Some(exitcode::OK), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
 
 #[test]
 fn every_command_has_a_just_recipe() {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = Command::new(env!("CARGO_BIN_EXE_ukci"))
         .arg("--help")
         .output()
-        .expect("xtask runs");
+        .expect("ukci runs");
     let help = String::from_utf8_lossy(&out.stdout);
     let commands: Vec<&str> = help
         .lines()
@@ -370,7 +376,7 @@ fn the_ci_workflow_runs_the_generated_matrix() {
         "the test job must pass the generated arguments"
     );
     // And the generator's output for this repository is a non-empty include list.
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = Command::new(env!("CARGO_BIN_EXE_ukci"))
         .current_dir(root())
         .arg("matrix")
         .output()
@@ -410,7 +416,7 @@ fn qemu_children(pid: u32) -> Vec<u32> {
 /// Starts `xtask test` on the hang guest with `reports` as its reports
 /// folder, and waits until its VM runs; the child and its QEMUs.
 fn start_hang(reports: &Path) -> (std::process::Child, Vec<u32>) {
-    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ukci"))
         .current_dir(root())
         .args([
             "test",
@@ -492,7 +498,7 @@ fn the_next_run_reclaims_what_a_killed_run_left() {
     let report = entries(&reports);
     assert_eq!(report.len(), 1, "{report:?}");
     // Any run, even one that stops at its command line's filter.
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = Command::new(env!("CARGO_BIN_EXE_ukci"))
         .current_dir(root())
         .args(["test", "tests/manifests/selftest.toml", "--filter", "none"])
         .arg("--reports")
@@ -514,7 +520,7 @@ fn the_next_run_reclaims_what_a_killed_run_left() {
 
 #[test]
 fn an_unwritable_reports_folder_stops_the_run_before_any_vm() {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = Command::new(env!("CARGO_BIN_EXE_ukci"))
         .current_dir(root())
         .args([
             "test",
@@ -590,7 +596,7 @@ fn the_token_spelling_is_found() {
 #[test]
 fn no_token_reaches_a_file_even_after_an_interrupt_during_a_vf_guest() {
     let reports = std::env::temp_dir().join(format!("ukci-it-vfint-{}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ukci"))
         .current_dir(root())
         .args([
             "test",

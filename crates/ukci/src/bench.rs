@@ -250,7 +250,7 @@ fn cr_manifests(layout: &Layout, runs: usize) {
     let lane = LaneContext {
         images: layout.images(),
         results: std::env::temp_dir().join("ukci-bench-cr"),
-        agent: std::env::current_exe().unwrap_or_else(|_| "xtask".into()),
+        agent: std::env::current_exe().unwrap_or_else(|_| "ukci".into()),
         ..Default::default()
     };
     let mut vms = 0;

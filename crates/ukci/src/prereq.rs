@@ -153,7 +153,7 @@ fn on_path(name: &str) -> bool {
     })
 }
 
-pub fn is_root() -> bool {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc_geteuid() == 0 }
 }
@@ -309,7 +309,7 @@ fn install_just(sh: &Shell) -> Result<()> {
 }
 
 /// What only `cargo xtask ci` needs: Chromium, for the HTML report's test.
-pub fn install_ci_tools(sh: &Shell) -> Result<()> {
+fn install_ci_tools(sh: &Shell) -> Result<()> {
     if on_path(CHROMIUM) {
         return Ok(());
     }
@@ -326,15 +326,17 @@ pub fn install_ci_tools(sh: &Shell) -> Result<()> {
     Ok(())
 }
 
-/// Installs what `lacks` reports and `just`, and with `ci` what only `cargo
-/// xtask ci` needs; printing each action.
+/// Installs what `lacks` reports, printing each action; then for people
+/// `just`, for the justfile's recipes, or with `ci` what only `cargo xtask
+/// ci` needs instead (CI runs `cargo xtask` itself, not `just`).
 pub fn setup(layout: &Layout, ci: bool) -> Result<()> {
     let sh = Shell::new()?;
-    install_just(&sh)?;
+    install_missing(layout, &sh)?;
     if ci {
-        install_ci_tools(&sh)?;
+        install_ci_tools(&sh)
+    } else {
+        install_just(&sh)
     }
-    install_missing(layout, &sh)
 }
 
 fn install_missing(layout: &Layout, sh: &Shell) -> Result<()> {
