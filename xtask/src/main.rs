@@ -251,7 +251,7 @@ fn run(cli: Cli) -> i32 {
             journal,
             guest,
             scratch,
-        } => Ok(ukci_runner::vf::crash_child(
+        } => Ok(ukci_runner::hostcheck::vf_token::crash_child(
             &point, &pf, &journal, &guest, &scratch,
         )),
         Cmd::Agent {
@@ -321,7 +321,7 @@ fn list_checks() -> i32 {
         }
     }
     println!("host checks (run by the runner on the test host, with the SR-IOV PF):");
-    for c in ukci_runner::hostcheck::HOST_CHECKS {
+    for c in ukci_protocol::catalogue::HOST_CHECKS {
         println!("  {:<28} {}", c.name, c.summary);
     }
     exitcode::OK

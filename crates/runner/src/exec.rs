@@ -1,10 +1,11 @@
 //! Execution: runs the plan's VMs, `jobs` at a time, and emits events.
 //! Executors never format output; reporters consume the events.
 
-use crate::envmatch::Environment;
-use crate::hostcheck::{self, HostContext};
+use crate::events::{Event, TestRun};
+use crate::hostcheck;
+use crate::hostconfig::HostCheckContext;
 use crate::lane::{self, LaneContext};
-use crate::outcome::{self, Expect, Judged, Outcome, SubResult};
+use crate::outcome::{self, Expect, Outcome, SubResult};
 use crate::plan::{Decision, PlannedTest};
 use crate::qemu;
 use crate::qemu::VmDevice;
@@ -12,71 +13,7 @@ use crate::supervise::{End, Finished};
 use crate::vf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::time::Duration;
 use ukci_protocol::line::{self, Line};
-
-#[derive(Clone, Debug)]
-pub struct TestRun {
-    pub judged: Judged,
-    /// The serial log.
-    pub log: String,
-    pub stderr: String,
-    pub elapsed: Duration,
-    /// How QEMU ended; `None` for a test that did not run.
-    pub end: Option<End>,
-    /// Earlier runs of this test that gave no result, each as why (a wedged
-    /// virtual host); this run is the one that counts.
-    pub reruns: Vec<String>,
-    /// The environment the test ran in where it was decided while running
-    /// (inside a virtual host: its accelerator, KVM module, what KVM runs
-    /// on); otherwise the plan's.
-    pub env: Option<Environment>,
-}
-
-impl TestRun {
-    /// The serial log, followed by what QEMU wrote to stderr, if anything:
-    /// what a report keeps of the VM.
-    pub fn vm_log(&self) -> String {
-        let mut log = self.log.clone();
-        if !self.stderr.trim().is_empty() {
-            log.push_str("\n--- QEMU stderr ---\n");
-            log.push_str(&self.stderr);
-        }
-        log
-    }
-
-    /// A run that booted nothing: only these results.
-    pub fn without_vm(results: Vec<SubResult>) -> Self {
-        TestRun {
-            judged: Judged {
-                results,
-                infos: vec![],
-            },
-            log: String::new(),
-            stderr: String::new(),
-            elapsed: Duration::ZERO,
-            end: None,
-            reruns: vec![],
-            env: None,
-        }
-    }
-}
-
-#[derive(Debug)]
-pub enum Event {
-    Started {
-        idx: usize,
-    },
-    /// One line of a running VM's serial output.
-    Output {
-        idx: usize,
-        line: String,
-    },
-    Finished {
-        idx: usize,
-        run: Box<TestRun>,
-    },
-}
 
 /// A unit of work for one worker: a test on this host, or one boot of a
 /// virtual host with every test that runs inside it.
@@ -165,7 +102,7 @@ fn run_local(plan: &[PlannedTest], idx: usize, lane: &LaneContext, events: &Send
 
 /// Runs one test: creates its scratch images, boots the VM, judges the
 /// result, applies the expectations, removes the images.
-pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str)) -> TestRun {
+pub fn run_one(t: &PlannedTest, host: &HostCheckContext, mut on_line: impl FnMut(&str)) -> TestRun {
     let no_pf = (host.pf.is_none() && t.vm.devices.contains(&VmDevice::NvmeVf))
         .then(|| format!("no SR-IOV PF to take a VF from: {}", host.pf_source));
     if let Some(why) = no_pf.as_ref().or(match &t.decision {
@@ -223,7 +160,7 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
 }
 
 /// Host checks run here, in the runner; their output reads like a guest's.
-fn host_checks(t: &PlannedTest, host: &HostContext) -> Finished {
+fn host_checks(t: &PlannedTest, host: &HostCheckContext) -> Finished {
     let start = std::time::Instant::now();
     let out = hostcheck::run(&t.checks, host);
     let status = out

@@ -11,7 +11,7 @@
 //! shown by few, and would mix several VMs. The whole log is also in
 //! `logs/<suite>@<env>/<test>.log`.
 
-use crate::exec::TestRun;
+use crate::events::TestRun;
 use crate::outcome::Outcome;
 use crate::plan::PlannedTest;
 use quick_junit::{

@@ -4,182 +4,15 @@
 //! serial console; the same events are kept in the results folder, which is
 //! what counts when the console interleaved them with kernel messages.
 
-use crate::envmatch::Environment;
-use crate::exec::{Event, TestRun};
-use crate::hostcheck::HostContext;
-use crate::outcome::{Judged, Outcome, SubResult};
+use crate::events::{EVENTS_FILE, Event, STARTED, TestRun, WireRun};
+use crate::hostconfig::HostCheckContext;
+use crate::outcome::{Outcome, SubResult};
 use crate::plan::PlannedTest;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
-use std::time::Duration;
-use ukci_vfio::token;
 use ukci_vhost::boot::{self, Agent, BootConfig, BootError};
 use ukci_vhost::initramfs::{self, InitramfsSpec};
-
-/// Prefix of an event line on the agent's stdout.
-pub const EVENT: &str = "ukci-event: ";
-/// Prefix of the line the agent prints when a test starts (its id follows).
-pub const STARTED: &str = "ukci-started: ";
-/// The file in the results folder that holds every event line.
-pub const EVENTS_FILE: &str = "events.jsonl";
-
-/// One finished test, as the agent reports it.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WireRun {
-    pub test: String,
-    pub results: Vec<WireResult>,
-    pub infos: Vec<String>,
-    pub log: String,
-    pub stderr: String,
-    pub elapsed_ms: u64,
-    /// `uname -r` of the host the agent ran on.
-    #[serde(default)]
-    pub host_kernel: String,
-    /// Digests of every VF token the agent has used so far, for the
-    /// runner's end-of-run scan (never the tokens themselves).
-    #[serde(default)]
-    pub tokens: Vec<String>,
-    /// What the agent decided and found for this test: the accelerator
-    /// and the KVM it ran on.
-    #[serde(default)]
-    pub env: Option<WireEnv>,
-}
-
-/// The part of a test's environment only the agent knows.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WireEnv {
-    pub accel: String,
-    pub accel_reason: String,
-    pub kvm_module: Option<String>,
-    pub kvm_host: Option<String>,
-    pub kvm_log: String,
-    pub cpu_model: String,
-    /// What [`KVM_BUILD_MARKER`] said: the patch set of a KVM built by ukci.
-    #[serde(default)]
-    pub kvm_build: Option<String>,
-}
-
-impl WireEnv {
-    pub fn of(env: &Environment) -> WireEnv {
-        WireEnv {
-            accel: env.accel.clone(),
-            accel_reason: env.accel_reason.clone(),
-            kvm_module: env.kvm_module.clone(),
-            kvm_host: env.kvm_host.clone(),
-            kvm_log: env.kvm_log.clone(),
-            cpu_model: env.cpu_model.clone(),
-            kvm_build: env.kvm_build.clone(),
-        }
-    }
-
-    /// The planned environment of a virtual-lane test, completed with what
-    /// the agent found.
-    pub fn apply(self, planned: &Environment) -> Environment {
-        Environment {
-            accel: self.accel,
-            accel_reason: self.accel_reason,
-            kvm_module: self.kvm_module,
-            kvm_host: self.kvm_host.or_else(|| planned.kvm_host.clone()),
-            kvm_log: self.kvm_log,
-            cpu_model: self.cpu_model,
-            kvm_build: self.kvm_build,
-            ..planned.clone()
-        }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WireResult {
-    pub name: String,
-    pub outcome: String,
-    pub message: Option<String>,
-    pub detail: Option<String>,
-}
-
-impl WireRun {
-    pub fn new(test: &str, run: &TestRun) -> Self {
-        WireRun {
-            test: test.to_string(),
-            results: run
-                .judged
-                .results
-                .iter()
-                .map(|r| WireResult {
-                    name: r.name.clone(),
-                    outcome: r.outcome.word().to_string(),
-                    message: r.outcome.message().map(str::to_string),
-                    detail: r.detail.clone(),
-                })
-                .collect(),
-            infos: run.judged.infos.clone(),
-            log: run.log.clone(),
-            stderr: run.stderr.clone(),
-            elapsed_ms: run.elapsed.as_millis() as u64,
-            host_kernel: String::new(),
-            tokens: token::remembered().iter().map(|d| d.to_string()).collect(),
-            env: run.env.as_ref().map(WireEnv::of),
-        }
-    }
-
-    /// The same, naming the kernel it ran on.
-    pub fn on_kernel(mut self, release: &str) -> Self {
-        self.host_kernel = release.to_string();
-        self
-    }
-
-    /// The run, after remembering the agent's token digests for the scan.
-    pub fn into_run(self) -> TestRun {
-        for d in self.tokens.iter().filter_map(|t| token::Digest::parse(t)) {
-            token::remember(d);
-        }
-        let results = self
-            .results
-            .into_iter()
-            .map(|r| {
-                let m = r.message.unwrap_or_default();
-                let outcome = match r.outcome.as_str() {
-                    "pass" => Outcome::Pass,
-                    "fail" => Outcome::Fail(m),
-                    "skip" => Outcome::Skip(m),
-                    "xfail" => Outcome::Xfail(m),
-                    "xpass" => Outcome::Xpass(m),
-                    "error" => Outcome::Error(m),
-                    other => {
-                        Outcome::Error(format!("the agent sent an unknown outcome `{other}`: {m}"))
-                    }
-                };
-                SubResult {
-                    name: r.name,
-                    outcome,
-                    detail: r.detail,
-                }
-            })
-            .collect();
-        TestRun {
-            judged: Judged {
-                results,
-                infos: self.infos,
-            },
-            log: self.log,
-            stderr: self.stderr,
-            elapsed: Duration::from_millis(self.elapsed_ms),
-            end: None,
-            reruns: vec![],
-            env: None,
-        }
-    }
-
-    pub fn to_line(&self) -> String {
-        format!("{EVENT}{}", serde_json::to_string(self).unwrap_or_default())
-    }
-
-    pub fn from_line(line: &str) -> Option<WireRun> {
-        let json = line.trim_end_matches('\r').split_once(EVENT)?.1;
-        serde_json::from_str(json).ok()
-    }
-}
 
 /// What executing a plan needs besides the plan.
 #[derive(Clone, Debug, Default)]
@@ -193,7 +26,7 @@ pub struct LaneContext {
     /// This runner's own binary, started as the agent inside the host.
     pub agent: PathBuf,
     /// For host checks and VF guests on this host.
-    pub host: HostContext,
+    pub host: HostCheckContext,
 }
 
 /// This runner's binary, to start as the agent. When a rebuild replaced the
@@ -573,40 +406,6 @@ mod tests {
         };
         assert!(wrong_kvm(Some(&own), None, "").is_none());
         assert!(wrong_kvm(None, Some("cr-pin-v3"), "").is_none());
-    }
-
-    #[test]
-    fn events_round_trip_through_a_console_line() {
-        let run = TestRun {
-            judged: Judged {
-                results: vec![
-                    SubResult {
-                        name: "vfio.env: IOMMU groups present".into(),
-                        outcome: Outcome::Pass,
-                        detail: Some("iommu_groups=7".into()),
-                    },
-                    SubResult {
-                        name: "x".into(),
-                        outcome: Outcome::Skip("why (nested)".into()),
-                        detail: None,
-                    },
-                ],
-                infos: vec!["i".into()],
-            },
-            log: "PASS: a\r\n".into(),
-            stderr: String::new(),
-            elapsed: Duration::from_millis(12),
-            end: None,
-            reruns: vec![],
-            env: None,
-        };
-        let line = WireRun::new("vhost-smoke.env", &run).to_line();
-        assert!(!line.contains('\n'));
-        let noisy = format!("[   3.1] random: crng init done\r{line}\r");
-        let back = WireRun::from_line(&noisy).unwrap().into_run();
-        assert_eq!(back.judged, run.judged);
-        assert_eq!(back.log, run.log);
-        assert!(WireRun::from_line("ukci-event: {\"test\": trunc").is_none());
     }
 
     /// One boot: the tests it reports and how it ends.

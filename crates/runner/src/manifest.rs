@@ -8,9 +8,8 @@
 
 use crate::diag::{Diagnostic, Diagnostics, SourceFile, shown};
 use crate::envmatch::EnvMatch;
-use crate::hostcheck;
-use crate::outcome::{glob, glob_prefix};
 use crate::units::{ByteSize, Timeout};
+use crate::units::{glob, glob_prefix};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -825,7 +824,7 @@ fn validate_test(m: &Manifest, t: &Test, src: &SourceFile, diags: &mut Diagnosti
         .checks
         .get_ref()
         .iter()
-        .filter(|c| hostcheck::find(c.get_ref()).is_some())
+        .filter(|c| catalogue::find_host(c.get_ref()).is_some())
         .count();
     if host > 0 && host < t.checks.get_ref().len() {
         diags.push(src.at(
@@ -835,7 +834,7 @@ fn validate_test(m: &Manifest, t: &Test, src: &SourceFile, diags: &mut Diagnosti
         ));
     }
     for c in t.checks.get_ref() {
-        if hostcheck::find(c.get_ref()).is_some() {
+        if catalogue::find_host(c.get_ref()).is_some() {
             continue;
         }
         match catalogue::find(c.get_ref()) {
@@ -962,7 +961,7 @@ fn suggest_check(name: &str) -> String {
     let close: Vec<&str> = catalogue::CHECKS
         .iter()
         .map(|c| c.name)
-        .chain(hostcheck::HOST_CHECKS.iter().map(|c| c.name))
+        .chain(catalogue::HOST_CHECKS.iter().map(|c| c.name))
         .filter(|c| {
             let family = name.split('.').next().unwrap_or(name);
             c.starts_with(family) || strsim(c, name) <= 3

@@ -3,11 +3,9 @@
 
 use crate::envmatch::{Environment, VirtualHost};
 use crate::host::{AccelChoice, HostFacts};
-use crate::hostcheck;
 use crate::manifest::{Accel, DeviceKind, ExpectedOutcome, MachineType, Manifest};
-use crate::outcome::glob;
 use crate::qemu::{self, VmConfig, VmDevice};
-use crate::units::ByteSize;
+use crate::units::{ByteSize, glob};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -371,7 +369,7 @@ pub fn plan(
                         .checks
                         .get_ref()
                         .iter()
-                        .all(|c| hostcheck::find(c.get_ref()).is_some()),
+                        .all(|c| catalogue::find_host(c.get_ref()).is_some()),
                     boot: boot.clone(),
                 });
             }

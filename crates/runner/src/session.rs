@@ -1,10 +1,11 @@
 //! One `cargo xtask test` run: manifests → plan → execute → reports.
 
 use crate::diag::Diagnostics;
-use crate::exec::{self, Event, TestRun};
+use crate::events::{self, Event, TestRun, WireRun};
+use crate::exec;
 use crate::host::{self, AccelChoice, HostFacts};
-use crate::hostcheck::{self, HostContext};
-use crate::lane::{self, LaneContext, WireRun};
+use crate::hostconfig::{self, HostCheckContext};
+use crate::lane::{self, LaneContext};
 use crate::manifest::{self, Accel, Manifest};
 use crate::outcome::Outcome;
 use crate::plan::{self, Decision, PlanOptions, PlannedTest};
@@ -327,7 +328,7 @@ pub fn restore(layout: &Layout) -> Restored {
     let config = layout.host_config();
     // A host config that does not read names no PF: entries for it are
     // then kept and reported, never replayed unguarded.
-    let pf = hostcheck::local_pf(&config).ok().and_then(|(pf, _)| pf);
+    let pf = hostconfig::local_pf(&config).ok().and_then(|(pf, _)| pf);
     restore_with(
         ukci_vfio::Sysfs::system(),
         &layout.journal(),
@@ -398,7 +399,7 @@ fn restore_with(
 
 /// Runs the tests and writes the reports; returns the exit status.
 pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) -> i32 {
-    let (pf, pf_source) = match hostcheck::local_pf(&layout.host_config()) {
+    let (pf, pf_source) = match hostconfig::local_pf(&layout.host_config()) {
         Ok(pf) => pf,
         Err(d) => {
             eprint!("{d}");
@@ -475,7 +476,7 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
         cache: layout.cache(),
         results: dir.join("vhost"),
         agent: lane::runner_binary(),
-        host: HostContext {
+        host: HostCheckContext {
             pf,
             pf_source,
             journal: layout.journal(),
@@ -590,7 +591,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
     .into_iter()
     .filter(|t| tests.is_empty() || tests.contains(&t.test))
     .collect();
-    let events_path = results.join(lane::EVENTS_FILE);
+    let events_path = results.join(events::EVENTS_FILE);
     let mut events = match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -613,7 +614,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
         cache: layout.cache(),
         results: results.to_path_buf(),
         agent: PathBuf::new(),
-        host: HostContext {
+        host: HostCheckContext {
             pf_source: if pf.is_some() {
                 "the virtual host's SR-IOV NVMe".into()
             } else {
@@ -630,7 +631,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
         s.spawn(|| exec::execute(&plan, jobs, &lane_ctx, tx));
         for e in rx {
             if let Event::Started { idx } = e {
-                println!("\n{}{}", lane::STARTED, plan[idx].id());
+                println!("\n{}{}", events::STARTED, plan[idx].id());
             } else if let Event::Finished { idx, mut run } = e {
                 run.env = Some(plan[idx].env.clone());
                 let w = WireRun::new(&plan[idx].id(), &run).on_kernel(&facts.host_kernel);
