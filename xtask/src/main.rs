@@ -9,10 +9,11 @@ mod ci;
 mod guest;
 mod prereq;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use ukci_runner::exitcode;
-use ukci_runner::manifest::Accel;
+use ukci_runner::manifest::AccelRequest;
 use ukci_runner::session::{self, Layout, TestOptions};
 
 #[derive(Parser)]
@@ -28,21 +29,10 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum AccelArg {
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl From<AccelArg> for Accel {
-    fn from(a: AccelArg) -> Accel {
-        match a {
-            AccelArg::Auto => Accel::Auto,
-            AccelArg::Kvm => Accel::Kvm,
-            AccelArg::Tcg => Accel::Tcg,
-        }
-    }
+/// `--accel`: one of the words manifests use.
+fn accel_parser() -> impl TypedValueParser<Value = AccelRequest> {
+    PossibleValuesParser::new(AccelRequest::WORDS)
+        .map(|w| AccelRequest::from_word(&w).expect("a word of AccelRequest::WORDS"))
 }
 
 #[derive(clap::Args)]
@@ -53,8 +43,8 @@ struct Selection {
     #[arg(long)]
     filter: Option<String>,
     /// Accelerator for every test, overriding the manifests.
-    #[arg(long, value_enum)]
-    accel: Option<AccelArg>,
+    #[arg(long, value_parser = accel_parser())]
+    accel: Option<AccelRequest>,
     /// Host kernel for the virtual suites (`debian:6.12`, `dir:PATH`);
     /// repeatable; replaces the manifests' kernel lists.
     #[arg(long = "kernel", value_name = "KERNEL")]
@@ -220,7 +210,7 @@ fn run(cli: Cli) -> i32 {
             let opts = TestOptions {
                 kernels: sel.kernels,
                 filter: sel.filter,
-                accel: sel.accel.map(Accel::from),
+                accel: sel.accel,
                 jobs: jobs.unwrap_or_else(cores),
                 strict,
             };
@@ -338,7 +328,7 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
     };
     let mut opts = ukci_runner::plan::PlanOptions {
         filter: sel.filter,
-        accel: sel.accel.map(Accel::from),
+        accel: sel.accel,
         kernels: sel.kernels,
         ..Default::default()
     };
@@ -355,7 +345,7 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
             ukci_runner::plan::Decision::Run => format!(
                 "run   {} {} cpu={} timeout={}s",
                 t.vm.machine.qemu_name(),
-                t.vm.accel,
+                t.env.accel_word(),
                 t.vm.cpu,
                 t.timeout.as_secs_f64()
             ),
@@ -373,7 +363,11 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
         }
     }
     if let Some(t) = plan.first() {
-        println!("\naccel auto: {} ({})", t.env.accel, t.env.accel_reason);
+        println!(
+            "\naccel auto: {} ({})",
+            t.env.accel_word(),
+            t.env.accel_reason
+        );
     }
     exitcode::OK
 }

@@ -198,7 +198,7 @@ pub fn doctor(layout: &Layout) -> i32 {
                 host::KVM_PROBE_LIMIT,
             );
             println!("accel auto    {} ({})", c.accel, c.reason);
-            if c.accel == "tcg" {
+            if c.accel == ukci_vhost::accel::Accel::Tcg {
                 println!(
                     "              KVM is present but not usable for the guest: tests run under TCG."
                 );

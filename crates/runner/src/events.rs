@@ -9,6 +9,7 @@ use crate::supervise::End;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use ukci_vfio::token;
+use ukci_vhost::accel::Accel;
 
 #[derive(Clone, Debug)]
 pub struct TestRun {
@@ -102,7 +103,8 @@ pub struct WireRun {
     pub env: Option<WireEnv>,
 }
 
-/// The part of a test's environment only the agent knows.
+/// The part of a test's environment only the agent knows; the accelerators
+/// as their words (`kvm`, `tcg`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WireEnv {
     pub accel: String,
@@ -120,10 +122,10 @@ pub struct WireEnv {
 impl WireEnv {
     pub fn of(env: &Environment) -> WireEnv {
         WireEnv {
-            accel: env.accel.clone(),
+            accel: env.accel_word().to_string(),
             accel_reason: env.accel_reason.clone(),
             kvm_module: env.kvm_module.clone(),
-            kvm_host: env.kvm_host.clone(),
+            kvm_host: env.kvm_host.map(|a| a.word().to_string()),
             kvm_log: env.kvm_log.clone(),
             cpu_model: env.cpu_model.clone(),
             kvm_build: env.kvm_build.clone(),
@@ -134,10 +136,14 @@ impl WireEnv {
     /// the agent found.
     pub fn apply(self, planned: &Environment) -> Environment {
         Environment {
-            accel: self.accel,
+            accel: Accel::from_word(&self.accel),
             accel_reason: self.accel_reason,
             kvm_module: self.kvm_module,
-            kvm_host: self.kvm_host.or_else(|| planned.kvm_host.clone()),
+            kvm_host: self
+                .kvm_host
+                .as_deref()
+                .and_then(Accel::from_word)
+                .or(planned.kvm_host),
             kvm_log: self.kvm_log,
             cpu_model: self.cpu_model,
             kvm_build: self.kvm_build,

@@ -6,9 +6,8 @@ use crate::hostcheck;
 use crate::hostconfig::HostCheckContext;
 use crate::lane::{self, LaneContext};
 use crate::outcome::{self, Expect, Outcome, SubResult};
-use crate::plan::{Decision, PlannedTest};
+use crate::plan::{Decision, PlannedTest, TestKind};
 use crate::qemu;
-use crate::qemu::VmDevice;
 use crate::supervise::{End, Finished};
 use crate::vf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,11 +22,6 @@ pub enum Work {
     /// Tests that use the host's PF: one after the other, never two at once.
     Serial(Vec<usize>),
     Boot(Vec<usize>),
-}
-
-/// Whether a test uses the host's PF (host checks, a VF for its guest).
-fn uses_pf(t: &PlannedTest) -> bool {
-    t.host_checks || t.vm.devices.contains(&VmDevice::NvmeVf)
 }
 
 /// Groups the plan into work. Virtual boots come first: they take longest.
@@ -46,7 +40,7 @@ pub fn work_items(plan: &[PlannedTest]) -> Vec<Work> {
                     None => boots.push(vec![i]),
                 }
             }
-            (None, Decision::Run) if uses_pf(t) => serial.push(i),
+            (None, Decision::Run) if t.kind.uses_pf() => serial.push(i),
             _ => local.push(Work::Local(i)),
         }
     }
@@ -103,7 +97,7 @@ fn run_local(plan: &[PlannedTest], idx: usize, lane: &LaneContext, events: &Send
 /// Runs one test: creates its scratch images, boots the VM, judges the
 /// result, applies the expectations, removes the images.
 pub fn run_one(t: &PlannedTest, host: &HostCheckContext, mut on_line: impl FnMut(&str)) -> TestRun {
-    let no_pf = (host.pf.is_none() && t.vm.devices.contains(&VmDevice::NvmeVf))
+    let no_pf = (host.pf.is_none() && t.kind == TestKind::GuestWithVf)
         .then(|| format!("no SR-IOV PF to take a VF from: {}", host.pf_source));
     if let Some(why) = no_pf.as_ref().or(match &t.decision {
         Decision::Skip(why) => Some(why),
@@ -127,12 +121,10 @@ pub fn run_one(t: &PlannedTest, host: &HostCheckContext, mut on_line: impl FnMut
             detail: None,
         }]);
     }
-    let fin = if t.host_checks {
-        host_checks(t, host)
-    } else if t.vm.devices.contains(&VmDevice::NvmeVf) {
-        vf::run_guest_with_vf(host, &t.vm, t.timeout, &mut on_line)
-    } else {
-        qemu::run(&t.vm, t.timeout, on_line)
+    let fin = match t.kind {
+        TestKind::HostChecks => host_checks(t, host),
+        TestKind::GuestWithVf => vf::run_guest_with_vf(host, &t.vm, t.timeout, &mut on_line),
+        TestKind::Guest => qemu::run(&t.vm, t.timeout, on_line),
     };
     for s in &t.scratch {
         let _ = std::fs::remove_file(&s.path);

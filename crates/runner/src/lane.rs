@@ -343,7 +343,7 @@ fn boot_and_run(
         env: [
             ("CI", "1"),
             (PF_ENV, VIRTUAL_PF),
-            (KVM_HOST_ENV, crate::plan::VHOST_ACCEL),
+            (KVM_HOST_ENV, crate::plan::VHOST_ACCEL.word()),
         ]
         .into_iter()
         .chain(boot.accel.map(|a| (ACCEL_ENV, a.word())))

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 use ukci_protocol::catalogue;
+use ukci_vhost::accel::Accel;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +56,7 @@ pub struct SuiteInfo {
 #[serde(deny_unknown_fields)]
 pub struct MachineSettings {
     pub machine: Option<MachineType>,
-    pub accel: Option<Accel>,
+    pub accel: Option<AccelRequest>,
     /// A QEMU `-cpu` model name.
     pub cpu: Option<Spanned<String>>,
     pub memory: Option<Spanned<ByteSize>>,
@@ -170,29 +171,43 @@ impl MachineType {
     }
 }
 
+/// The accelerator a manifest or `--accel` asks for: one
+/// ([`Accel`]), or `auto`, which the plan resolves by a probe boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Accel {
+pub enum AccelRequest {
     /// KVM when it is usable for the guest, else TCG.
     Auto,
     Kvm,
     Tcg,
 }
 
-impl Accel {
+impl AccelRequest {
+    /// Every request, as manifests and `--accel` spell them.
+    pub const WORDS: [&'static str; 3] = ["auto", "kvm", "tcg"];
+
     /// As manifests and `--accel` spell it.
     pub fn word(self) -> &'static str {
         match self {
-            Accel::Auto => "auto",
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
+            AccelRequest::Auto => "auto",
+            AccelRequest::Kvm => "kvm",
+            AccelRequest::Tcg => "tcg",
         }
     }
 
-    pub fn from_word(w: &str) -> Option<Accel> {
-        [Accel::Auto, Accel::Kvm, Accel::Tcg]
+    pub fn from_word(w: &str) -> Option<AccelRequest> {
+        [AccelRequest::Auto, AccelRequest::Kvm, AccelRequest::Tcg]
             .into_iter()
             .find(|a| a.word() == w)
+    }
+
+    /// The accelerator asked for, unless that is left to `auto`.
+    pub fn fixed(self) -> Option<Accel> {
+        match self {
+            AccelRequest::Auto => None,
+            AccelRequest::Kvm => Some(Accel::Kvm),
+            AccelRequest::Tcg => Some(Accel::Tcg),
+        }
     }
 }
 
@@ -206,7 +221,7 @@ pub struct Test {
     #[serde(default)]
     pub args: BTreeMap<Spanned<String>, Spanned<ArgValue>>,
     pub machine: Option<MachineType>,
-    pub accel: Option<Accel>,
+    pub accel: Option<AccelRequest>,
     pub cpu: Option<Spanned<String>>,
     pub memory: Option<Spanned<ByteSize>>,
     pub smp: Option<Spanned<u32>>,

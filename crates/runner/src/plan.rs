@@ -3,13 +3,14 @@
 
 use crate::envmatch::{Environment, VirtualHost};
 use crate::host::{AccelChoice, HostFacts};
-use crate::manifest::{Accel, DeviceKind, ExpectedOutcome, MachineType, Manifest};
+use crate::manifest::{AccelRequest, DeviceKind, ExpectedOutcome, MachineType, Manifest};
 use crate::qemu::{self, VmConfig, VmDevice};
 use crate::units::{ByteSize, glob};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ukci_protocol::catalogue;
+use ukci_vhost::accel::Accel;
 use ukci_vhost::boot::Topology;
 use ukci_vhost::kernel::Kernel;
 
@@ -21,7 +22,7 @@ pub struct PlanOptions {
     /// Glob (or substring) over `suite.test`.
     pub filter: Option<String>,
     /// Overrides every manifest's accelerator.
-    pub accel: Option<Accel>,
+    pub accel: Option<AccelRequest>,
     /// `--kernel`: replaces the kernel list of every virtual suite.
     pub kernels: Vec<String>,
     /// The kernels virtual suites boot, resolved before planning.
@@ -50,7 +51,7 @@ pub struct VirtualBoot {
     pub topology: Topology,
     pub timeout: Duration,
     /// `--accel`, which the agent applies to every test as this run does.
-    pub accel: Option<Accel>,
+    pub accel: Option<AccelRequest>,
     /// The KVM this boot loads, where the lane declares variants.
     pub kvm: Option<KvmVariant>,
 }
@@ -115,7 +116,7 @@ pub const DEFAULT_LANE_TIMEOUT: Duration = Duration::from_secs(600);
 /// What the virtual host emulates.
 pub const IOMMU: &str = "intel-iommu,intremap=on,caching-mode=on";
 /// What the virtual host runs under, so what its KVM runs on.
-pub const VHOST_ACCEL: &str = "tcg";
+pub const VHOST_ACCEL: Accel = Accel::Tcg;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -138,6 +139,25 @@ pub struct ScratchImage {
     pub size: ByteSize,
 }
 
+/// What a test runs, and so how the executor runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestKind {
+    /// Guest checks in a VM.
+    Guest,
+    /// Guest checks in a VM given a VF of the host's SR-IOV PF, which the
+    /// executor brings online for exactly as long as the VM runs.
+    GuestWithVf,
+    /// Host checks, run in the runner itself, not in a VM.
+    HostChecks,
+}
+
+impl TestKind {
+    /// Whether the test uses the host's PF (at most one such test at a time).
+    pub fn uses_pf(self) -> bool {
+        self != TestKind::Guest
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PlannedTest {
     pub suite: String,
@@ -150,8 +170,7 @@ pub struct PlannedTest {
     pub decision: Decision,
     pub expects: Vec<PlannedExpect>,
     pub scratch: Vec<ScratchImage>,
-    /// Host checks run in the runner itself, not in a VM.
-    pub host_checks: bool,
+    pub kind: TestKind,
     /// Set for a test of a virtual lane: the boot it runs in.
     pub boot: Option<VirtualBoot>,
 }
@@ -215,26 +234,32 @@ pub fn plan(
                     continue;
                 }
                 let d = &m.defaults;
-                let requested = opts.accel.or(t.accel).or(d.accel).unwrap_or(Accel::Auto);
+                let requested = opts
+                    .accel
+                    .or(t.accel)
+                    .or(d.accel)
+                    .unwrap_or(AccelRequest::Auto);
                 let (accel, accel_reason) = match (boot, requested) {
                     // The agent decides, as this host decides `auto`: by a
                     // probe boot under the virtual host's own KVM.
                     (Some(_), a) => (
-                        a.word().to_string(),
+                        a.fixed(),
                         "decided inside the virtual host (a probe boot under its KVM)".to_string(),
                     ),
-                    (None, Accel::Auto) => (auto.accel.clone(), auto.reason.clone()),
-                    (None, Accel::Kvm) => ("kvm".to_string(), "requested".to_string()),
-                    (None, Accel::Tcg) => ("tcg".to_string(), "requested".to_string()),
+                    (None, AccelRequest::Auto) => (Some(auto.accel), auto.reason.clone()),
+                    (None, a) => (a.fixed(), "requested".to_string()),
                 };
+                // A virtual lane's test left to `auto` is planned again by
+                // the agent, VM included; here its VM is never started.
+                let vm_accel = accel.unwrap_or(Accel::Tcg);
                 let env = match boot {
                     None => Environment {
-                        accel: accel.clone(),
+                        accel,
                         accel_reason,
                         qemu_version: host.qemu_version.clone().unwrap_or_default(),
                         host_kernel: host.host_kernel.clone(),
                         kvm_module: host.kvm_module.clone(),
-                        kvm_host: host.kvm_host.clone(),
+                        kvm_host: host.kvm_host,
                         kvm_log: host.kvm_log.clone(),
                         kvm_variant: host.kvm_variant.clone(),
                         kvm_build: host.kvm_build.clone(),
@@ -242,12 +267,12 @@ pub fn plan(
                         virtual_host: None,
                     },
                     Some(b) => Environment {
-                        accel: accel.clone(),
+                        accel,
                         accel_reason,
                         qemu_version: host.qemu_version.clone().unwrap_or_default(),
                         host_kernel: b.kernel.release.clone(),
                         kvm_module: None,
-                        kvm_host: Some(VHOST_ACCEL.to_string()),
+                        kvm_host: Some(VHOST_ACCEL),
                         kvm_log: String::new(),
                         kvm_variant: b.kvm.as_ref().map(|k| k.name.clone()),
                         kvm_build: None,
@@ -266,7 +291,7 @@ pub fn plan(
                     .as_ref()
                     .or(d.cpu.as_ref())
                     .map(|c| c.get_ref().clone())
-                    .unwrap_or_else(|| qemu::default_cpu(&accel, host.kvm_module.as_deref()));
+                    .unwrap_or_else(|| qemu::default_cpu(vm_accel, host.kvm_module.as_deref()));
                 let checks: Vec<String> = t
                     .checks
                     .get_ref()
@@ -286,9 +311,10 @@ pub fn plan(
 
                 let mut scratch = Vec::new();
                 let mut devices = Vec::new();
+                let mut with_vf = false;
                 for (i, dev) in t.devices.iter().enumerate() {
                     match dev.kind.get_ref() {
-                        DeviceKind::NvmeVf => devices.push(VmDevice::NvmeVf),
+                        DeviceKind::NvmeVf => with_vf = true,
                         DeviceKind::Nvme => {
                             let path = scratch_dir.join(format!("{id}.{i}.img"));
                             scratch.push(ScratchImage {
@@ -318,8 +344,8 @@ pub fn plan(
 
                 let vm = VmConfig {
                     machine,
-                    pit: qemu::machine_has_pit(machine, &accel, host.kvm_host.as_deref()),
-                    accel: accel.clone(),
+                    pit: qemu::machine_has_pit(machine, vm_accel, host.kvm_host),
+                    accel: vm_accel,
                     cpu,
                     memory: t
                         .memory
@@ -365,11 +391,18 @@ pub fn plan(
                     decision,
                     expects,
                     scratch,
-                    host_checks: t
+                    kind: if t
                         .checks
                         .get_ref()
                         .iter()
-                        .all(|c| catalogue::find_host(c.get_ref()).is_some()),
+                        .all(|c| catalogue::find_host(c.get_ref()).is_some())
+                    {
+                        TestKind::HostChecks
+                    } else if with_vf {
+                        TestKind::GuestWithVf
+                    } else {
+                        TestKind::Guest
+                    },
                     boot: boot.clone(),
                 });
             }
@@ -409,7 +442,7 @@ fn decide(
         }
         return Decision::Run;
     }
-    if env.accel == "kvm"
+    if env.accel == Some(Accel::Kvm)
         && env.virtual_host.is_none()
         && let Err(e) = &host.dev_kvm
     {
@@ -445,7 +478,7 @@ pub(crate) mod tests {
 
     fn auto() -> AccelChoice {
         AccelChoice {
-            accel: "tcg".into(),
+            accel: Accel::Tcg,
             reason: "auto: probe timed out".into(),
         }
     }
@@ -491,7 +524,7 @@ reason = "why"
         let p = plan_of(TEXT, PlanOptions::default());
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].vm.machine, MachineType::Pc);
-        assert_eq!(p[0].vm.accel, "tcg");
+        assert_eq!(p[0].vm.accel, Accel::Tcg);
         assert_eq!(p[0].env.accel_reason, "auto: probe timed out");
         assert_eq!(p[0].vm.cpu, "max");
         assert_eq!(p[0].timeout, Duration::from_secs(3));
@@ -512,12 +545,12 @@ reason = "why"
             TEXT,
             PlanOptions {
                 filter: Some("s.b".into()),
-                accel: Some(Accel::Tcg),
+                accel: Some(AccelRequest::Tcg),
                 ..Default::default()
             },
         );
         assert_eq!(p.len(), 1);
-        assert_eq!(p[0].vm.accel, "tcg");
+        assert_eq!(p[0].vm.accel, Accel::Tcg);
         assert_eq!(p[0].env.accel_reason, "requested");
     }
 
@@ -595,17 +628,30 @@ requires = { host_kernel = ">=6.12" }
     #[test]
     fn a_virtual_suite_plans_every_test_once_per_kernel() {
         let p = virtual_plan(VIRTUAL);
-        let got: Vec<_> = p
-            .iter()
-            .map(|t| (t.id(), t.env.label(), t.host_checks))
-            .collect();
+        let got: Vec<_> = p.iter().map(|t| (t.id(), t.env.label(), t.kind)).collect();
         assert_eq!(
             got,
             vec![
-                ("v.env".to_string(), "debian:6.1".to_string(), true),
-                ("v.nested".to_string(), "debian:6.1".to_string(), false),
-                ("v.env".to_string(), "debian:6.12".to_string(), true),
-                ("v.nested".to_string(), "debian:6.12".to_string(), false),
+                (
+                    "v.env".to_string(),
+                    "debian:6.1".to_string(),
+                    TestKind::HostChecks
+                ),
+                (
+                    "v.nested".to_string(),
+                    "debian:6.1".to_string(),
+                    TestKind::Guest
+                ),
+                (
+                    "v.env".to_string(),
+                    "debian:6.12".to_string(),
+                    TestKind::HostChecks
+                ),
+                (
+                    "v.nested".to_string(),
+                    "debian:6.12".to_string(),
+                    TestKind::Guest
+                ),
             ]
         );
         assert_eq!(
@@ -616,8 +662,8 @@ requires = { host_kernel = ">=6.12" }
         assert_eq!(p[0].boot.as_ref().unwrap().topology.vfs, 4);
         // The agent decides the accelerator inside the host; what its KVM
         // runs on is known here.
-        assert_eq!(p[0].env.accel, "auto");
-        assert_eq!(p[0].env.kvm_host.as_deref(), Some("tcg"));
+        assert_eq!(p[0].env.accel_word(), "auto");
+        assert_eq!(p[0].env.kvm_host, Some(Accel::Tcg));
         assert!(
             p[0].env
                 .properties()

@@ -6,7 +6,7 @@ use crate::exec;
 use crate::host::{self, AccelChoice, HostFacts};
 use crate::hostconfig::{self, HostCheckContext};
 use crate::lane::{self, LaneContext};
-use crate::manifest::{self, Accel, Manifest};
+use crate::manifest::{self, AccelRequest, Manifest};
 use crate::outcome::Outcome;
 use crate::plan::{self, Decision, PlanOptions, PlannedTest};
 use crate::rundir::{self, RunDir};
@@ -16,6 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use ukci_vfio::journal::Why;
+use ukci_vhost::accel::Accel;
 use ukci_vhost::kernel::{Kernel, KernelSpec, KernelStore, Refresh};
 
 /// Where things live in a checkout.
@@ -104,7 +105,7 @@ pub struct TestOptions {
     /// `--kernel`: the kernels of every virtual suite.
     pub kernels: Vec<String>,
     pub filter: Option<String>,
-    pub accel: Option<Accel>,
+    pub accel: Option<AccelRequest>,
     pub jobs: usize,
     /// Unexpected skips (not declared by an expectation) count as failures.
     pub strict: bool,
@@ -117,13 +118,14 @@ pub fn auto_accel(
     manifests: &[Manifest],
     opts: &PlanOptions,
 ) -> AccelChoice {
-    let needs_auto = opts.accel.is_none_or(|a| a == Accel::Auto)
+    let auto = AccelRequest::Auto;
+    let needs_auto = opts.accel.is_none_or(|a| a == auto)
         && manifests.iter().any(|m| {
             m.tests
                 .iter()
-                .any(|t| t.accel.or(m.defaults.accel).unwrap_or(Accel::Auto) == Accel::Auto)
+                .any(|t| t.accel.or(m.defaults.accel).unwrap_or(auto) == auto)
         });
-    if opts.accel == Some(Accel::Auto) || needs_auto {
+    if opts.accel == Some(auto) || needs_auto {
         host::resolve_auto(
             facts,
             &layout.guest_image(),
@@ -132,7 +134,7 @@ pub fn auto_accel(
         )
     } else {
         AccelChoice {
-            accel: "tcg".into(),
+            accel: Accel::Tcg,
             reason: "not used".into(),
         }
     }
@@ -567,7 +569,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
     let opts = PlanOptions {
         accel: std::env::var(lane::ACCEL_ENV)
             .ok()
-            .and_then(|a| Accel::from_word(&a)),
+            .and_then(|a| AccelRequest::from_word(&a)),
         agent: true,
         ..Default::default()
     };
@@ -662,7 +664,9 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
 /// what KVM runs on (the runner says, through [`lane::KVM_HOST_ENV`]).
 fn agent_facts(results: &Path) -> HostFacts {
     let mut facts = host::detect(&std::env::temp_dir().join("ukci-qemu-facts.txt"));
-    facts.kvm_host = std::env::var(lane::KVM_HOST_ENV).ok();
+    facts.kvm_host = std::env::var(lane::KVM_HOST_ENV)
+        .ok()
+        .and_then(|a| Accel::from_word(&a));
     facts.kvm_variant = std::env::var(lane::KVM_VARIANT_ENV).ok();
     let loads =
         std::fs::read_to_string(results.join(ukci_vhost::initramfs::KVM_LOG)).unwrap_or_default();

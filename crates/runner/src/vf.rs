@@ -15,6 +15,7 @@ use ukci_vfio::nvme_pf::PfDriver;
 use ukci_vfio::token::SecretFile;
 use ukci_vfio::vfio::Vfio;
 use ukci_vfio::{Host, Sysfs, Token};
+use ukci_vhost::accel::Accel;
 
 /// How long a guest with a VF may take: nested TCG boots are slow.
 pub const VF_GUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -50,7 +51,7 @@ pub fn with_vf<T>(lane: &mut Lane<'_>, f: impl FnOnce(&str, &Token) -> T) -> Res
 pub fn vf_vm(ctx: &HostCheckContext, config: &SecretFile, append: &str) -> VmConfig {
     VmConfig {
         machine: MachineType::Q35,
-        accel: "tcg".into(),
+        accel: Accel::Tcg,
         cpu: "max".into(),
         memory: plan::DEFAULT_MEMORY,
         smp: 1,
@@ -93,7 +94,6 @@ pub fn run_guest_with_vf(
     let res = with_vf(&mut lane, |vf, token| {
         let file = token.sealed_config(|t| vf_config(vf, Some(t)))?;
         let mut vm = vm.clone();
-        vm.devices.retain(|d| !matches!(d, VmDevice::NvmeVf));
         vm.devices.push(VmDevice::ReadConfig { fd: file.raw_fd() });
         Ok::<_, std::io::Error>(qemu::run(&vm, timeout, on_line))
     });

@@ -465,7 +465,7 @@ fn plan_all(m: Manifest) {
         dev_kvm: Ok(()),
     };
     let auto = AccelChoice {
-        accel: "tcg".into(),
+        accel: ukci_vhost::accel::Accel::Tcg,
         reason: "fuzz".into(),
     };
     let plan = plan::plan(&[m], &facts, &auto, Path::new("/g"), Path::new("/s"), &opts);

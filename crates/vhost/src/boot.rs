@@ -34,14 +34,7 @@ pub const AGENT_CONF: &str = "ukci-agent.conf";
 /// The file in the results folder where `/init` records the agent's exit status.
 pub const AGENT_EXIT_FILE: &str = "agent-exit";
 
-/// How QEMU executes the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// Portable and the only choice where KVM cannot run Debian kernels.
-    Tcg,
-    /// Only where KVM really works for this guest (detected by the caller).
-    Kvm,
-}
+pub use crate::accel::Accel;
 
 /// The emulated SR-IOV NVMe controller (QEMU's `nvme` with `sriov_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
