@@ -122,6 +122,9 @@ enum Cmd {
         guest: PathBuf,
         #[arg(long)]
         scratch: PathBuf,
+        /// The token, in a descriptor inherited from the parent.
+        #[arg(long)]
+        token_file: PathBuf,
     },
     /// Run inside a virtual host: the named tests of one manifest, reported
     /// as event lines. Started by `test`, not by people.
@@ -241,8 +244,14 @@ fn run(cli: Cli) -> i32 {
             journal,
             guest,
             scratch,
+            token_file,
         } => Ok(ukci_runner::hostcheck::vf_token::crash_child(
-            &point, &pf, &journal, &guest, &scratch,
+            &point,
+            &pf,
+            &journal,
+            &guest,
+            &scratch,
+            &token_file,
         )),
         Cmd::Agent {
             manifest,

@@ -82,7 +82,7 @@ pub fn execute(plan: &[PlannedTest], jobs: usize, lane: &LaneContext, events: Se
 
 fn run_local(plan: &[PlannedTest], idx: usize, lane: &LaneContext, events: &Sender<Event>) {
     let _ = events.send(Event::Started { idx });
-    let run = run_one(&plan[idx], &lane.host, |line| {
+    let run = run_one(&plan[idx], &lane.host_checks, |line| {
         let _ = events.send(Event::Output {
             idx,
             line: line.to_string(),

@@ -26,7 +26,7 @@ pub struct LaneContext {
     /// This runner's own binary, started as the agent inside the host.
     pub agent: PathBuf,
     /// For host checks and VF guests on this host.
-    pub host: HostCheckContext,
+    pub host_checks: HostCheckContext,
 }
 
 /// This runner's binary, to start as the agent. When a rebuild replaced the
@@ -358,7 +358,10 @@ fn boot_and_run(
     };
     // The namespace image stays out of the results folder the agent writes
     // (and searches for secrets), in this run's scratch folder.
-    let scratch = ctx.host.scratch.join(dir.file_name().unwrap_or_default());
+    let scratch = ctx
+        .host_checks
+        .scratch
+        .join(dir.file_name().unwrap_or_default());
     let mut cfg = BootConfig::new(
         &boot.kernel.name,
         &boot.kernel.vmlinuz,

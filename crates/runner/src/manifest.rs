@@ -979,7 +979,7 @@ fn suggest_check(name: &str) -> String {
         .chain(catalogue::HOST_CHECKS.iter().map(|c| c.name))
         .filter(|c| {
             let family = name.split('.').next().unwrap_or(name);
-            c.starts_with(family) || strsim(c, name) <= 3
+            c.starts_with(family) || strsim::levenshtein(c, name) <= 3
         })
         .collect();
     if close.is_empty() {
@@ -987,21 +987,6 @@ fn suggest_check(name: &str) -> String {
     } else {
         format!("did you mean one of: {}", close.join(", "))
     }
-}
-
-/// Edit distance, for suggestions.
-fn strsim(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

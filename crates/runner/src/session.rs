@@ -324,8 +324,11 @@ pub fn check_file_names(plan: &[PlannedTest]) -> Result<(), String> {
     Ok(())
 }
 
-/// Puts back whatever a crashed run left changed on this host, as its
-/// journal recorded, touching only the PF the host config names.
+/// Replays the restore journal a run that did not finish (killed, crashed)
+/// left: puts back what it changed on this host, touching only the PF the
+/// host config names. A journal a live run holds is left alone
+/// ([`Restored::Busy`]); a line that cannot be put back stays in the journal,
+/// with what to do ([`Restored::Left`]).
 pub fn restore(layout: &Layout) -> Restored {
     let config = layout.host_config();
     // A host config that does not read names no PF: entries for it are
@@ -478,7 +481,7 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
         cache: layout.cache(),
         results: dir.join("vhost"),
         agent: lane::runner_binary(),
-        host: HostCheckContext {
+        host_checks: HostCheckContext {
             pf,
             pf_source,
             journal: layout.journal(),
@@ -616,7 +619,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
         cache: layout.cache(),
         results: results.to_path_buf(),
         agent: PathBuf::new(),
-        host: HostCheckContext {
+        host_checks: HostCheckContext {
             pf_source: if pf.is_some() {
                 "the virtual host's SR-IOV NVMe".into()
             } else {

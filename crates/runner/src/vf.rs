@@ -10,7 +10,7 @@ use crate::plan;
 use crate::qemu::{self, VmConfig, VmDevice};
 use crate::supervise::{End, Finished};
 use std::time::Duration;
-use ukci_vfio::checks::{Lane, pf_on_vfio};
+use ukci_vfio::checks::{PfUnderTest, pf_on_vfio};
 use ukci_vfio::nvme_pf::PfDriver;
 use ukci_vfio::token::SecretFile;
 use ukci_vfio::vfio::Vfio;
@@ -31,17 +31,20 @@ pub fn vf_config(vf: &str, token: Option<&str>) -> String {
 
 /// Brings one VF online with the PF held under a fresh token, runs `f` with
 /// the VF's address and the token, and tears everything down again.
-pub fn with_vf<T>(lane: &mut Lane<'_>, f: impl FnOnce(&str, &Token) -> T) -> Result<T, String> {
-    pf_on_vfio(lane, 0).map_err(|e| format!("PF {} onto vfio-pci: {e}", lane.pf))?;
-    let mut vfio = Vfio::new(lane.host.sys()).map_err(|e| format!("vfio: {e}"))?;
-    let mut drv = PfDriver::open(&mut vfio, &lane.pf, Token::random())
+pub fn with_vf<T>(
+    target: &mut PfUnderTest<'_>,
+    f: impl FnOnce(&str, &Token) -> T,
+) -> Result<T, String> {
+    pf_on_vfio(target, 0).map_err(|e| format!("PF {} onto vfio-pci: {e}", target.pf))?;
+    let mut vfio = Vfio::new(target.host.sys()).map_err(|e| format!("vfio: {e}"))?;
+    let mut drv = PfDriver::open(&mut vfio, &target.pf, Token::random())
         .map_err(|e| format!("PF driver: {e}"))?;
-    let up = drv.bring_up_vfs(lane.host, 1);
+    let up = drv.bring_up_vfs(target.host, 1);
     let out = match &up {
         Ok(vfs) => Ok(f(&vfs[0].0, drv.token())),
         Err(e) => Err(format!("VF bring-up: {e}")),
     };
-    let down = drv.teardown(&mut vfio, lane.host);
+    let down = drv.teardown(&mut vfio, target.host);
     let out = out?;
     down.map_err(|e| format!("teardown: {e}"))?;
     Ok(out)
@@ -87,11 +90,11 @@ pub fn run_guest_with_vf(
         Ok(h) => h,
         Err(e) => return failed(format!("cannot take the PF {pf}: {e}")),
     };
-    let mut lane = Lane {
+    let mut target = PfUnderTest {
         host: &mut host,
         pf,
     };
-    let res = with_vf(&mut lane, |vf, token| {
+    let res = with_vf(&mut target, |vf, token| {
         let file = token.sealed_config(|t| vf_config(vf, Some(t)))?;
         let mut vm = vm.clone();
         vm.devices.push(VmDevice::ReadConfig { fd: file.raw_fd() });

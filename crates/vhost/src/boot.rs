@@ -22,7 +22,6 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 use ukci_supervise::qemu_opts::Opts;
 use ukci_supervise::{self as supervise, End};
@@ -442,17 +441,6 @@ pub enum Ending {
 pub enum ExitKind {
     Code(i32),
     Signal(i32),
-}
-
-impl From<ExitStatus> for ExitKind {
-    fn from(s: ExitStatus) -> Self {
-        use std::os::unix::process::ExitStatusExt;
-        match (s.code(), s.signal()) {
-            (Some(c), _) => ExitKind::Code(c),
-            (None, Some(sig)) => ExitKind::Signal(sig),
-            (None, None) => ExitKind::Code(-1),
-        }
-    }
 }
 
 /// Why a boot did not give an agent result.

@@ -1,5 +1,5 @@
 //! Host checks: checks the runner runs on the host it is on (in a virtual
-//! lane, inside the virtual host), reporting through the same protocol as
+//! target, inside the virtual host), reporting through the same protocol as
 //! guest checks. Those that change devices touch only the PF they are given
 //! and journal every change first (`ukci_vfio::Host`). Their names and
 //! summaries are in the catalogue ([`ukci_protocol::catalogue::HOST_CHECKS`]); this module
@@ -9,10 +9,10 @@ pub mod vf_token;
 
 use crate::hostconfig::HostCheckContext;
 use ukci_protocol::Reporter;
-use ukci_vfio::checks::{self as vc, Lane};
+use ukci_vfio::checks::{self as vc, PfUnderTest};
 use ukci_vfio::{Host, Sysfs};
 
-type Run = fn(&mut Lane<'_>, &HostCheckContext, &mut Reporter<&mut String>);
+type Run = fn(&mut PfUnderTest<'_>, &HostCheckContext, &mut Reporter<&mut String>);
 
 /// The code behind a host check of the catalogue.
 fn runner(name: &str) -> Option<Run> {
@@ -65,13 +65,13 @@ pub fn run(checks: &[String], ctx: &HostCheckContext) -> String {
             {
                 r.info(format_args!("{line}"));
             }
-            let mut lane = Lane {
+            let mut target = PfUnderTest {
                 host: &mut host,
                 pf,
             };
             for name in checks {
                 match runner(name) {
-                    Some(run) => run(&mut lane, ctx, &mut r),
+                    Some(run) => run(&mut target, ctx, &mut r),
                     None => {
                         r.check(false, name, format_args!("unknown host check"));
                     }

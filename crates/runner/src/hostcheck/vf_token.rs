@@ -7,14 +7,14 @@ use crate::hostconfig::HostCheckContext;
 use crate::lane;
 use crate::outcome;
 use crate::qemu;
-use crate::supervise::{End, Finished};
+use crate::supervise::{self, End, Finished};
 use crate::vf::{VF_GUEST_TIMEOUT, vf_config, vf_vm, with_vf};
-use std::io::{BufRead, BufReader, Write};
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use ukci_protocol::Reporter;
-use ukci_vfio::checks::{FunctionState, Lane, pf_on_vfio};
+use ukci_vfio::checks::{FunctionState, PfUnderTest, pf_on_vfio};
 use ukci_vfio::nvme_pf::PfDriver;
 use ukci_vfio::token::{self, SecretFile};
 use ukci_vfio::vfio::Vfio;
@@ -52,13 +52,13 @@ fn run_vf_guest(
 
 /// `vf-token.qemu`: QEMU honours the token.
 pub fn qemu_honours_token(
-    lane: &mut Lane<'_>,
+    target: &mut PfUnderTest<'_>,
     ctx: &HostCheckContext,
     r: &mut Reporter<&mut String>,
 ) {
     r.push("vf-token.qemu");
     let _ = std::fs::create_dir_all(&ctx.scratch);
-    let res = with_vf(lane, |vf, token| {
+    let res = with_vf(target, |vf, token| {
         for (case, cfg) in [
             ("none", token_config(vf, None)),
             ("wrong", token_config(vf, Some(&Token::random()))),
@@ -150,7 +150,11 @@ fn run_folder(ctx: &HostCheckContext) -> &Path {
 
 /// `vf-token.secrets`: no file the run has written so far holds any token
 /// the run used — its own, the crash-recovery children's, every VF guest's.
-pub fn no_secret_files(_: &mut Lane<'_>, ctx: &HostCheckContext, r: &mut Reporter<&mut String>) {
+pub fn no_secret_files(
+    _: &mut PfUnderTest<'_>,
+    ctx: &HostCheckContext,
+    r: &mut Reporter<&mut String>,
+) {
     let tokens = token::remembered();
     let root = run_folder(ctx);
     let files = token::files_holding_tokens(root, &tokens);
@@ -169,49 +173,65 @@ pub fn no_secret_files(_: &mut Lane<'_>, ctx: &HostCheckContext, r: &mut Reporte
 pub const CRASH_POINTS: &[&str] = &["after-bind", "after-vfs", "during-guest"];
 /// What the crashing child prints when it has reached its point.
 pub const CRASH_REACHED: &str = "ukci-crash-point: reached";
+/// How long a crashing child may take to reach its point.
+const CRASH_POINT_LIMIT: Duration = Duration::from_secs(150);
+
+/// Where a crashing child stops: it says so, then dies by SIGKILL, so that
+/// nothing of its own cleanup runs (as when the OOM killer or a power cut
+/// ends a run).
+fn die_here() -> ! {
+    println!("{CRASH_REACHED}");
+    let _ = std::io::stdout().flush();
+    // SAFETY: kill only sends a signal; it names this process itself, which
+    // SIGKILL ends before the call returns.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    unreachable!("SIGKILL ends the process")
+}
 
 /// The child side (`cargo xtask crash-point`): a VF run that stops at
-/// `point`, says so, and waits to be killed. Its token comes from the parent
-/// on stdin, so the parent's end-of-run scan knows it.
-pub fn crash_child(point: &str, pf: &str, journal: &Path, guest: &Path, scratch: &Path) -> i32 {
-    let reached = || {
-        println!("{CRASH_REACHED}");
-        loop {
-            std::thread::sleep(Duration::from_secs(60));
-        }
-    };
+/// `point`, says so, and dies there by SIGKILL. Its token comes from the
+/// parent in `token_file` (an inherited sealed memfd), so the parent's
+/// end-of-run scan knows it.
+pub fn crash_child(
+    point: &str,
+    pf: &str,
+    journal: &Path,
+    guest: &Path,
+    scratch: &Path,
+    token_file: &Path,
+) -> i32 {
     let Ok((mut host, _)) = Host::open(Sysfs::system(), journal, &[pf]) else {
         return 2;
     };
-    let mut lane = Lane {
+    let mut target = PfUnderTest {
         host: &mut host,
         pf: pf.to_string(),
     };
-    if pf_on_vfio(&mut lane, 0).is_err() {
+    if pf_on_vfio(&mut target, 0).is_err() {
         return 3;
     }
     if point == "after-bind" {
-        reached();
+        die_here();
     }
-    let Ok(mut vfio) = Vfio::new(lane.host.sys()) else {
+    let Ok(mut vfio) = Vfio::new(target.host.sys()) else {
         return 4;
     };
-    let mut line = String::new();
-    let Some(token) = std::io::stdin()
-        .read_line(&mut line)
+    let Some(token) = std::fs::read_to_string(token_file)
         .ok()
-        .and_then(|_| Token::parse(&line))
+        .and_then(|line| Token::parse(&line))
     else {
         return 9;
     };
     let Ok(mut drv) = PfDriver::open(&mut vfio, pf, token) else {
         return 5;
     };
-    let Ok(vfs) = drv.bring_up_vfs(lane.host, 1) else {
+    let Ok(vfs) = drv.bring_up_vfs(target.host, 1) else {
         return 6;
     };
     if point == "after-vfs" {
-        reached();
+        die_here();
     }
     let ctx = HostCheckContext {
         pf: Some(pf.into()),
@@ -223,60 +243,71 @@ pub fn crash_child(point: &str, pf: &str, journal: &Path, guest: &Path, scratch:
     let Ok(file) = drv.token().sealed_config(|t| vf_config(&vfs[0].0, Some(t))) else {
         return 7;
     };
-    // A guest that reports, then stays up without a verdict until killed.
+    // A guest that reports, then stays up without a verdict: the child
+    // dies at its first line, and QEMU with it (the parent-death signal).
     let vm = vf_vm(&ctx, &file, "checks=selftest.no-exit");
-    let mut said = false;
-    qemu::run(&vm, VF_GUEST_TIMEOUT, |_| {
-        if !said {
-            said = true;
-            println!("{CRASH_REACHED}");
-        }
-    });
+    qemu::run(&vm, VF_GUEST_TIMEOUT, |_| die_here());
     8
 }
 
 /// `vf-token.crash-recovery`: for each point, a runner process does a VF run
 /// and is SIGKILLed there; then the next run's journal replay must leave the
-/// PF exactly as it was (driver, driver_override, sriov_numvfs).
-pub fn crash_recovery(lane: &mut Lane<'_>, ctx: &HostCheckContext, r: &mut Reporter<&mut String>) {
+/// PF exactly as it was (driver, driver_override, sriov_numvfs). The child
+/// runs under supervision like every process ukci starts.
+pub fn crash_recovery(
+    target: &mut PfUnderTest<'_>,
+    ctx: &HostCheckContext,
+    r: &mut Reporter<&mut String>,
+) {
     r.push("vf-token.crash-recovery");
     let _ = std::fs::create_dir_all(&ctx.scratch);
     let exe = lane::runner_binary();
     for point in CRASH_POINTS {
-        let before = FunctionState::read(lane.host.sys(), &lane.pf);
+        let before = FunctionState::read(target.host.sys(), &target.pf);
         let journal = ctx.scratch.join(format!("crash-{point}.journal"));
         let t = Instant::now();
-        let mut child = match Command::new(&exe)
-            .args(["crash-point", point, "--pf", &lane.pf, "--journal"])
-            .arg(&journal)
-            .arg("--guest")
-            .arg(&ctx.guest)
-            .arg("--scratch")
-            .arg(&ctx.scratch)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
+        // The child's token, made (and remembered) here, handed over in a
+        // sealed memfd the child inherits.
+        let token_file = match Token::random().sealed_config(|t| format!("{t}\n")) {
+            Ok(f) => f,
             Err(e) => {
-                r.check(false, point, format_args!("cannot start the runner: {e}"));
+                r.check(false, point, format_args!("token file: {e}"));
                 continue;
             }
         };
-        // The child's token, made (and remembered) here, handed over a pipe.
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = Token::random()
-                .send(&mut stdin)
-                .and_then(|()| stdin.flush());
-        }
-        let reached = wait_for_point(&mut child, Duration::from_secs(150));
-        // SIGKILL: nothing of the child's own cleanup runs.
-        let _ = child.kill();
-        let status = child.wait();
-        let mid = FunctionState::read(lane.host.sys(), &lane.pf);
-        let replay = Host::open(Sysfs::system(), &journal, &[lane.pf.as_str()]);
-        let after = FunctionState::read(lane.host.sys(), &lane.pf);
+        let args: Vec<OsString> = [
+            OsString::from("crash-point"),
+            (*point).into(),
+            "--pf".into(),
+            target.pf.clone().into(),
+            "--journal".into(),
+            journal.clone().into(),
+            "--guest".into(),
+            ctx.guest.clone().into(),
+            "--scratch".into(),
+            ctx.scratch.clone().into(),
+            "--token-file".into(),
+            token::proc_fd_path(token_file.raw_fd()).into(),
+        ]
+        .into();
+        let fin = supervise::run_inheriting(
+            exe.as_os_str(),
+            &args,
+            &[token_file.raw_fd()],
+            CRASH_POINT_LIMIT,
+            |_| {},
+        );
+        let reached = fin.stdout.lines().any(|l| l.contains(CRASH_REACHED));
+        // The child kills itself at its point; one that never gets there is
+        // killed at the limit. Either way nothing of its cleanup runs.
+        let killed = match fin.end {
+            End::Signaled(s) => Some(s),
+            End::TimedOut(_) => Some(libc::SIGKILL),
+            _ => None,
+        };
+        let mid = FunctionState::read(target.host.sys(), &target.pf);
+        let replay = Host::open(Sysfs::system(), &journal, &[target.pf.as_str()]);
+        let after = FunctionState::read(target.host.sys(), &target.pf);
         let (restored, left) = match &replay {
             Ok((_, rep)) => (rep.restored.len(), rep.left.len()),
             Err(_) => (0, 0),
@@ -285,11 +316,8 @@ pub fn crash_recovery(lane: &mut Lane<'_>, ctx: &HostCheckContext, r: &mut Repor
             reached && replay.is_ok() && after == before && left == 0,
             &format!("{point}: restored"),
             format_args!(
-                "reached={reached} killed={:?} before=[{before}] at-kill=[{mid}] after=[{after}] \
+                "reached={reached} killed={killed:?} before=[{before}] at-kill=[{mid}] after=[{after}] \
                  restored_entries={restored} left={left} took_ms={}{}",
-                status
-                    .ok()
-                    .and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
                 t.elapsed().as_millis(),
                 replay
                     .err()
@@ -299,20 +327,4 @@ pub fn crash_recovery(lane: &mut Lane<'_>, ctx: &HostCheckContext, r: &mut Repor
         );
     }
     r.pop();
-}
-
-fn wait_for_point(child: &mut std::process::Child, limit: Duration) -> bool {
-    let Some(out) = child.stdout.take() else {
-        return false;
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains(CRASH_REACHED) {
-                let _ = tx.send(());
-                return;
-            }
-        }
-    });
-    rx.recv_timeout(limit).is_ok()
 }
