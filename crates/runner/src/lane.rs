@@ -7,7 +7,7 @@
 use crate::events::{EVENTS_FILE, Event, STARTED, TestRun, WireRun};
 use crate::hostconfig::HostCheckContext;
 use crate::outcome::{Outcome, SubResult};
-use crate::plan::PlannedTest;
+use crate::plan::{PlannedTest, VirtualBoot};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
@@ -161,87 +161,132 @@ fn run_boots(
         &mut (dyn FnMut(&str) + Send),
     ) -> Result<i32, HostFailure>,
 ) {
-    let first = &plan[idxs[0]];
-    let boot = first.boot.as_ref().expect("a virtual test has a boot");
+    let boot = plan[idxs[0]]
+        .boot
+        .as_ref()
+        .expect("a virtual test has a boot");
     for &i in idxs {
         let _ = events.send(Event::Started { idx: i });
     }
-    let mut pending: BTreeMap<String, usize> = idxs.iter().map(|&i| (plan[i].id(), i)).collect();
-    let mut reruns: Vec<String> = Vec::new();
+    let mut boots = Boots {
+        plan,
+        boot,
+        events,
+        pending: idxs.iter().map(|&i| (plan[i].id(), i)).collect(),
+        reruns: Vec::new(),
+    };
     for boot_no in 1..=MAX_BOOTS {
         let dir = results.join(boot_dir_name(&boot.suite, &boot.label(), boot_no));
-        let finish = |w: WireRun, pending: &mut BTreeMap<String, usize>| {
-            if let Some(idx) = pending.remove(&w.test) {
-                let booted = w.host_kernel.clone();
-                let wrong_build = w
-                    .env
-                    .as_ref()
-                    .and_then(|e| wrong_kvm(boot.kvm.as_ref(), e.kvm_build.as_deref(), &e.kvm_log));
-                let env = w.env.clone().map(|e| e.apply(&plan[idx].env));
-                let mut run = w.into_run();
-                run.env = env;
-                run.judged.results.extend(wrong_build);
-                run.reruns = reruns.clone();
-                if let Some(wrong) = wrong_kernel(&plan[idx].env.host_kernel, &booted) {
-                    run.judged.results.push(wrong);
-                }
-                let _ = events.send(Event::Finished {
-                    idx,
-                    run: Box::new(run),
-                });
-            }
-        };
-        let these: Vec<usize> = pending.values().copied().collect();
+        let these: Vec<usize> = boots.pending.values().copied().collect();
         let mut started: Vec<String> = Vec::new();
-        let outcome = boot_and_run(&these, &dir, &mut |line| {
-            if let Some(w) = WireRun::from_line(line) {
-                finish(w, &mut pending);
-            } else if let Some((_, id)) = line.trim_end_matches('\r').split_once(STARTED) {
-                started.push(id.to_string());
-            } else if let Some(&idx) = pending.values().next() {
-                let _ = events.send(Event::Output {
-                    idx,
-                    line: line.to_string(),
-                });
+        let outcome = boot_and_run(&these, &dir, &mut |line| boots.on_line(line, &mut started));
+        boots.read_events_file(&dir);
+        let why = match outcome {
+            Ok(status) => why_unreported(status),
+            Err(failure)
+                if boot_again(&failure, boot_no, boots.pending.len())
+                    && !crate::supervise::interrupted() =>
+            {
+                boots.broke_down(&failure, boot_no, &dir);
+                continue;
             }
-        });
-        // The file is complete even where the console mangled a line.
+            Err(failure) => failure.why,
+        };
+        boots.fail_unreported(&why, &dir, &started);
+        break;
+    }
+}
+
+/// The boots of one (suite, kernel, KVM variant): the tests no boot has
+/// reported yet, and why earlier boots gave no result for them.
+struct Boots<'a> {
+    plan: &'a [PlannedTest],
+    boot: &'a VirtualBoot,
+    events: &'a Sender<Event>,
+    /// Unreported tests: id → index in the plan.
+    pending: BTreeMap<String, usize>,
+    /// Why each earlier boot broke down, with its serial log.
+    reruns: Vec<String>,
+}
+
+impl Boots<'_> {
+    /// One line of the agent's console: a finished test, a test starting,
+    /// or output shown beside the first unreported test.
+    fn on_line(&mut self, line: &str, started: &mut Vec<String>) {
+        if let Some(w) = WireRun::from_line(line) {
+            self.finish(w);
+        } else if let Some((_, id)) = line.trim_end_matches('\r').split_once(STARTED) {
+            started.push(id.to_string());
+        } else if let Some(&idx) = self.pending.values().next() {
+            let _ = self.events.send(Event::Output {
+                idx,
+                line: line.to_string(),
+            });
+        }
+    }
+
+    /// Every event the agent kept in the results folder: the file is
+    /// complete even where the console mangled a line.
+    fn read_events_file(&mut self, dir: &Path) {
         if let Ok(text) = std::fs::read_to_string(dir.join(EVENTS_FILE)) {
             for w in text
                 .lines()
                 .filter_map(|l| serde_json::from_str::<WireRun>(l).ok())
             {
-                finish(w, &mut pending);
+                self.finish(w);
             }
         }
-        let why = match outcome {
-            Ok(0) => "the agent finished without reporting this test".to_string(),
-            Ok(status) => {
-                format!("the agent exited with status {status} before reporting this test")
-            }
-            Err(failure)
-                if boot_again(&failure, boot_no, pending.len())
-                    && !crate::supervise::interrupted() =>
-            {
-                let _ = events.send(Event::Output {
-                    idx: *pending.values().next().expect("pending is not empty"),
-                    line: format!(
-                        "virtual host {}: boot {boot_no} broke down; the {} unreported test(s) run on a fresh host",
-                        boot.kernel.name,
-                        pending.len()
-                    ),
-                });
-                reruns.push(format!(
-                    "{} (boot {boot_no}); serial log: {}",
-                    failure.why.lines().next().unwrap_or_default(),
-                    dir.join("serial.log").display()
-                ));
-                continue;
-            }
-            Err(failure) => failure.why,
+    }
+
+    /// Sends a test's `Finished` event the first time the agent reports it,
+    /// with what the agent found and an error where the host was not the
+    /// one planned (another kernel, another KVM build).
+    fn finish(&mut self, w: WireRun) {
+        let Some(idx) = self.pending.remove(&w.test) else {
+            return;
         };
+        let planned = &self.plan[idx];
+        let booted = w.host_kernel.clone();
+        let wrong_build = w
+            .env
+            .as_ref()
+            .and_then(|e| wrong_kvm(self.boot.kvm.as_ref(), e.kvm_build.as_deref(), &e.kvm_log));
+        let env = w.env.clone().map(|e| e.apply(&planned.env));
+        let mut run = w.into_run();
+        run.env = env;
+        run.judged.results.extend(wrong_build);
+        run.reruns = self.reruns.clone();
+        if let Some(wrong) = wrong_kernel(&planned.env.host_kernel, &booted) {
+            run.judged.results.push(wrong);
+        }
+        let _ = self.events.send(Event::Finished {
+            idx,
+            run: Box::new(run),
+        });
+    }
+
+    /// Records a boot that broke down; its unreported tests get the next.
+    fn broke_down(&mut self, failure: &HostFailure, boot_no: u32, dir: &Path) {
+        let _ = self.events.send(Event::Output {
+            idx: *self.pending.values().next().expect("pending is not empty"),
+            line: format!(
+                "virtual host {}: boot {boot_no} broke down; the {} unreported test(s) run on a fresh host",
+                self.boot.kernel.name,
+                self.pending.len()
+            ),
+        });
+        self.reruns.push(format!(
+            "{} (boot {boot_no}); serial log: {}",
+            failure.why.lines().next().unwrap_or_default(),
+            dir.join("serial.log").display()
+        ));
+    }
+
+    /// Ends every test the last boot left unreported as an error that says
+    /// `why`, whether the test had started, and where the serial log is.
+    fn fail_unreported(self, why: &str, dir: &Path, started: &[String]) {
         let serial = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
-        for (id, idx) in std::mem::take(&mut pending) {
+        for (id, idx) in self.pending {
             let test = id
                 .rsplit_once('.')
                 .map_or(id.as_str(), |(_, t)| t)
@@ -255,19 +300,26 @@ fn run_boots(
                 name: test,
                 outcome: Outcome::Error(format!(
                     "virtual host {} ({when}): {why}; serial log: {}",
-                    boot.kernel.name,
+                    self.boot.kernel.name,
                     dir.join("serial.log").display()
                 )),
                 detail: None,
             }]);
             run.log = serial.clone();
-            run.reruns = reruns.clone();
-            let _ = events.send(Event::Finished {
+            run.reruns = self.reruns.clone();
+            let _ = self.events.send(Event::Finished {
                 idx,
                 run: Box::new(run),
             });
         }
-        break;
+    }
+}
+
+/// Why a test is unreported after the agent exited with `status`.
+fn why_unreported(status: i32) -> String {
+    match status {
+        0 => "the agent finished without reporting this test".to_string(),
+        status => format!("the agent exited with status {status} before reporting this test"),
     }
 }
 
