@@ -404,78 +404,30 @@ fn restore_with(
 
 /// Runs the tests and writes the reports; returns the exit status.
 pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) -> i32 {
-    let (pf, pf_source) = match hostconfig::local_pf(&layout.host_config()) {
-        Ok(pf) => pf,
-        Err(d) => {
-            eprint!("{d}");
-            return exitcode::MANIFEST;
-        }
-    };
+    match run_tests_steps(layout, manifests, opts) {
+        Ok(status) | Err(status) => status,
+    }
+}
+
+/// [`run_tests`] as its steps; `Err` carries the exit status of a run that
+/// stopped early.
+fn run_tests_steps(
+    layout: &Layout,
+    manifests: &[Manifest],
+    opts: &TestOptions,
+) -> Result<i32, i32> {
+    let (pf, pf_source) = hostconfig::local_pf(&layout.host_config()).map_err(|d| {
+        eprint!("{d}");
+        exitcode::MANIFEST
+    })?;
     reclaim_dead_runs(layout);
-    // Both folders go away with this value on every way out of the run; the
-    // report folder stays only once its report is complete.
+    // Both folders go away with these values on every way out of the run;
+    // the report folder stays only once its report is complete.
     let run_name = run_name();
-    let report_dir = match RunDir::create(&layout.reports().join(&run_name)) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!(
-                "error: cannot write reports in {}: {e} (help: pass `--reports DIR` with a folder you can write)",
-                layout.reports().display()
-            );
-            return if layout.reports.is_some() {
-                exitcode::USAGE
-            } else {
-                exitcode::HOST
-            };
-        }
-    };
-    let scratch_dir = match RunDir::create(&layout.scratch()) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!(
-                "error: cannot create the scratch folder in {}: {e}",
-                layout.scratch_root().display()
-            );
-            return exitcode::HOST;
-        }
-    };
-    if layout.journal().exists() {
-        match restore(layout) {
-            Restored::Done(m) => eprintln!("{m}"),
-            // That run puts back its own changes; a test here that needs the
-            // PF reports the same.
-            Restored::Busy(m) => eprintln!("note: not replayed: {m}"),
-            Restored::Left(m) => {
-                eprintln!("error: an earlier run left devices changed: {m}");
-                return exitcode::RESTORE;
-            }
-        }
-    }
-    let mut popts = PlanOptions {
-        filter: opts.filter.clone(),
-        accel: opts.accel,
-        kernels: opts.kernels.clone(),
-        ..Default::default()
-    };
-    match resolve_kernels(layout, manifests, &popts) {
-        Ok(k) => popts.resolved = k,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return e.code;
-        }
-    }
-    let plan = make_plan(layout, manifests, &popts);
-    if plan.is_empty() {
-        eprintln!("error: no test matches; `cargo xtask list` shows the plan");
-        return exitcode::USAGE;
-    }
-    if let Err(e) = check_file_names(&plan) {
-        eprintln!("error: {e}");
-        return exitcode::MANIFEST;
-    }
+    let (report_dir, scratch_dir) = run_folders(layout, &run_name)?;
+    restore_earlier_run(layout)?;
+    let plan = plan_run(layout, manifests, opts)?;
     let dir = report_dir.path().to_path_buf();
-    let mut runs: Vec<Option<TestRun>> = vec![None; plan.len()];
-    let mut term = terminal::Terminal::new(&plan);
     let lane = LaneContext {
         images: layout.images(),
         cache: layout.cache(),
@@ -489,27 +441,16 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
             guest: layout.guest_image(),
         },
     };
-    let (tx, rx) = mpsc::channel();
-    std::thread::scope(|s| {
-        s.spawn(|| exec::execute(&plan, opts.jobs, &lane, tx));
-        for e in rx {
-            term.event(&e);
-            if let Event::Finished { idx, run } = e {
-                runs[idx] = Some(*run);
-            }
-        }
-    });
-    term.finish();
-    let scratch = scratch_dir.path();
+    let mut runs = execute_with_progress(&plan, opts.jobs, &lane);
+    let scanned = [dir.as_path(), scratch_dir.path()];
     if crate::supervise::interrupted() {
         eprintln!("interrupted: no report was written");
-        return match secret_scan(&[&dir, scratch]) {
-            Ok(()) => exitcode::INTERRUPTED,
-            Err(e) => {
+        return secret_scan(&scanned)
+            .map(|()| exitcode::INTERRUPTED)
+            .map_err(|e| {
                 eprintln!("error: {e}");
                 exitcode::ERROR
-            }
-        };
+            });
     }
     if opts.strict {
         for (t, run) in plan.iter().zip(runs.iter_mut()) {
@@ -527,14 +468,106 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
                 "error: cannot write the report in {}: {e}; the folder is removed",
                 dir.display()
             );
-            return exitcode::ERROR;
+            return Err(exitcode::ERROR);
         }
     }
-    if let Err(e) = secret_scan(&[&dir, scratch]) {
+    secret_scan(&scanned).map_err(|e| {
         eprintln!("error: {e}");
-        return exitcode::ERROR;
+        exitcode::ERROR
+    })?;
+    Ok(exit_status(&runs))
+}
+
+/// The run's report folder and scratch folder.
+fn run_folders(layout: &Layout, run_name: &str) -> Result<(RunDir, RunDir), i32> {
+    let report_dir = RunDir::create(&layout.reports().join(run_name)).map_err(|e| {
+        eprintln!(
+            "error: cannot write reports in {}: {e} (help: pass `--reports DIR` with a folder you can write)",
+            layout.reports().display()
+        );
+        if layout.reports.is_some() {
+            exitcode::USAGE
+        } else {
+            exitcode::HOST
+        }
+    })?;
+    let scratch_dir = RunDir::create(&layout.scratch()).map_err(|e| {
+        eprintln!(
+            "error: cannot create the scratch folder in {}: {e}",
+            layout.scratch_root().display()
+        );
+        exitcode::HOST
+    })?;
+    Ok((report_dir, scratch_dir))
+}
+
+/// Puts back what an earlier run left changed, before anything runs.
+fn restore_earlier_run(layout: &Layout) -> Result<(), i32> {
+    if !layout.journal().exists() {
+        return Ok(());
     }
-    exit_status(&runs)
+    match restore(layout) {
+        Restored::Done(m) => eprintln!("{m}"),
+        // That run puts back its own changes; a test here that needs the
+        // PF reports the same.
+        Restored::Busy(m) => eprintln!("note: not replayed: {m}"),
+        Restored::Left(m) => {
+            eprintln!("error: an earlier run left devices changed: {m}");
+            return Err(exitcode::RESTORE);
+        }
+    }
+    Ok(())
+}
+
+/// The run's plan, its kernels resolved and its file names checked.
+fn plan_run(
+    layout: &Layout,
+    manifests: &[Manifest],
+    opts: &TestOptions,
+) -> Result<Vec<PlannedTest>, i32> {
+    let mut popts = PlanOptions {
+        filter: opts.filter.clone(),
+        accel: opts.accel,
+        kernels: opts.kernels.clone(),
+        ..Default::default()
+    };
+    popts.resolved = resolve_kernels(layout, manifests, &popts).map_err(|e| {
+        eprintln!("error: {e}");
+        e.code
+    })?;
+    let plan = make_plan(layout, manifests, &popts);
+    if plan.is_empty() {
+        eprintln!("error: no test matches; `cargo xtask list` shows the plan");
+        return Err(exitcode::USAGE);
+    }
+    check_file_names(&plan).map_err(|e| {
+        eprintln!("error: {e}");
+        exitcode::MANIFEST
+    })?;
+    Ok(plan)
+}
+
+/// Executes the plan while the terminal shows its progress; each test's
+/// run, by its place in the plan.
+fn execute_with_progress(
+    plan: &[PlannedTest],
+    jobs: usize,
+    lane: &LaneContext,
+) -> Vec<Option<TestRun>> {
+    let mut runs: Vec<Option<TestRun>> = vec![None; plan.len()];
+    let mut term = terminal::Terminal::new(plan);
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| exec::execute(plan, jobs, lane, tx));
+        for e in rx {
+            term.event(&e);
+            if let Event::Finished { idx, run } = e {
+                runs[idx] = Some(*run);
+            }
+        }
+    });
+    term.finish();
+    runs
 }
 
 /// The end of every run: no file under `dirs` (what the run wrote, virtual
@@ -569,33 +602,9 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
             return exitcode::MANIFEST;
         }
     };
-    let opts = PlanOptions {
-        accel: std::env::var(lane::ACCEL_ENV)
-            .ok()
-            .and_then(|a| AccelRequest::from_word(&a)),
-        agent: true,
-        ..Default::default()
-    };
     let facts = agent_facts(results);
-    let auto = host::resolve_auto(
-        &facts,
-        &layout.guest_image(),
-        &std::env::temp_dir().join("ukci-accel-probe.txt"),
-        host::KVM_PROBE_LIMIT_NESTED,
-    );
-    println!("ukci-accel: auto = {} ({})", auto.accel, auto.reason);
     let scratch = results.join("scratch");
-    let plan: Vec<PlannedTest> = plan::plan(
-        &manifests,
-        &facts,
-        &auto,
-        &layout.guest_image(),
-        &scratch,
-        &opts,
-    )
-    .into_iter()
-    .filter(|t| tests.is_empty() || tests.contains(&t.test))
-    .collect();
+    let plan = agent_plan(layout, &manifests, &facts, &scratch, tests);
     let events_path = results.join(events::EVENTS_FILE);
     let mut events = match std::fs::OpenOptions::new()
         .create(true)
@@ -608,29 +617,12 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
             return exitcode::ERROR;
         }
     };
+    let lane_ctx = agent_context(layout, results, &scratch);
     // One test at a time: the host's vCPUs share one TCG thread, so nested
     // VMs side by side gain nothing, and a q35 guest with an NVMe under
     // kvm_amd beside another nested VM was seen printing nothing for 90 s
     // (alone it gives its verdict in 15 s).
     let jobs = 1;
-    let pf = std::env::var(lane::PF_ENV).ok();
-    let lane_ctx = LaneContext {
-        images: layout.images(),
-        cache: layout.cache(),
-        results: results.to_path_buf(),
-        agent: PathBuf::new(),
-        host_checks: HostCheckContext {
-            pf_source: if pf.is_some() {
-                "the virtual host's SR-IOV NVMe".into()
-            } else {
-                format!("{} is not set", lane::PF_ENV)
-            },
-            pf,
-            journal: results.join("restore.journal"),
-            scratch: scratch.clone(),
-            guest: layout.guest_image(),
-        },
-    };
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(|| exec::execute(&plan, jobs, &lane_ctx, tx));
@@ -659,6 +651,66 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
             eprintln!("error: {e}");
             exitcode::ERROR
         }
+    }
+}
+
+/// The agent's plan of the named tests (all when none is named): the
+/// accelerator `auto` decided here by a probe boot under this host's KVM,
+/// the run's `--accel` applied as the runner outside applies it.
+fn agent_plan(
+    layout: &Layout,
+    manifests: &[Manifest],
+    facts: &HostFacts,
+    scratch: &Path,
+    tests: &[String],
+) -> Vec<PlannedTest> {
+    let opts = PlanOptions {
+        accel: std::env::var(lane::ACCEL_ENV)
+            .ok()
+            .and_then(|a| AccelRequest::from_word(&a)),
+        agent: true,
+        ..Default::default()
+    };
+    let auto = host::resolve_auto(
+        facts,
+        &layout.guest_image(),
+        &std::env::temp_dir().join("ukci-accel-probe.txt"),
+        host::KVM_PROBE_LIMIT_NESTED,
+    );
+    println!("ukci-accel: auto = {} ({})", auto.accel, auto.reason);
+    plan::plan(
+        manifests,
+        facts,
+        &auto,
+        &layout.guest_image(),
+        scratch,
+        &opts,
+    )
+    .into_iter()
+    .filter(|t| tests.is_empty() || tests.contains(&t.test))
+    .collect()
+}
+
+/// What the agent's tests work with: the PF the runner outside names, a
+/// journal and scratch folder in the results folder.
+fn agent_context(layout: &Layout, results: &Path, scratch: &Path) -> LaneContext {
+    let pf = std::env::var(lane::PF_ENV).ok();
+    LaneContext {
+        images: layout.images(),
+        cache: layout.cache(),
+        results: results.to_path_buf(),
+        agent: PathBuf::new(),
+        host_checks: HostCheckContext {
+            pf_source: if pf.is_some() {
+                "the virtual host's SR-IOV NVMe".into()
+            } else {
+                format!("{} is not set", lane::PF_ENV)
+            },
+            pf,
+            journal: results.join("restore.journal"),
+            scratch: scratch.to_path_buf(),
+            guest: layout.guest_image(),
+        },
     }
 }
 
