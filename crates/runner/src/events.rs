@@ -233,13 +233,24 @@ impl WireRun {
         }
     }
 
+    /// The console line: [`EVENT`], then the JSON.
     pub fn to_line(&self) -> String {
-        format!("{EVENT}{}", serde_json::to_string(self).unwrap_or_default())
+        format!("{EVENT}{}", self.to_json().unwrap_or_default())
     }
 
+    /// The run in a console line, wherever in the line [`EVENT`] starts.
     pub fn from_line(line: &str) -> Option<WireRun> {
         let json = line.trim_end_matches('\r').split_once(EVENT)?.1;
-        serde_json::from_str(json).ok()
+        WireRun::from_json(json)
+    }
+
+    /// One line of [`EVENTS_FILE`].
+    pub fn to_json(&self) -> Option<String> {
+        serde_json::to_string(self).ok()
+    }
+
+    pub fn from_json(line: &str) -> Option<WireRun> {
+        serde_json::from_str(line).ok()
     }
 }
 

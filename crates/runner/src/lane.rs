@@ -229,10 +229,7 @@ impl Boots<'_> {
     /// complete even where the console mangled a line.
     fn read_events_file(&mut self, dir: &Path) {
         if let Ok(text) = std::fs::read_to_string(dir.join(EVENTS_FILE)) {
-            for w in text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<WireRun>(l).ok())
-            {
+            for w in text.lines().filter_map(WireRun::from_json) {
                 self.finish(w);
             }
         }

@@ -632,7 +632,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
             } else if let Event::Finished { idx, mut run } = e {
                 run.env = Some(plan[idx].env.clone());
                 let w = WireRun::new(&plan[idx].id(), &run).on_kernel(&facts.host_kernel);
-                if let Ok(json) = serde_json::to_string(&w) {
+                if let Some(json) = w.to_json() {
                     let _ = writeln!(events, "{json}");
                     let _ = events.sync_data();
                 }

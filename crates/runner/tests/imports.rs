@@ -261,6 +261,36 @@ fn every_module_keeps_its_layer() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+/// Files of `src/` whose code (tests and comments left out) names `what`.
+fn files_naming(what: &str) -> Vec<String> {
+    let src = src();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut out: Vec<String> = files
+        .iter()
+        .filter(|f| code(&std::fs::read_to_string(f).unwrap()).contains(what))
+        .map(|f| f.strip_prefix(&src).unwrap().display().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn each_output_and_the_wire_format_have_one_writer() {
+    // JUnit is written in junit.rs, the terminal in terminal.rs, the
+    // agent's wire format (and the CI matrix's JSON) in one place each.
+    assert_eq!(files_naming("quick_junit"), ["junit.rs"]);
+    assert_eq!(files_naming("indicatif"), ["terminal.rs"]);
+    assert_eq!(files_naming("serde_json"), ["events.rs", "matrix.rs"]);
+}
+
+#[test]
+fn the_runner_starts_no_process_itself() {
+    // Every child goes through crates/supervise: its own process group, a
+    // hard timeout, killed and reaped on every path.
+    assert_eq!(files_naming("Command"), Vec::<String>::new());
+}
+
 #[test]
 fn the_reader_sees_every_form_of_reference() {
     let text = "use crate::diag::{Diagnostics, shown};\nuse crate::{exitcode, junit::{self, x}, terminal};\n\
