@@ -373,38 +373,8 @@ fn boot_and_run(
     let spec = kvm_spec(boot, ctx, dir, on_line).map_err(fail)?;
     let initrd = initramfs::build(&ctx.cache, &boot.kernel, &spec)
         .map_err(|e| fail(format!("initramfs: {e}")))?;
-    // The agent starts in another working directory.
-    let manifest = std::fs::canonicalize(&boot.manifest)
-        .map_err(|e| fail(format!("{}: {e}", boot.manifest.display())))?;
-    let mut args = vec![
-        "agent".to_string(),
-        manifest.display().to_string(),
-        "--results".to_string(),
-        dir.display().to_string(),
-    ];
-    for &i in idxs {
-        args.push("--test".into());
-        args.push(plan[i].test.clone());
-    }
-    let agent = Agent {
-        program: ctx.agent.clone(),
-        args,
-        env: [
-            ("CI", "1"),
-            (PF_ENV, VIRTUAL_PF),
-            (KVM_HOST_ENV, crate::plan::VHOST_ACCEL.word()),
-        ]
-        .into_iter()
-        .chain(boot.accel.map(|a| (ACCEL_ENV, a.word())))
-        .chain(
-            boot.kvm
-                .as_ref()
-                .map(|k| (KVM_VARIANT_ENV, k.name.as_str())),
-        )
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-        chroot: true,
-    };
+    let tests: Vec<&str> = idxs.iter().map(|&i| plan[i].test.as_str()).collect();
+    let agent = agent(boot, &tests, ctx, dir).map_err(fail)?;
     // The namespace image stays out of the results folder the agent writes
     // (and searches for secrets), in this run's scratch folder.
     let scratch = ctx
@@ -429,6 +399,50 @@ fn boot_and_run(
     });
     let _ = std::fs::remove_dir_all(&scratch);
     report.map(|r| r.agent_status)
+}
+
+/// How `/init` starts the agent: this runner's binary with the manifest,
+/// the results folder and `tests`, and what the agent is told through its
+/// environment (the PF it may use, what its KVM runs on, `--accel`, the KVM
+/// variant).
+fn agent(
+    boot: &VirtualBoot,
+    tests: &[&str],
+    ctx: &LaneContext,
+    dir: &Path,
+) -> Result<Agent, String> {
+    // The agent starts in another working directory.
+    let manifest = std::fs::canonicalize(&boot.manifest)
+        .map_err(|e| format!("{}: {e}", boot.manifest.display()))?;
+    let mut args = vec![
+        "agent".to_string(),
+        manifest.display().to_string(),
+        "--results".to_string(),
+        dir.display().to_string(),
+    ];
+    for test in tests {
+        args.push("--test".into());
+        args.push(test.to_string());
+    }
+    Ok(Agent {
+        program: ctx.agent.clone(),
+        args,
+        env: [
+            ("CI", "1"),
+            (PF_ENV, VIRTUAL_PF),
+            (KVM_HOST_ENV, crate::plan::VHOST_ACCEL.word()),
+        ]
+        .into_iter()
+        .chain(boot.accel.map(|a| (ACCEL_ENV, a.word())))
+        .chain(
+            boot.kvm
+                .as_ref()
+                .map(|k| (KVM_VARIANT_ENV, k.name.as_str())),
+        )
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        chroot: true,
+    })
 }
 
 #[cfg(test)]
