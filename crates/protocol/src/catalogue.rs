@@ -221,6 +221,50 @@ pub fn find(name: &str) -> Option<&'static Check> {
     CHECKS.iter().find(|c| c.name == name)
 }
 
+/// Every host check: checks the runner runs on the host itself (in a
+/// virtual lane, inside the virtual host), reporting through the same
+/// protocol as guest checks. They take no arguments; a test lists either
+/// guest checks or host checks.
+pub const HOST_CHECKS: &[Check] = &[
+    check(
+        "vfio.env",
+        "records the VFIO environment: vfio-pci with enable_sriov, IOMMU groups, the PF, /dev/vfio/devices",
+    ),
+    check(
+        "vf-token.rules",
+        "the VF-token rules with the PF on vfio-pci: the kernel selftest's cases and the uAPI's errnos",
+    ),
+    check(
+        "vf-token.kernel-pf",
+        "a token while the PF is on the kernel driver (EINVAL), vfio-pci refusing a PF whose VFs exist (EBUSY)",
+    ),
+    check(
+        "vf-token.cdev",
+        "the token through the vfio cdev / iommufd path, where the kernel has it",
+    ),
+    check(
+        "vf-token.pf-driver",
+        "the userspace NVMe PF driver brings two VFs online, each VF ready through its own token-opened device",
+    ),
+    check(
+        "vf-token.qemu",
+        "QEMU refuses a VF without the token or with a wrong one, and starts the guest with the right one",
+    ),
+    check(
+        "vf-token.crash-recovery",
+        "the runner is SIGKILLed at points of a VF run; the next run restores every device exactly",
+    ),
+    check(
+        "vf-token.secrets",
+        "no file the run has written holds any VF token the run used (run it last)",
+    ),
+];
+
+/// The host check named `name`.
+pub fn find_host(name: &str) -> Option<&'static Check> {
+    HOST_CHECKS.iter().find(|c| c.name == name)
+}
+
 /// The command-line key that lists the checks to run.
 pub const CHECKS_KEY: &str = "checks";
 
@@ -306,13 +350,10 @@ mod tests {
     }
 
     #[test]
-    fn names_are_unique() {
-        for (i, a) in CHECKS.iter().enumerate() {
-            assert!(
-                CHECKS[i + 1..].iter().all(|b| b.name != a.name),
-                "{}",
-                a.name
-            );
+    fn names_are_unique_across_guest_and_host_checks() {
+        let all: std::vec::Vec<&Check> = CHECKS.iter().chain(HOST_CHECKS).collect();
+        for (i, a) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|b| b.name != a.name), "{}", a.name);
         }
     }
 }

@@ -3,12 +3,14 @@
 
 use serde::{Deserialize, Deserializer, de};
 use std::fmt;
+use ukci_vhost::accel::Accel;
 
 /// Everything a result depends on, as recorded in reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Environment {
-    /// The accelerator the VMs actually run under: `kvm` or `tcg`.
-    pub accel: String,
+    /// The accelerator the VMs actually run under; `None` in the plan of a
+    /// virtual lane's test left to `auto`, which its agent decides.
+    pub accel: Option<Accel>,
     /// Why `auto` chose this accelerator.
     pub accel_reason: String,
     pub qemu_version: Version,
@@ -19,7 +21,7 @@ pub struct Environment {
     /// The layer below the KVM under test, where ukci knows it: `tcg`
     /// inside a virtual host under TCG (QEMU's emulation of SVM is what
     /// kvm_amd runs on), `kvm` inside one under KVM.
-    pub kvm_host: Option<String>,
+    pub kvm_host: Option<Accel>,
     /// What the kernel said of its KVM modules (their dmesg lines, a load
     /// error), where ukci loaded them.
     pub kvm_log: String,
@@ -52,8 +54,14 @@ impl Environment {
         match (&self.virtual_host, &self.kvm_variant) {
             (Some(v), Some(k)) => format!("{}, {k}", v.kernel),
             (Some(v), None) => v.kernel.clone(),
-            (None, _) => self.accel.clone(),
+            (None, _) => self.accel_word().to_string(),
         }
+    }
+
+    /// The accelerator as reports spell it: `kvm`, `tcg`, or `auto` where
+    /// the agent of a virtual host decides.
+    pub fn accel_word(&self) -> &'static str {
+        self.accel.map_or("auto", Accel::word)
     }
 
     /// The fingerprint written as report properties.
@@ -75,7 +83,7 @@ impl Environment {
             ],
         };
         p.extend(vec![
-            ("accel", self.accel.clone()),
+            ("accel", self.accel_word().to_string()),
             ("accel.reason", self.accel_reason.clone()),
             ("qemu.version", self.qemu_version.to_string()),
             ("host.kernel", self.host_kernel.clone()),
@@ -85,7 +93,7 @@ impl Environment {
             ),
             (
                 "kvm.host",
-                self.kvm_host.clone().unwrap_or_else(|| "unknown".into()),
+                self.kvm_host.map_or("unknown", Accel::word).to_string(),
             ),
             ("cpu.model", self.cpu_model.clone()),
         ]);
@@ -208,7 +216,7 @@ pub const KEYS: &[Key] = &[
         name: "accel",
         says: "accel",
         values: Values::OneOf(&["kvm", "tcg"]),
-        have: |e| e.accel.clone(),
+        have: |e| e.accel_word().to_string(),
         why: Some(|e| &e.accel_reason),
         before_boot: false,
     },
@@ -248,7 +256,7 @@ pub const KEYS: &[Key] = &[
         name: "kvm_host",
         says: "KVM running on",
         values: Values::OneOf(&["tcg", "kvm", "unknown"]),
-        have: |e| e.kvm_host.clone().unwrap_or_else(|| "unknown".into()),
+        have: |e| e.kvm_host.map_or("unknown", Accel::word).to_string(),
         why: None,
         before_boot: false,
     },
@@ -460,7 +468,7 @@ mod tests {
 
     fn env() -> Environment {
         Environment {
-            accel: "tcg".into(),
+            accel: Some(Accel::Tcg),
             accel_reason: "requested".into(),
             qemu_version: Version(vec![10, 0, 2]),
             host_kernel: "6.1.0-28-amd64".into(),

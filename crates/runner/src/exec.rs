@@ -1,87 +1,18 @@
 //! Execution: runs the plan's VMs, `jobs` at a time, and emits events.
 //! Executors never format output; reporters consume the events.
 
-use crate::envmatch::Environment;
-use crate::hostcheck::{self, HostContext};
+use crate::events::{Event, TestRun};
+use crate::hostcheck;
+use crate::hostconfig::HostCheckContext;
 use crate::lane::{self, LaneContext};
-use crate::outcome::{self, Expect, Judged, Outcome, SubResult};
-use crate::plan::{Decision, PlannedTest};
+use crate::outcome::{self, Expect, Outcome, SubResult};
+use crate::plan::{Decision, PlannedTest, TestKind};
 use crate::qemu;
-use crate::qemu::VmDevice;
 use crate::supervise::{End, Finished};
 use crate::vf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::time::Duration;
 use ukci_protocol::line::{self, Line};
-
-#[derive(Clone, Debug)]
-pub struct TestRun {
-    pub judged: Judged,
-    /// The serial log.
-    pub log: String,
-    pub stderr: String,
-    pub elapsed: Duration,
-    /// How QEMU ended; `None` for a test that did not run.
-    pub end: Option<End>,
-    /// Earlier runs of this test that gave no result, each as why (a wedged
-    /// virtual host); this run is the one that counts.
-    pub reruns: Vec<String>,
-    /// The environment the test ran in where it was decided while running
-    /// (inside a virtual host: its accelerator, KVM module, what KVM runs
-    /// on); otherwise the plan's.
-    pub env: Option<Environment>,
-    /// The QEMU command line of the test's VM as a shell takes it (a VF's
-    /// token travels in an inherited sealed memfd, `-readconfig
-    /// /proc/self/fd/N`, never here); empty when no VM of its own ran.
-    pub qemu: String,
-}
-
-impl TestRun {
-    /// The serial log, followed by what QEMU wrote to stderr, if anything:
-    /// what a report keeps of the VM.
-    pub fn vm_log(&self) -> String {
-        let mut log = self.log.clone();
-        if !self.stderr.trim().is_empty() {
-            log.push_str("\n--- QEMU stderr ---\n");
-            log.push_str(&self.stderr);
-        }
-        log
-    }
-
-    /// A run that booted nothing: only these results.
-    pub fn without_vm(results: Vec<SubResult>) -> Self {
-        TestRun {
-            judged: Judged {
-                results,
-                infos: vec![],
-            },
-            log: String::new(),
-            stderr: String::new(),
-            elapsed: Duration::ZERO,
-            end: None,
-            reruns: vec![],
-            env: None,
-            qemu: String::new(),
-        }
-    }
-}
-
-#[derive(Debug)]
-pub enum Event {
-    Started {
-        idx: usize,
-    },
-    /// One line of a running VM's serial output.
-    Output {
-        idx: usize,
-        line: String,
-    },
-    Finished {
-        idx: usize,
-        run: Box<TestRun>,
-    },
-}
 
 /// A unit of work for one worker: a test on this host, or one boot of a
 /// virtual host with every test that runs inside it.
@@ -91,11 +22,6 @@ pub enum Work {
     /// Tests that use the host's PF: one after the other, never two at once.
     Serial(Vec<usize>),
     Boot(Vec<usize>),
-}
-
-/// Whether a test uses the host's PF (host checks, a VF for its guest).
-fn uses_pf(t: &PlannedTest) -> bool {
-    t.host_checks || t.vm.devices.contains(&VmDevice::NvmeVf)
 }
 
 /// Groups the plan into work. Virtual boots come first: they take longest.
@@ -114,7 +40,7 @@ pub fn work_items(plan: &[PlannedTest]) -> Vec<Work> {
                     None => boots.push(vec![i]),
                 }
             }
-            (None, Decision::Run) if uses_pf(t) => serial.push(i),
+            (None, Decision::Run) if t.kind.uses_pf() => serial.push(i),
             _ => local.push(Work::Local(i)),
         }
     }
@@ -156,7 +82,7 @@ pub fn execute(plan: &[PlannedTest], jobs: usize, lane: &LaneContext, events: Se
 
 fn run_local(plan: &[PlannedTest], idx: usize, lane: &LaneContext, events: &Sender<Event>) {
     let _ = events.send(Event::Started { idx });
-    let run = run_one(&plan[idx], &lane.host, |line| {
+    let run = run_one(&plan[idx], &lane.host_checks, |line| {
         let _ = events.send(Event::Output {
             idx,
             line: line.to_string(),
@@ -170,8 +96,8 @@ fn run_local(plan: &[PlannedTest], idx: usize, lane: &LaneContext, events: &Send
 
 /// Runs one test: creates its scratch images, boots the VM, judges the
 /// result, applies the expectations, removes the images.
-pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str)) -> TestRun {
-    let no_pf = (host.pf.is_none() && t.vm.devices.contains(&VmDevice::NvmeVf))
+pub fn run_one(t: &PlannedTest, host: &HostCheckContext, mut on_line: impl FnMut(&str)) -> TestRun {
+    let no_pf = (host.pf.is_none() && t.kind == TestKind::GuestWithVf)
         .then(|| format!("no SR-IOV PF to take a VF from: {}", host.pf_source));
     if let Some(why) = no_pf.as_ref().or(match &t.decision {
         Decision::Skip(why) => Some(why),
@@ -195,12 +121,10 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
             detail: None,
         }]);
     }
-    let fin = if t.host_checks {
-        host_checks(t, host)
-    } else if t.vm.devices.contains(&VmDevice::NvmeVf) {
-        vf::run_guest_with_vf(host, &t.vm, t.timeout, &mut on_line)
-    } else {
-        qemu::run(&t.vm, t.timeout, on_line)
+    let fin = match t.kind {
+        TestKind::HostChecks => host_checks(t, host),
+        TestKind::GuestWithVf => vf::run_guest_with_vf(host, &t.vm, t.timeout, &mut on_line),
+        TestKind::Guest => qemu::run(&t.vm, t.timeout, on_line),
     };
     for s in &t.scratch {
         let _ = std::fs::remove_file(&s.path);
@@ -229,7 +153,7 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
 }
 
 /// Host checks run here, in the runner; their output reads like a guest's.
-fn host_checks(t: &PlannedTest, host: &HostContext) -> Finished {
+fn host_checks(t: &PlannedTest, host: &HostCheckContext) -> Finished {
     let start = std::time::Instant::now();
     let out = hostcheck::run(&t.checks, host);
     let status = out

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ukci_protocol::Verdict;
 use ukci_protocol::line::{self, Line};
+use ukci_vhost::accel::Accel;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostFacts {
@@ -19,7 +20,7 @@ pub struct HostFacts {
     pub kvm_module: Option<String>,
     /// The layer below this host's KVM, where known (see
     /// [`crate::envmatch::Environment::kvm_host`]).
-    pub kvm_host: Option<String>,
+    pub kvm_host: Option<Accel>,
     /// What the kernel said of its KVM modules, where ukci loaded them.
     pub kvm_log: String,
     /// The lane's KVM variant this host loaded (inside a virtual host).
@@ -177,7 +178,7 @@ fn dev_kvm() -> Result<(), String> {
 /// The accelerator `auto` resolves to, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccelChoice {
-    pub accel: String,
+    pub accel: Accel,
     pub reason: String,
 }
 
@@ -194,7 +195,7 @@ pub const KVM_PROBE_LIMIT_NESTED: Duration = Duration::from_secs(60);
 pub fn resolve_auto(facts: &HostFacts, guest: &Path, cache: &Path, limit: Duration) -> AccelChoice {
     if let Err(e) = &facts.dev_kvm {
         return AccelChoice {
-            accel: "tcg".into(),
+            accel: Accel::Tcg,
             reason: format!("auto: {e}"),
         };
     }
@@ -231,10 +232,10 @@ fn read_cache(cache: &Path, key: &str) -> Option<AccelChoice> {
     if lines.next()? != key {
         return None;
     }
-    let accel = lines.next().filter(|a| ["kvm", "tcg"].contains(a))?;
+    let accel = Accel::from_word(lines.next()?)?;
     let reason = lines.next()?;
     Some(AccelChoice {
-        accel: accel.to_string(),
+        accel,
         reason: format!("{reason} (cached)"),
     })
 }
@@ -253,8 +254,8 @@ fn probe_kvm(facts: &HostFacts, guest: &Path, limit: Duration) -> Probe {
     let module = facts.kvm_module.as_deref();
     let vm = VmConfig {
         machine: MachineType::Microvm,
-        accel: "kvm".into(),
-        cpu: qemu::default_cpu("kvm", module),
+        accel: Accel::Kvm,
+        cpu: qemu::default_cpu(Accel::Kvm, module),
         memory: ByteSize::mib(64),
         smp: 1,
         pit: true,
@@ -287,13 +288,13 @@ pub fn judge_probe(fin: &Finished, module: Option<&str>, limit: Duration) -> Pro
             if announced == Some(s as u32) && Verdict::from_status(s as u32).is_some() =>
         {
             (
-                "kvm",
+                Accel::Kvm,
                 true,
                 format!("gave a verdict in {} ms", fin.elapsed.as_millis()),
             )
         }
         End::TimedOut(_) => (
-            "tcg",
+            Accel::Tcg,
             true,
             format!(
                 "gave no verdict within {} s{}",
@@ -306,7 +307,7 @@ pub fn judge_probe(fin: &Finished, module: Option<&str>, limit: Duration) -> Pro
             ),
         ),
         other => (
-            "tcg",
+            Accel::Tcg,
             false,
             format!(
                 "failed before a verdict: {other:?}; stderr: {}",
@@ -316,7 +317,7 @@ pub fn judge_probe(fin: &Finished, module: Option<&str>, limit: Duration) -> Pro
     };
     Probe {
         choice: AccelChoice {
-            accel: accel.into(),
+            accel,
             reason: format!("auto: a probe boot under KVM ({module}) {reason}"),
         },
         lasting,
@@ -409,7 +410,7 @@ mod tests {
             "",
             "qemu-system-x86_64: could not open kernel file 'images/ukci-guest': No such file or directory\n",
         );
-        assert_eq!(p.choice.accel, "tcg");
+        assert_eq!(p.choice.accel, Accel::Tcg);
         assert!(!p.lasting);
         assert!(
             p.choice.reason.contains("could not open kernel file"),
@@ -429,11 +430,11 @@ mod tests {
             "PASS: boot.smoke: long mode\r\nSUMMARY: 1 tests\r\nEXIT: STATUS=1\r\n",
             "",
         );
-        assert_eq!(p.choice.accel, "kvm");
+        assert_eq!(p.choice.accel, Accel::Kvm);
         assert!(p.lasting);
         assert!(p.choice.reason.contains("verdict in 21 ms"));
         let p = probe(End::TimedOut(KVM_PROBE_LIMIT), "", "");
-        assert_eq!(p.choice.accel, "tcg");
+        assert_eq!(p.choice.accel, Accel::Tcg);
         assert!(p.lasting);
     }
 
@@ -443,7 +444,7 @@ mod tests {
         let cache = d.path().join("accel-probe.txt");
         std::fs::write(&cache, "k1\nkvm\nauto: verdict in 21 ms\n").unwrap();
         let c = read_cache(&cache, "k1").unwrap();
-        assert_eq!(c.accel, "kvm");
+        assert_eq!(c.accel, Accel::Kvm);
         assert_eq!(c.reason, "auto: verdict in 21 ms (cached)");
         assert_eq!(read_cache(&cache, "k2"), None, "another host or guest");
         for cut in ["k1\n", "k1\nkvm\n", "k1\nkv\nwhy\n"] {

@@ -12,11 +12,10 @@
 //! Every outcome cell carries `data-outcome`, and the summary's counts
 //! `data-count`: what a browser test compares with the JUnit.
 
-use crate::exec::TestRun;
+use crate::events::TestRun;
 use crate::outcome::{Outcome, SubResult};
 use crate::plan::PlannedTest;
 use crate::reproduce::{self, Rerun};
-use crate::session::log_path;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use std::collections::BTreeMap;
 
@@ -140,7 +139,7 @@ fn test(s: &Suite<'_>, t: &Test<'_>, rerun: &Rerun) -> Markup {
                     @match t.cells.get(env.as_str()) {
                         Some(c) => {
                             a.cell.status.{ "o-" (c.counts.status()) }
-                                href=(href(&format!("logs/{}", log_path(c.planned).display())))
+                                href=(href(&format!("logs/{}", c.planned.log_path().display())))
                                 title="open the log" {
                                 (c.counts.describe())
                             }

@@ -17,7 +17,7 @@
 //! a pass's system-out when that is not the VM's log (which has the line).
 //! Properties stay where the XSD has them, on the testsuite.
 
-use crate::exec::TestRun;
+use crate::events::TestRun;
 use crate::outcome::Outcome;
 use crate::plan::PlannedTest;
 use crate::reproduce::{self, Rerun};

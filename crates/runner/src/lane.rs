@@ -4,187 +4,16 @@
 //! serial console; the same events are kept in the results folder, which is
 //! what counts when the console interleaved them with kernel messages.
 
-use crate::envmatch::Environment;
-use crate::exec::{Event, TestRun};
-use crate::hostcheck::HostContext;
-use crate::outcome::{Judged, Outcome, SubResult};
-use crate::plan::PlannedTest;
-use serde::{Deserialize, Serialize};
+use crate::events::{EVENTS_FILE, Event, STARTED, TestRun, WireRun};
+use crate::hostconfig::HostCheckContext;
+use crate::outcome::{Outcome, SubResult};
+use crate::plan::{PlannedTest, VirtualBoot};
+use crate::rundir;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
-use std::time::Duration;
-use ukci_vfio::token;
 use ukci_vhost::boot::{self, Agent, BootConfig, BootError};
 use ukci_vhost::initramfs::{self, InitramfsSpec};
-
-/// Prefix of an event line on the agent's stdout.
-pub const EVENT: &str = "ukci-event: ";
-/// Prefix of the line the agent prints when a test starts (its id follows).
-pub const STARTED: &str = "ukci-started: ";
-/// The file in the results folder that holds every event line.
-pub const EVENTS_FILE: &str = "events.jsonl";
-
-/// One finished test, as the agent reports it.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WireRun {
-    pub test: String,
-    pub results: Vec<WireResult>,
-    pub infos: Vec<String>,
-    pub log: String,
-    pub stderr: String,
-    pub elapsed_ms: u64,
-    /// `uname -r` of the host the agent ran on.
-    #[serde(default)]
-    pub host_kernel: String,
-    /// Digests of every VF token the agent has used so far, for the
-    /// runner's end-of-run scan (never the tokens themselves).
-    #[serde(default)]
-    pub tokens: Vec<String>,
-    /// What the agent decided and found for this test: the accelerator
-    /// and the KVM it ran on.
-    #[serde(default)]
-    pub env: Option<WireEnv>,
-    /// The QEMU command line the agent started the test's guest with.
-    #[serde(default)]
-    pub qemu: String,
-}
-
-/// The part of a test's environment only the agent knows.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WireEnv {
-    pub accel: String,
-    pub accel_reason: String,
-    pub kvm_module: Option<String>,
-    pub kvm_host: Option<String>,
-    pub kvm_log: String,
-    pub cpu_model: String,
-    /// What [`KVM_BUILD_MARKER`] said: the patch set of a KVM built by ukci.
-    #[serde(default)]
-    pub kvm_build: Option<String>,
-}
-
-impl WireEnv {
-    pub fn of(env: &Environment) -> WireEnv {
-        WireEnv {
-            accel: env.accel.clone(),
-            accel_reason: env.accel_reason.clone(),
-            kvm_module: env.kvm_module.clone(),
-            kvm_host: env.kvm_host.clone(),
-            kvm_log: env.kvm_log.clone(),
-            cpu_model: env.cpu_model.clone(),
-            kvm_build: env.kvm_build.clone(),
-        }
-    }
-
-    /// The planned environment of a virtual-lane test, completed with what
-    /// the agent found.
-    pub fn apply(self, planned: &Environment) -> Environment {
-        Environment {
-            accel: self.accel,
-            accel_reason: self.accel_reason,
-            kvm_module: self.kvm_module,
-            kvm_host: self.kvm_host.or_else(|| planned.kvm_host.clone()),
-            kvm_log: self.kvm_log,
-            cpu_model: self.cpu_model,
-            kvm_build: self.kvm_build,
-            ..planned.clone()
-        }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WireResult {
-    pub name: String,
-    pub outcome: String,
-    pub message: Option<String>,
-    pub detail: Option<String>,
-}
-
-impl WireRun {
-    pub fn new(test: &str, run: &TestRun) -> Self {
-        WireRun {
-            test: test.to_string(),
-            results: run
-                .judged
-                .results
-                .iter()
-                .map(|r| WireResult {
-                    name: r.name.clone(),
-                    outcome: r.outcome.word().to_string(),
-                    message: r.outcome.message().map(str::to_string),
-                    detail: r.detail.clone(),
-                })
-                .collect(),
-            infos: run.judged.infos.clone(),
-            log: run.log.clone(),
-            stderr: run.stderr.clone(),
-            elapsed_ms: run.elapsed.as_millis() as u64,
-            host_kernel: String::new(),
-            tokens: token::remembered().iter().map(|d| d.to_string()).collect(),
-            env: run.env.as_ref().map(WireEnv::of),
-            qemu: run.qemu.clone(),
-        }
-    }
-
-    /// The same, naming the kernel it ran on.
-    pub fn on_kernel(mut self, release: &str) -> Self {
-        self.host_kernel = release.to_string();
-        self
-    }
-
-    /// The run, after remembering the agent's token digests for the scan.
-    pub fn into_run(self) -> TestRun {
-        for d in self.tokens.iter().filter_map(|t| token::Digest::parse(t)) {
-            token::remember(d);
-        }
-        let results = self
-            .results
-            .into_iter()
-            .map(|r| {
-                let m = r.message.unwrap_or_default();
-                let outcome = match r.outcome.as_str() {
-                    "pass" => Outcome::Pass,
-                    "fail" => Outcome::Fail(m),
-                    "skip" => Outcome::Skip(m),
-                    "xfail" => Outcome::Xfail(m),
-                    "xpass" => Outcome::Xpass(m),
-                    "error" => Outcome::Error(m),
-                    other => {
-                        Outcome::Error(format!("the agent sent an unknown outcome `{other}`: {m}"))
-                    }
-                };
-                SubResult {
-                    name: r.name,
-                    outcome,
-                    detail: r.detail,
-                }
-            })
-            .collect();
-        TestRun {
-            judged: Judged {
-                results,
-                infos: self.infos,
-            },
-            log: self.log,
-            stderr: self.stderr,
-            elapsed: Duration::from_millis(self.elapsed_ms),
-            end: None,
-            reruns: vec![],
-            env: None,
-            qemu: self.qemu,
-        }
-    }
-
-    pub fn to_line(&self) -> String {
-        format!("{EVENT}{}", serde_json::to_string(self).unwrap_or_default())
-    }
-
-    pub fn from_line(line: &str) -> Option<WireRun> {
-        let json = line.trim_end_matches('\r').split_once(EVENT)?.1;
-        serde_json::from_str(json).ok()
-    }
-}
 
 /// What executing a plan needs besides the plan.
 #[derive(Clone, Debug, Default)]
@@ -198,7 +27,7 @@ pub struct LaneContext {
     /// This runner's own binary, started as the agent inside the host.
     pub agent: PathBuf,
     /// For host checks and VF guests on this host.
-    pub host: HostContext,
+    pub host_checks: HostCheckContext,
 }
 
 /// This runner's binary, to start as the agent. When a rebuild replaced the
@@ -229,27 +58,11 @@ pub const KVM_BUILD_MARKER: &str = "/sys/module/kvm/parameters/ukci_variant";
 /// The folder name of one boot's results: `<suite>@<kernel>`, and
 /// `<suite>@<kernel>.boot<n>` for a boot after the first.
 pub fn boot_dir_name(suite: &str, kernel: &str, boot_no: u32) -> String {
-    let dir = env_dir_name(suite, kernel);
+    let dir = rundir::env_dir_name(suite, kernel);
     match boot_no {
         1 => dir,
         n => format!("{dir}.boot{n}"),
     }
-}
-
-/// `<suite>@<env>` with the environment label made a file name:
-/// `vf-token@debian-7.3--cr-pin-v3` for `debian:7.3, cr-pin-v3`.
-pub fn env_dir_name(suite: &str, label: &str) -> String {
-    let env: String = label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("{suite}@{env}")
 }
 
 /// How often one (suite, kernel) may boot: a second boot runs only the tests
@@ -333,87 +146,129 @@ fn run_boots(
         &mut (dyn FnMut(&str) + Send),
     ) -> Result<i32, HostFailure>,
 ) {
-    let first = &plan[idxs[0]];
-    let boot = first.boot.as_ref().expect("a virtual test has a boot");
+    let boot = plan[idxs[0]]
+        .boot
+        .as_ref()
+        .expect("a virtual test has a boot");
     for &i in idxs {
         let _ = events.send(Event::Started { idx: i });
     }
-    let mut pending: BTreeMap<String, usize> = idxs.iter().map(|&i| (plan[i].id(), i)).collect();
-    let mut reruns: Vec<String> = Vec::new();
+    let mut boots = Boots {
+        plan,
+        boot,
+        events,
+        pending: idxs.iter().map(|&i| (plan[i].id(), i)).collect(),
+        reruns: Vec::new(),
+    };
     for boot_no in 1..=MAX_BOOTS {
         let dir = results.join(boot_dir_name(&boot.suite, &boot.label(), boot_no));
-        let finish = |w: WireRun, pending: &mut BTreeMap<String, usize>| {
-            if let Some(idx) = pending.remove(&w.test) {
-                let booted = w.host_kernel.clone();
-                let wrong_build = w
-                    .env
-                    .as_ref()
-                    .and_then(|e| wrong_kvm(boot.kvm.as_ref(), e.kvm_build.as_deref(), &e.kvm_log));
-                let env = w.env.clone().map(|e| e.apply(&plan[idx].env));
-                let mut run = w.into_run();
-                run.env = env;
-                run.judged.results.extend(wrong_build);
-                run.reruns = reruns.clone();
-                if let Some(wrong) = wrong_kernel(&plan[idx].env.host_kernel, &booted) {
-                    run.judged.results.push(wrong);
-                }
-                let _ = events.send(Event::Finished {
-                    idx,
-                    run: Box::new(run),
-                });
-            }
-        };
-        let these: Vec<usize> = pending.values().copied().collect();
+        let these: Vec<usize> = boots.pending.values().copied().collect();
         let mut started: Vec<String> = Vec::new();
-        let outcome = boot_and_run(&these, &dir, &mut |line| {
-            if let Some(w) = WireRun::from_line(line) {
-                finish(w, &mut pending);
-            } else if let Some((_, id)) = line.trim_end_matches('\r').split_once(STARTED) {
-                started.push(id.to_string());
-            } else if let Some(&idx) = pending.values().next() {
-                let _ = events.send(Event::Output {
-                    idx,
-                    line: line.to_string(),
-                });
-            }
-        });
-        // The file is complete even where the console mangled a line.
-        if let Ok(text) = std::fs::read_to_string(dir.join(EVENTS_FILE)) {
-            for w in text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<WireRun>(l).ok())
-            {
-                finish(w, &mut pending);
-            }
-        }
+        let outcome = boot_and_run(&these, &dir, &mut |line| boots.on_line(line, &mut started));
+        boots.read_events_file(&dir);
         let why = match outcome {
-            Ok(0) => "the agent finished without reporting this test".to_string(),
-            Ok(status) => {
-                format!("the agent exited with status {status} before reporting this test")
-            }
+            Ok(status) => why_unreported(status),
             Err(failure)
-                if boot_again(&failure, boot_no, pending.len())
+                if boot_again(&failure, boot_no, boots.pending.len())
                     && !crate::supervise::interrupted() =>
             {
-                let _ = events.send(Event::Output {
-                    idx: *pending.values().next().expect("pending is not empty"),
-                    line: format!(
-                        "virtual host {}: boot {boot_no} broke down; the {} unreported test(s) run on a fresh host",
-                        boot.kernel.name,
-                        pending.len()
-                    ),
-                });
-                reruns.push(format!(
-                    "{} (boot {boot_no}); serial log: {}",
-                    failure.why.lines().next().unwrap_or_default(),
-                    dir.join("serial.log").display()
-                ));
+                boots.broke_down(&failure, boot_no, &dir);
                 continue;
             }
             Err(failure) => failure.why,
         };
+        boots.fail_unreported(&why, &dir, &started);
+        break;
+    }
+}
+
+/// The boots of one (suite, kernel, KVM variant): the tests no boot has
+/// reported yet, and why earlier boots gave no result for them.
+struct Boots<'a> {
+    plan: &'a [PlannedTest],
+    boot: &'a VirtualBoot,
+    events: &'a Sender<Event>,
+    /// Unreported tests: id → index in the plan.
+    pending: BTreeMap<String, usize>,
+    /// Why each earlier boot broke down, with its serial log.
+    reruns: Vec<String>,
+}
+
+impl Boots<'_> {
+    /// One line of the agent's console: a finished test, a test starting,
+    /// or output shown beside the first unreported test.
+    fn on_line(&mut self, line: &str, started: &mut Vec<String>) {
+        if let Some(w) = WireRun::from_line(line) {
+            self.finish(w);
+        } else if let Some((_, id)) = line.trim_end_matches('\r').split_once(STARTED) {
+            started.push(id.to_string());
+        } else if let Some(&idx) = self.pending.values().next() {
+            let _ = self.events.send(Event::Output {
+                idx,
+                line: line.to_string(),
+            });
+        }
+    }
+
+    /// Every event the agent kept in the results folder: the file is
+    /// complete even where the console mangled a line.
+    fn read_events_file(&mut self, dir: &Path) {
+        if let Ok(text) = std::fs::read_to_string(dir.join(EVENTS_FILE)) {
+            for w in text.lines().filter_map(WireRun::from_json) {
+                self.finish(w);
+            }
+        }
+    }
+
+    /// Sends a test's `Finished` event the first time the agent reports it,
+    /// with what the agent found and an error where the host was not the
+    /// one planned (another kernel, another KVM build).
+    fn finish(&mut self, w: WireRun) {
+        let Some(idx) = self.pending.remove(&w.test) else {
+            return;
+        };
+        let planned = &self.plan[idx];
+        let booted = w.host_kernel.clone();
+        let wrong_build = w
+            .env
+            .as_ref()
+            .and_then(|e| wrong_kvm(self.boot.kvm.as_ref(), e.kvm_build.as_deref(), &e.kvm_log));
+        let env = w.env.clone().map(|e| e.apply(&planned.env));
+        let mut run = w.into_run();
+        run.env = env;
+        run.judged.results.extend(wrong_build);
+        run.reruns = self.reruns.clone();
+        if let Some(wrong) = wrong_kernel(&planned.env.host_kernel, &booted) {
+            run.judged.results.push(wrong);
+        }
+        let _ = self.events.send(Event::Finished {
+            idx,
+            run: Box::new(run),
+        });
+    }
+
+    /// Records a boot that broke down; its unreported tests get the next.
+    fn broke_down(&mut self, failure: &HostFailure, boot_no: u32, dir: &Path) {
+        let _ = self.events.send(Event::Output {
+            idx: *self.pending.values().next().expect("pending is not empty"),
+            line: format!(
+                "virtual host {}: boot {boot_no} broke down; the {} unreported test(s) run on a fresh host",
+                self.boot.kernel.name,
+                self.pending.len()
+            ),
+        });
+        self.reruns.push(format!(
+            "{} (boot {boot_no}); serial log: {}",
+            failure.why.lines().next().unwrap_or_default(),
+            dir.join("serial.log").display()
+        ));
+    }
+
+    /// Ends every test the last boot left unreported as an error that says
+    /// `why`, whether the test had started, and where the serial log is.
+    fn fail_unreported(self, why: &str, dir: &Path, started: &[String]) {
         let serial = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
-        for (id, idx) in std::mem::take(&mut pending) {
+        for (id, idx) in self.pending {
             let test = id
                 .rsplit_once('.')
                 .map_or(id.as_str(), |(_, t)| t)
@@ -427,19 +282,26 @@ fn run_boots(
                 name: test,
                 outcome: Outcome::Error(format!(
                     "virtual host {} ({when}): {why}; serial log: {}",
-                    boot.kernel.name,
+                    self.boot.kernel.name,
                     dir.join("serial.log").display()
                 )),
                 detail: None,
             }]);
             run.log = serial.clone();
-            run.reruns = reruns.clone();
-            let _ = events.send(Event::Finished {
+            run.reruns = self.reruns.clone();
+            let _ = self.events.send(Event::Finished {
                 idx,
                 run: Box::new(run),
             });
         }
-        break;
+    }
+}
+
+/// Why a test is unreported after the agent exited with `status`.
+fn why_unreported(status: i32) -> String {
+    match status {
+        0 => "the agent finished without reporting this test".to_string(),
+        status => format!("the agent exited with status {status} before reporting this test"),
     }
 }
 
@@ -496,41 +358,14 @@ fn boot_and_run(
     let spec = kvm_spec(boot, ctx, dir, on_line).map_err(fail)?;
     let initrd = initramfs::build(&ctx.cache, &boot.kernel, &spec)
         .map_err(|e| fail(format!("initramfs: {e}")))?;
-    // The agent starts in another working directory.
-    let manifest = std::fs::canonicalize(&boot.manifest)
-        .map_err(|e| fail(format!("{}: {e}", boot.manifest.display())))?;
-    let mut args = vec![
-        "agent".to_string(),
-        manifest.display().to_string(),
-        "--results".to_string(),
-        dir.display().to_string(),
-    ];
-    for &i in idxs {
-        args.push("--test".into());
-        args.push(plan[i].test.clone());
-    }
-    let agent = Agent {
-        program: ctx.agent.clone(),
-        args,
-        env: [
-            ("CI", "1"),
-            (PF_ENV, VIRTUAL_PF),
-            (KVM_HOST_ENV, crate::plan::VHOST_ACCEL),
-        ]
-        .into_iter()
-        .chain(boot.accel.map(|a| (ACCEL_ENV, a.word())))
-        .chain(
-            boot.kvm
-                .as_ref()
-                .map(|k| (KVM_VARIANT_ENV, k.name.as_str())),
-        )
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-        chroot: true,
-    };
+    let tests: Vec<&str> = idxs.iter().map(|&i| plan[i].test.as_str()).collect();
+    let agent = agent(boot, &tests, ctx, dir).map_err(fail)?;
     // The namespace image stays out of the results folder the agent writes
     // (and searches for secrets), in this run's scratch folder.
-    let scratch = ctx.host.scratch.join(dir.file_name().unwrap_or_default());
+    let scratch = ctx
+        .host_checks
+        .scratch
+        .join(dir.file_name().unwrap_or_default());
     let mut cfg = BootConfig::new(
         &boot.kernel.name,
         &boot.kernel.vmlinuz,
@@ -549,6 +384,50 @@ fn boot_and_run(
     });
     let _ = std::fs::remove_dir_all(&scratch);
     report.map(|r| r.agent_status)
+}
+
+/// How `/init` starts the agent: this runner's binary with the manifest,
+/// the results folder and `tests`, and what the agent is told through its
+/// environment (the PF it may use, what its KVM runs on, `--accel`, the KVM
+/// variant).
+fn agent(
+    boot: &VirtualBoot,
+    tests: &[&str],
+    ctx: &LaneContext,
+    dir: &Path,
+) -> Result<Agent, String> {
+    // The agent starts in another working directory.
+    let manifest = std::fs::canonicalize(&boot.manifest)
+        .map_err(|e| format!("{}: {e}", boot.manifest.display()))?;
+    let mut args = vec![
+        "agent".to_string(),
+        manifest.display().to_string(),
+        "--results".to_string(),
+        dir.display().to_string(),
+    ];
+    for test in tests {
+        args.push("--test".into());
+        args.push(test.to_string());
+    }
+    Ok(Agent {
+        program: ctx.agent.clone(),
+        args,
+        env: [
+            ("CI", "1"),
+            (PF_ENV, VIRTUAL_PF),
+            (KVM_HOST_ENV, crate::plan::VHOST_ACCEL.word()),
+        ]
+        .into_iter()
+        .chain(boot.accel.map(|a| (ACCEL_ENV, a.word())))
+        .chain(
+            boot.kvm
+                .as_ref()
+                .map(|k| (KVM_VARIANT_ENV, k.name.as_str())),
+        )
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        chroot: true,
+    })
 }
 
 #[cfg(test)]
@@ -578,42 +457,6 @@ mod tests {
         };
         assert!(wrong_kvm(Some(&own), None, "").is_none());
         assert!(wrong_kvm(None, Some("cr-pin-v3"), "").is_none());
-    }
-
-    #[test]
-    fn events_round_trip_through_a_console_line() {
-        let run = TestRun {
-            judged: Judged {
-                results: vec![
-                    SubResult {
-                        name: "vfio.env: IOMMU groups present".into(),
-                        outcome: Outcome::Pass,
-                        detail: Some("iommu_groups=7".into()),
-                    },
-                    SubResult {
-                        name: "x".into(),
-                        outcome: Outcome::Skip("why (nested)".into()),
-                        detail: None,
-                    },
-                ],
-                infos: vec!["i".into()],
-            },
-            log: "PASS: a\r\n".into(),
-            stderr: String::new(),
-            elapsed: Duration::from_millis(12),
-            end: None,
-            reruns: vec![],
-            env: None,
-            qemu: "qemu-system-x86_64 -readconfig /proc/self/fd/5".into(),
-        };
-        let line = WireRun::new("vhost-smoke.env", &run).to_line();
-        assert!(!line.contains('\n'));
-        let noisy = format!("[   3.1] random: crng init done\r{line}\r");
-        let back = WireRun::from_line(&noisy).unwrap().into_run();
-        assert_eq!(back.judged, run.judged);
-        assert_eq!(back.log, run.log);
-        assert_eq!(back.qemu, run.qemu);
-        assert!(WireRun::from_line("ukci-event: {\"test\": trunc").is_none());
     }
 
     /// One boot: the tests it reports and how it ends.

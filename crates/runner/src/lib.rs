@@ -3,10 +3,12 @@
 
 pub mod diag;
 pub mod envmatch;
+pub mod events;
 pub mod exec;
 pub mod exitcode;
 pub mod host;
 pub mod hostcheck;
+pub mod hostconfig;
 pub mod html;
 pub mod junit;
 pub mod lane;

@@ -8,9 +8,8 @@
 
 use crate::diag::{Diagnostic, Diagnostics, SourceFile, shown};
 use crate::envmatch::EnvMatch;
-use crate::hostcheck;
-use crate::outcome::{glob, glob_prefix};
 use crate::units::{ByteSize, Timeout};
+use crate::units::{glob, glob_prefix};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -18,6 +17,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 use ukci_protocol::catalogue;
+use ukci_vhost::accel::Accel;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,7 +56,7 @@ pub struct SuiteInfo {
 #[serde(deny_unknown_fields)]
 pub struct MachineSettings {
     pub machine: Option<MachineType>,
-    pub accel: Option<Accel>,
+    pub accel: Option<AccelRequest>,
     /// A QEMU `-cpu` model name.
     pub cpu: Option<Spanned<String>>,
     pub memory: Option<Spanned<ByteSize>>,
@@ -171,29 +171,43 @@ impl MachineType {
     }
 }
 
+/// The accelerator a manifest or `--accel` asks for: one
+/// ([`Accel`]), or `auto`, which the plan resolves by a probe boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Accel {
+pub enum AccelRequest {
     /// KVM when it is usable for the guest, else TCG.
     Auto,
     Kvm,
     Tcg,
 }
 
-impl Accel {
+impl AccelRequest {
+    /// Every request, as manifests and `--accel` spell them.
+    pub const WORDS: [&'static str; 3] = ["auto", "kvm", "tcg"];
+
     /// As manifests and `--accel` spell it.
     pub fn word(self) -> &'static str {
         match self {
-            Accel::Auto => "auto",
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
+            AccelRequest::Auto => "auto",
+            AccelRequest::Kvm => "kvm",
+            AccelRequest::Tcg => "tcg",
         }
     }
 
-    pub fn from_word(w: &str) -> Option<Accel> {
-        [Accel::Auto, Accel::Kvm, Accel::Tcg]
+    pub fn from_word(w: &str) -> Option<AccelRequest> {
+        [AccelRequest::Auto, AccelRequest::Kvm, AccelRequest::Tcg]
             .into_iter()
             .find(|a| a.word() == w)
+    }
+
+    /// The accelerator asked for, unless that is left to `auto`.
+    pub fn fixed(self) -> Option<Accel> {
+        match self {
+            AccelRequest::Auto => None,
+            AccelRequest::Kvm => Some(Accel::Kvm),
+            AccelRequest::Tcg => Some(Accel::Tcg),
+        }
     }
 }
 
@@ -207,7 +221,7 @@ pub struct Test {
     #[serde(default)]
     pub args: BTreeMap<Spanned<String>, Spanned<ArgValue>>,
     pub machine: Option<MachineType>,
-    pub accel: Option<Accel>,
+    pub accel: Option<AccelRequest>,
     pub cpu: Option<Spanned<String>>,
     pub memory: Option<Spanned<ByteSize>>,
     pub smp: Option<Spanned<u32>>,
@@ -825,7 +839,7 @@ fn validate_test(m: &Manifest, t: &Test, src: &SourceFile, diags: &mut Diagnosti
         .checks
         .get_ref()
         .iter()
-        .filter(|c| hostcheck::find(c.get_ref()).is_some())
+        .filter(|c| catalogue::find_host(c.get_ref()).is_some())
         .count();
     if host > 0 && host < t.checks.get_ref().len() {
         diags.push(src.at(
@@ -835,7 +849,7 @@ fn validate_test(m: &Manifest, t: &Test, src: &SourceFile, diags: &mut Diagnosti
         ));
     }
     for c in t.checks.get_ref() {
-        if hostcheck::find(c.get_ref()).is_some() {
+        if catalogue::find_host(c.get_ref()).is_some() {
             continue;
         }
         match catalogue::find(c.get_ref()) {
@@ -962,10 +976,10 @@ fn suggest_check(name: &str) -> String {
     let close: Vec<&str> = catalogue::CHECKS
         .iter()
         .map(|c| c.name)
-        .chain(hostcheck::HOST_CHECKS.iter().map(|c| c.name))
+        .chain(catalogue::HOST_CHECKS.iter().map(|c| c.name))
         .filter(|c| {
             let family = name.split('.').next().unwrap_or(name);
-            c.starts_with(family) || strsim(c, name) <= 3
+            c.starts_with(family) || strsim::levenshtein(c, name) <= 3
         })
         .collect();
     if close.is_empty() {
@@ -973,21 +987,6 @@ fn suggest_check(name: &str) -> String {
     } else {
         format!("did you mean one of: {}", close.join(", "))
     }
-}
-
-/// Edit distance, for suggestions.
-fn strsim(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! outcomes, and the manifest's expectations applied. Plain functions, no I/O.
 
 use crate::supervise::{End, Finished};
+use crate::units::glob;
 use ukci_protocol::Verdict;
 use ukci_protocol::line::{self, Line, Status};
 use ukci_protocol::report::ABORTED;
@@ -226,62 +227,6 @@ fn vm_error(
             }
         }
     }
-}
-
-/// Simple glob: `*` any run, `?` one character.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-/// Whether some text that starts with `prefix` matches the glob `pattern`.
-pub fn glob_prefix(pattern: &str, prefix: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    // The pattern positions reachable after reading the prefix so far.
-    let close = |set: &mut Vec<bool>| {
-        for i in 0..p.len() {
-            if set[i] && p[i] == '*' {
-                set[i + 1] = true;
-            }
-        }
-    };
-    let mut at = vec![false; p.len() + 1];
-    at[0] = true;
-    close(&mut at);
-    for c in prefix.chars() {
-        let mut next = vec![false; p.len() + 1];
-        for i in (0..p.len()).filter(|&i| at[i]) {
-            match p[i] {
-                '*' => next[i] = true,
-                '?' => next[i + 1] = true,
-                x if x == c => next[i + 1] = true,
-                _ => {}
-            }
-        }
-        close(&mut next);
-        at = next;
-    }
-    // Whatever pattern is left can always be completed.
-    at.contains(&true)
 }
 
 /// An expectation that applies to this test in this environment.
@@ -509,22 +454,5 @@ mod tests {
             Outcome::Xfail("known failure: TCG wedges (saw: timed out after 1s)".into())
         );
         assert_eq!(r[1].outcome, Outcome::Error("timed out after 1s".into()));
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob("*", ""));
-        assert!(glob("cr.*: bit ?0", "cr.arch: bit 40"));
-        assert!(!glob("cr.*: bit ?0", "cr.arch: bit 41"));
-        assert!(glob("a*b*c", "aXXbYYc"));
-        assert!(!glob("a*b", "a"));
-        assert!(glob_prefix(
-            "cr.arch.cr0-reserved: bit-*: fault",
-            "cr.arch.cr0-reserved: "
-        ));
-        assert!(glob_prefix("*: pke", "nvme.rw: "));
-        assert!(glob_prefix("nvme.*", "nvme.rw: "));
-        assert!(!glob_prefix("nvme.rx: *", "nvme.rw: "));
-        assert!(!glob_prefix("boot.smoke", "boot.smoke: "));
     }
 }

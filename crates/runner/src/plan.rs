@@ -3,15 +3,15 @@
 
 use crate::envmatch::{Environment, VirtualHost};
 use crate::host::{AccelChoice, HostFacts};
-use crate::hostcheck;
-use crate::manifest::{Accel, DeviceKind, ExpectedOutcome, MachineType, Manifest};
-use crate::outcome::glob;
+use crate::manifest::{AccelRequest, DeviceKind, ExpectedOutcome, MachineType, Manifest};
 use crate::qemu::{self, VmConfig, VmDevice};
-use crate::units::ByteSize;
+use crate::rundir;
+use crate::units::{ByteSize, glob};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ukci_protocol::catalogue;
+use ukci_vhost::accel::Accel;
 use ukci_vhost::boot::Topology;
 use ukci_vhost::kernel::Kernel;
 
@@ -23,7 +23,7 @@ pub struct PlanOptions {
     /// Glob (or substring) over `suite.test`.
     pub filter: Option<String>,
     /// Overrides every manifest's accelerator.
-    pub accel: Option<Accel>,
+    pub accel: Option<AccelRequest>,
     /// `--kernel`: replaces the kernel list of every virtual suite.
     pub kernels: Vec<String>,
     /// The kernels virtual suites boot, resolved before planning.
@@ -52,7 +52,7 @@ pub struct VirtualBoot {
     pub topology: Topology,
     pub timeout: Duration,
     /// `--accel`, which the agent applies to every test as this run does.
-    pub accel: Option<Accel>,
+    pub accel: Option<AccelRequest>,
     /// The KVM this boot loads, where the lane declares variants.
     pub kvm: Option<KvmVariant>,
 }
@@ -117,7 +117,7 @@ pub const DEFAULT_LANE_TIMEOUT: Duration = Duration::from_secs(600);
 /// What the virtual host emulates.
 pub const IOMMU: &str = "intel-iommu,intremap=on,caching-mode=on";
 /// What the virtual host runs under, so what its KVM runs on.
-pub const VHOST_ACCEL: &str = "tcg";
+pub const VHOST_ACCEL: Accel = Accel::Tcg;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -140,6 +140,25 @@ pub struct ScratchImage {
     pub size: ByteSize,
 }
 
+/// What a test runs, and so how the executor runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestKind {
+    /// Guest checks in a VM.
+    Guest,
+    /// Guest checks in a VM given a VF of the host's SR-IOV PF, which the
+    /// executor brings online for exactly as long as the VM runs.
+    GuestWithVf,
+    /// Host checks, run in the runner itself, not in a VM.
+    HostChecks,
+}
+
+impl TestKind {
+    /// Whether the test uses the host's PF (at most one such test at a time).
+    pub fn uses_pf(self) -> bool {
+        self != TestKind::Guest
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PlannedTest {
     pub suite: String,
@@ -152,13 +171,21 @@ pub struct PlannedTest {
     pub decision: Decision,
     pub expects: Vec<PlannedExpect>,
     pub scratch: Vec<ScratchImage>,
-    /// Host checks run in the runner itself, not in a VM.
-    pub host_checks: bool,
+    pub kind: TestKind,
     /// Set for a test of a virtual lane: the boot it runs in.
     pub boot: Option<VirtualBoot>,
 }
 
 impl PlannedTest {
+    /// Where in `reports/<run>/logs/` the test's serial log goes:
+    /// `<suite>@<env>/<test>.log`, one folder per suite and environment, so
+    /// the same test run in several environments (a lane's kernels, its KVM
+    /// variants) keeps every log.
+    pub fn log_path(&self) -> PathBuf {
+        Path::new(&rundir::env_dir_name(&self.suite, &self.env.label()))
+            .join(format!("{}.log", self.test))
+    }
+
     /// `suite.test`, the JUnit classname.
     pub fn id(&self) -> String {
         format!("{}.{}", self.suite, self.test)
@@ -177,6 +204,15 @@ fn selected(filter: &Option<String>, id: &str, exact: bool) -> bool {
     }
 }
 
+/// What planning a test needs besides the manifest and the test.
+struct Inputs<'a> {
+    host: &'a HostFacts,
+    auto: &'a AccelChoice,
+    guest: &'a Path,
+    scratch_dir: &'a Path,
+    opts: &'a PlanOptions,
+}
+
 pub fn plan(
     manifests: &[Manifest],
     host: &HostFacts,
@@ -185,6 +221,13 @@ pub fn plan(
     scratch_dir: &Path,
     opts: &PlanOptions,
 ) -> Vec<PlannedTest> {
+    let inputs = Inputs {
+        host,
+        auto,
+        guest,
+        scratch_dir,
+        opts,
+    };
     let mut out = Vec::new();
     let exact = opts.filter.as_ref().is_some_and(|f| {
         manifests.iter().any(|m| {
@@ -194,201 +237,280 @@ pub fn plan(
         })
     });
     for m in manifests {
-        let suite = m.suite_name();
-        let boots: Vec<Option<VirtualBoot>> = if m.is_virtual() && !opts.agent {
-            opts.kernels_for(m)
-                .iter()
-                .filter_map(|k| opts.resolved.get(k))
-                .flat_map(|k| kvm_variants(m).into_iter().map(move |v| (k, v)))
-                .map(|(k, kvm)| {
-                    let lane = m.lane.as_ref();
-                    Some(VirtualBoot {
-                        suite: suite.clone(),
-                        manifest: m.path.clone(),
-                        kernel: k.clone(),
-                        topology: lane
-                            .and_then(|l| l.topology.as_ref())
-                            .map(|t| t.get_ref().resolve())
-                            .unwrap_or_else(|| Topology::with_vfs(2)),
-                        timeout: lane
-                            .and_then(|l| l.timeout)
-                            .map_or(DEFAULT_LANE_TIMEOUT, |t| t.0),
-                        accel: opts.accel,
-                        kvm,
-                    })
-                })
-                .collect()
-        } else {
-            vec![None]
-        };
-        for boot in &boots {
+        for boot in &virtual_boots(m, opts) {
             for t in &m.tests {
-                let id = format!("{suite}.{}", t.name.get_ref());
-                if !selected(&opts.filter, &id, exact) {
-                    continue;
+                let id = format!("{}.{}", m.suite_name(), t.name.get_ref());
+                if selected(&opts.filter, &id, exact) {
+                    out.push(plan_test(m, t, boot.as_ref(), &inputs));
                 }
-                let d = &m.defaults;
-                let requested = opts.accel.or(t.accel).or(d.accel).unwrap_or(Accel::Auto);
-                let (accel, accel_reason) = match (boot, requested) {
-                    // The agent decides, as this host decides `auto`: by a
-                    // probe boot under the virtual host's own KVM.
-                    (Some(_), a) => (
-                        a.word().to_string(),
-                        "decided inside the virtual host (a probe boot under its KVM)".to_string(),
-                    ),
-                    (None, Accel::Auto) => (auto.accel.clone(), auto.reason.clone()),
-                    (None, Accel::Kvm) => ("kvm".to_string(), "requested".to_string()),
-                    (None, Accel::Tcg) => ("tcg".to_string(), "requested".to_string()),
-                };
-                let env = match boot {
-                    None => Environment {
-                        accel: accel.clone(),
-                        accel_reason,
-                        qemu_version: host.qemu_version.clone().unwrap_or_default(),
-                        host_kernel: host.host_kernel.clone(),
-                        kvm_module: host.kvm_module.clone(),
-                        kvm_host: host.kvm_host.clone(),
-                        kvm_log: host.kvm_log.clone(),
-                        kvm_variant: host.kvm_variant.clone(),
-                        kvm_build: host.kvm_build.clone(),
-                        cpu_model: host.cpu_model.clone(),
-                        virtual_host: None,
-                    },
-                    Some(b) => Environment {
-                        accel: accel.clone(),
-                        accel_reason,
-                        qemu_version: host.qemu_version.clone().unwrap_or_default(),
-                        host_kernel: b.kernel.release.clone(),
-                        kvm_module: None,
-                        kvm_host: Some(VHOST_ACCEL.to_string()),
-                        kvm_log: String::new(),
-                        kvm_variant: b.kvm.as_ref().map(|k| k.name.clone()),
-                        kvm_build: None,
-                        cpu_model: "QEMU TCG max".into(),
-                        virtual_host: Some(VirtualHost {
-                            kernel: b.kernel.name.clone(),
-                            package: b.kernel.package.clone(),
-                            version: b.kernel.version.clone(),
-                            iommu: IOMMU.into(),
-                        }),
-                    },
-                };
-                let machine = t.machine.or(d.machine).unwrap_or(MachineType::Q35);
-                let cpu = t
-                    .cpu
-                    .as_ref()
-                    .or(d.cpu.as_ref())
-                    .map(|c| c.get_ref().clone())
-                    .unwrap_or_else(|| qemu::default_cpu(&accel, host.kvm_module.as_deref()));
-                let checks: Vec<String> = t
-                    .checks
-                    .get_ref()
-                    .iter()
-                    .map(|c| c.get_ref().clone())
-                    .collect();
-                let args: Vec<(String, String)> = t
-                    .args
-                    .iter()
-                    .map(|(k, v)| (k.get_ref().clone(), v.get_ref().to_string()))
-                    .collect();
-                let mut append = String::new();
-                let check_refs: Vec<&str> = checks.iter().map(String::as_str).collect();
-                let arg_refs: Vec<(&str, &str)> =
-                    args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                let _ = catalogue::write_cmdline(&mut append, &check_refs, &arg_refs);
-
-                let mut scratch = Vec::new();
-                let mut devices = Vec::new();
-                for (i, dev) in t.devices.iter().enumerate() {
-                    match dev.kind.get_ref() {
-                        DeviceKind::NvmeVf => devices.push(VmDevice::NvmeVf),
-                        DeviceKind::Nvme => {
-                            let path = scratch_dir.join(format!("{id}.{i}.img"));
-                            scratch.push(ScratchImage {
-                                path: path.clone(),
-                                size: dev
-                                    .size
-                                    .as_ref()
-                                    .map(|s| *s.get_ref())
-                                    .unwrap_or(ByteSize::mib(16)),
-                            });
-                            devices.push(VmDevice::Nvme {
-                                serial: dev
-                                    .serial
-                                    .as_ref()
-                                    .map(|s| s.get_ref().clone())
-                                    .unwrap_or_else(|| format!("ukci-{i}")),
-                                image: path,
-                                sriov_max_vfs: dev
-                                    .sriov_max_vfs
-                                    .as_ref()
-                                    .map(|v| *v.get_ref())
-                                    .unwrap_or(0),
-                            });
-                        }
-                    }
-                }
-
-                let vm = VmConfig {
-                    machine,
-                    pit: qemu::machine_has_pit(machine, &accel, host.kvm_host.as_deref()),
-                    accel: accel.clone(),
-                    cpu,
-                    memory: t
-                        .memory
-                        .as_ref()
-                        .or(d.memory.as_ref())
-                        .map(|m| *m.get_ref())
-                        .unwrap_or(DEFAULT_MEMORY),
-                    smp: t
-                        .smp
-                        .as_ref()
-                        .or(d.smp.as_ref())
-                        .map(|s| *s.get_ref())
-                        .unwrap_or(1),
-                    boot: guest_boot(machine, guest),
-                    append,
-                    devices,
-                };
-                let decision = decide(m, t, &env, host);
-                let expects = m
-                    .expectations
-                    .iter()
-                    .filter(|e| {
-                        glob(e.test.get_ref(), t.name.get_ref()) && e.when.check(&env).is_ok()
-                    })
-                    .map(|e| PlannedExpect {
-                        result: e.result.get_ref().clone(),
-                        known_bug: *e.outcome.get_ref() == ExpectedOutcome::Kfail,
-                        reason: e.reason.get_ref().clone(),
-                    })
-                    .collect();
-                out.push(PlannedTest {
-                    suite: suite.clone(),
-                    test: t.name.get_ref().clone(),
-                    manifest: m.path.clone(),
-                    checks,
-                    vm,
-                    timeout: t
-                        .timeout
-                        .or(d.timeout)
-                        .map(|t| t.0)
-                        .unwrap_or(DEFAULT_TIMEOUT),
-                    env,
-                    decision,
-                    expects,
-                    scratch,
-                    host_checks: t
-                        .checks
-                        .get_ref()
-                        .iter()
-                        .all(|c| hostcheck::find(c.get_ref()).is_some()),
-                    boot: boot.clone(),
-                });
             }
         }
     }
     out
+}
+
+/// The boots a suite's tests run in: one per (kernel, KVM variant) of a
+/// virtual lane; for a suite of this host (or inside the agent), one `None`.
+fn virtual_boots(m: &Manifest, opts: &PlanOptions) -> Vec<Option<VirtualBoot>> {
+    if !m.is_virtual() || opts.agent {
+        return vec![None];
+    }
+    let lane = m.lane.as_ref();
+    opts.kernels_for(m)
+        .iter()
+        .filter_map(|k| opts.resolved.get(k))
+        .flat_map(|k| kvm_variants(m).into_iter().map(move |v| (k, v)))
+        .map(|(k, kvm)| {
+            Some(VirtualBoot {
+                suite: m.suite_name(),
+                manifest: m.path.clone(),
+                kernel: k.clone(),
+                topology: lane
+                    .and_then(|l| l.topology.as_ref())
+                    .map(|t| t.get_ref().resolve())
+                    .unwrap_or_else(|| Topology::with_vfs(2)),
+                timeout: lane
+                    .and_then(|l| l.timeout)
+                    .map_or(DEFAULT_LANE_TIMEOUT, |t| t.0),
+                accel: opts.accel,
+                kvm,
+            })
+        })
+        .collect()
+}
+
+/// One test in one boot (or on this host), every setting resolved.
+fn plan_test(
+    m: &Manifest,
+    t: &crate::manifest::Test,
+    boot: Option<&VirtualBoot>,
+    inputs: &Inputs<'_>,
+) -> PlannedTest {
+    let d = &m.defaults;
+    let requested = inputs
+        .opts
+        .accel
+        .or(t.accel)
+        .or(d.accel)
+        .unwrap_or(AccelRequest::Auto);
+    let (accel, accel_reason) = accel_for(boot, requested, inputs.auto);
+    let env = environment(inputs.host, boot, accel, accel_reason);
+    let id = format!("{}.{}", m.suite_name(), t.name.get_ref());
+    let (devices, scratch, with_vf) = devices(t, &id, inputs.scratch_dir);
+    let checks: Vec<String> = t
+        .checks
+        .get_ref()
+        .iter()
+        .map(|c| c.get_ref().clone())
+        .collect();
+    // A virtual lane's test left to `auto` is planned again by the agent,
+    // VM included; here its VM is never started.
+    let vm = vm_config(m, t, accel.unwrap_or(Accel::Tcg), inputs, devices);
+    PlannedTest {
+        suite: m.suite_name(),
+        test: t.name.get_ref().clone(),
+        manifest: m.path.clone(),
+        kind: test_kind(&checks, with_vf),
+        checks,
+        vm,
+        timeout: t
+            .timeout
+            .or(d.timeout)
+            .map(|t| t.0)
+            .unwrap_or(DEFAULT_TIMEOUT),
+        decision: decide(m, t, &env, inputs.host),
+        expects: expectations(m, t, &env),
+        env,
+        scratch,
+        boot: boot.cloned(),
+    }
+}
+
+/// The accelerator a test runs under and why; `None` where the agent of a
+/// virtual host decides `auto`.
+fn accel_for(
+    boot: Option<&VirtualBoot>,
+    requested: AccelRequest,
+    auto: &AccelChoice,
+) -> (Option<Accel>, String) {
+    match (boot, requested) {
+        // The agent decides, as this host decides `auto`: by a probe boot
+        // under the virtual host's own KVM.
+        (Some(_), a) => (
+            a.fixed(),
+            "decided inside the virtual host (a probe boot under its KVM)".to_string(),
+        ),
+        (None, AccelRequest::Auto) => (Some(auto.accel), auto.reason.clone()),
+        (None, a) => (a.fixed(), "requested".to_string()),
+    }
+}
+
+/// The environment a test runs in: this host's facts, or what is known of
+/// a virtual host before it boots.
+fn environment(
+    host: &HostFacts,
+    boot: Option<&VirtualBoot>,
+    accel: Option<Accel>,
+    accel_reason: String,
+) -> Environment {
+    let qemu_version = host.qemu_version.clone().unwrap_or_default();
+    match boot {
+        None => Environment {
+            accel,
+            accel_reason,
+            qemu_version,
+            host_kernel: host.host_kernel.clone(),
+            kvm_module: host.kvm_module.clone(),
+            kvm_host: host.kvm_host,
+            kvm_log: host.kvm_log.clone(),
+            kvm_variant: host.kvm_variant.clone(),
+            kvm_build: host.kvm_build.clone(),
+            cpu_model: host.cpu_model.clone(),
+            virtual_host: None,
+        },
+        Some(b) => Environment {
+            accel,
+            accel_reason,
+            qemu_version,
+            host_kernel: b.kernel.release.clone(),
+            kvm_module: None,
+            kvm_host: Some(VHOST_ACCEL),
+            kvm_log: String::new(),
+            kvm_variant: b.kvm.as_ref().map(|k| k.name.clone()),
+            kvm_build: None,
+            cpu_model: "QEMU TCG max".into(),
+            virtual_host: Some(VirtualHost {
+                kernel: b.kernel.name.clone(),
+                package: b.kernel.package.clone(),
+                version: b.kernel.version.clone(),
+                iommu: IOMMU.into(),
+            }),
+        },
+    }
+}
+
+/// The test's devices, the scratch images behind its NVMe controllers, and
+/// whether it asks for a VF of the host's PF.
+fn devices(
+    t: &crate::manifest::Test,
+    id: &str,
+    scratch_dir: &Path,
+) -> (Vec<VmDevice>, Vec<ScratchImage>, bool) {
+    let mut scratch = Vec::new();
+    let mut devices = Vec::new();
+    let mut with_vf = false;
+    for (i, dev) in t.devices.iter().enumerate() {
+        match dev.kind.get_ref() {
+            DeviceKind::NvmeVf => with_vf = true,
+            DeviceKind::Nvme => {
+                let path = scratch_dir.join(format!("{id}.{i}.img"));
+                scratch.push(ScratchImage {
+                    path: path.clone(),
+                    size: dev
+                        .size
+                        .as_ref()
+                        .map(|s| *s.get_ref())
+                        .unwrap_or(ByteSize::mib(16)),
+                });
+                devices.push(VmDevice::Nvme {
+                    serial: dev
+                        .serial
+                        .as_ref()
+                        .map(|s| s.get_ref().clone())
+                        .unwrap_or_else(|| format!("ukci-{i}")),
+                    image: path,
+                    sriov_max_vfs: dev
+                        .sriov_max_vfs
+                        .as_ref()
+                        .map(|v| *v.get_ref())
+                        .unwrap_or(0),
+                });
+            }
+        }
+    }
+    (devices, scratch, with_vf)
+}
+
+/// The test's VM: its settings, else `[defaults]`, else the built-in ones.
+fn vm_config(
+    m: &Manifest,
+    t: &crate::manifest::Test,
+    accel: Accel,
+    inputs: &Inputs<'_>,
+    devices: Vec<VmDevice>,
+) -> VmConfig {
+    let (d, host) = (&m.defaults, inputs.host);
+    let machine = t.machine.or(d.machine).unwrap_or(MachineType::Q35);
+    VmConfig {
+        machine,
+        pit: qemu::machine_has_pit(machine, accel, host.kvm_host),
+        accel,
+        cpu: t
+            .cpu
+            .as_ref()
+            .or(d.cpu.as_ref())
+            .map(|c| c.get_ref().clone())
+            .unwrap_or_else(|| qemu::default_cpu(accel, host.kvm_module.as_deref())),
+        memory: t
+            .memory
+            .as_ref()
+            .or(d.memory.as_ref())
+            .map(|m| *m.get_ref())
+            .unwrap_or(DEFAULT_MEMORY),
+        smp: t
+            .smp
+            .as_ref()
+            .or(d.smp.as_ref())
+            .map(|s| *s.get_ref())
+            .unwrap_or(1),
+        boot: guest_boot(machine, inputs.guest),
+        append: guest_cmdline(t),
+        devices,
+    }
+}
+
+/// The guest's command line: `checks=a,b key=value`.
+fn guest_cmdline(t: &crate::manifest::Test) -> String {
+    let checks: Vec<&str> = t
+        .checks
+        .get_ref()
+        .iter()
+        .map(|c| c.get_ref().as_str())
+        .collect();
+    let args: Vec<(&str, String)> = t
+        .args
+        .iter()
+        .map(|(k, v)| (k.get_ref().as_str(), v.get_ref().to_string()))
+        .collect();
+    let arg_refs: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut append = String::new();
+    let _ = catalogue::write_cmdline(&mut append, &checks, &arg_refs);
+    append
+}
+
+/// The manifest's expectations that apply to this test in `env`.
+fn expectations(m: &Manifest, t: &crate::manifest::Test, env: &Environment) -> Vec<PlannedExpect> {
+    m.expectations
+        .iter()
+        .filter(|e| glob(e.test.get_ref(), t.name.get_ref()) && e.when.check(env).is_ok())
+        .map(|e| PlannedExpect {
+            result: e.result.get_ref().clone(),
+            known_bug: *e.outcome.get_ref() == ExpectedOutcome::Kfail,
+            reason: e.reason.get_ref().clone(),
+        })
+        .collect()
+}
+
+/// Host checks only: the runner runs them; else guest checks, with a VF
+/// where the test asks for one.
+fn test_kind(checks: &[String], with_vf: bool) -> TestKind {
+    if checks.iter().all(|c| catalogue::find_host(c).is_some()) {
+        TestKind::HostChecks
+    } else if with_vf {
+        TestKind::GuestWithVf
+    } else {
+        TestKind::Guest
+    }
 }
 
 /// How the guest boots on `machine`: on microvm straight from the ROM image
@@ -422,7 +544,7 @@ fn decide(
         }
         return Decision::Run;
     }
-    if env.accel == "kvm"
+    if env.accel == Some(Accel::Kvm)
         && env.virtual_host.is_none()
         && let Err(e) = &host.dev_kvm
     {
@@ -458,7 +580,7 @@ pub(crate) mod tests {
 
     fn auto() -> AccelChoice {
         AccelChoice {
-            accel: "tcg".into(),
+            accel: Accel::Tcg,
             reason: "auto: probe timed out".into(),
         }
     }
@@ -504,7 +626,7 @@ reason = "why"
         let p = plan_of(TEXT, PlanOptions::default());
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].vm.machine, MachineType::Pc);
-        assert_eq!(p[0].vm.accel, "tcg");
+        assert_eq!(p[0].vm.accel, Accel::Tcg);
         assert_eq!(p[0].env.accel_reason, "auto: probe timed out");
         assert_eq!(p[0].vm.cpu, "max");
         assert_eq!(p[0].timeout, Duration::from_secs(3));
@@ -525,12 +647,12 @@ reason = "why"
             TEXT,
             PlanOptions {
                 filter: Some("s.b".into()),
-                accel: Some(Accel::Tcg),
+                accel: Some(AccelRequest::Tcg),
                 ..Default::default()
             },
         );
         assert_eq!(p.len(), 1);
-        assert_eq!(p[0].vm.accel, "tcg");
+        assert_eq!(p[0].vm.accel, Accel::Tcg);
         assert_eq!(p[0].env.accel_reason, "requested");
     }
 
@@ -625,17 +747,30 @@ requires = { host_kernel = ">=6.12" }
     #[test]
     fn a_virtual_suite_plans_every_test_once_per_kernel() {
         let p = virtual_plan(VIRTUAL);
-        let got: Vec<_> = p
-            .iter()
-            .map(|t| (t.id(), t.env.label(), t.host_checks))
-            .collect();
+        let got: Vec<_> = p.iter().map(|t| (t.id(), t.env.label(), t.kind)).collect();
         assert_eq!(
             got,
             vec![
-                ("v.env".to_string(), "debian:6.1".to_string(), true),
-                ("v.nested".to_string(), "debian:6.1".to_string(), false),
-                ("v.env".to_string(), "debian:6.12".to_string(), true),
-                ("v.nested".to_string(), "debian:6.12".to_string(), false),
+                (
+                    "v.env".to_string(),
+                    "debian:6.1".to_string(),
+                    TestKind::HostChecks
+                ),
+                (
+                    "v.nested".to_string(),
+                    "debian:6.1".to_string(),
+                    TestKind::Guest
+                ),
+                (
+                    "v.env".to_string(),
+                    "debian:6.12".to_string(),
+                    TestKind::HostChecks
+                ),
+                (
+                    "v.nested".to_string(),
+                    "debian:6.12".to_string(),
+                    TestKind::Guest
+                ),
             ]
         );
         assert_eq!(
@@ -646,8 +781,8 @@ requires = { host_kernel = ">=6.12" }
         assert_eq!(p[0].boot.as_ref().unwrap().topology.vfs, 4);
         // The agent decides the accelerator inside the host; what its KVM
         // runs on is known here.
-        assert_eq!(p[0].env.accel, "auto");
-        assert_eq!(p[0].env.kvm_host.as_deref(), Some("tcg"));
+        assert_eq!(p[0].env.accel_word(), "auto");
+        assert_eq!(p[0].env.kvm_host, Some(Accel::Tcg));
         assert!(
             p[0].env
                 .properties()

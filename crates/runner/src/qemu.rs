@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ukci_protocol::exit::{ISA_DEBUG_EXIT_PORT, ISA_DEBUG_EXIT_SIZE};
 use ukci_supervise::qemu_opts::{self, Opts, SriovNvme};
+use ukci_vhost::accel::Accel;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -18,8 +19,7 @@ pub const QEMU: &str = "qemu-system-x86_64";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
     pub machine: MachineType,
-    /// `kvm` or `tcg`.
-    pub accel: String,
+    pub accel: Accel,
     pub cpu: String,
     pub memory: ByteSize,
     pub smp: u32,
@@ -59,9 +59,6 @@ pub enum VmDevice {
         image: PathBuf,
         sriov_max_vfs: u16,
     },
-    /// An NVMe VF of the host's PF; the executor brings it online and puts
-    /// a `ReadConfig` in its place for the run.
-    NvmeVf,
     /// Devices from a `-readconfig` file that QEMU inherits as descriptor
     /// `fd` (an anonymous sealed memfd): how a VF and its token reach QEMU
     /// without appearing in its argv or in any file.
@@ -81,11 +78,11 @@ pub fn run(vm: &VmConfig, timeout: Duration, on_line: impl FnMut(&str)) -> Finis
 }
 
 /// The `-cpu` model used when a manifest names none.
-pub fn default_cpu(accel: &str, kvm_module: Option<&str>) -> String {
+pub fn default_cpu(accel: Accel, kvm_module: Option<&str>) -> String {
     match (accel, kvm_module) {
         // kvm_pvm cannot set MSR_IA32_ARCH_CAPABILITIES, which `host` asks for.
-        ("kvm", Some("kvm_pvm")) => "host,-arch-capabilities".into(),
-        ("kvm", _) => "host".into(),
+        (Accel::Kvm, Some("kvm_pvm")) => "host,-arch-capabilities".into(),
+        (Accel::Kvm, _) => "host".into(),
         _ => "max".into(),
     }
 }
@@ -103,8 +100,8 @@ pub fn default_cpu(accel: &str, kvm_module: Option<&str>) -> String {
 /// reaches SeaBIOS, which times with the TSC (kvmclock), and the guest
 /// calibrates its TSC from CPUID or an upper bound instead. microvm guests
 /// boot without firmware interrupts and keep theirs.
-pub fn machine_has_pit(machine: MachineType, accel: &str, kvm_host: Option<&str>) -> bool {
-    !(machine == MachineType::Q35 && accel == "kvm" && kvm_host == Some("tcg"))
+pub fn machine_has_pit(machine: MachineType, accel: Accel, kvm_host: Option<Accel>) -> bool {
+    !(machine == MachineType::Q35 && accel == Accel::Kvm && kvm_host == Some(Accel::Tcg))
 }
 
 impl VmConfig {
@@ -132,7 +129,7 @@ impl VmConfig {
             m => Opts::new(m.qemu_name()).set("pit", "off"),
         };
         a.pair("-machine", machine);
-        a.pair("-accel", Opts::new(&self.accel));
+        a.pair("-accel", Opts::new(self.accel.word()));
         a.pair("-cpu", &self.cpu);
         a.pair("-m", format!("{}M", self.memory.mebibytes()));
         a.pair("-smp", self.smp.to_string());
@@ -173,7 +170,6 @@ impl VmConfig {
 impl VmDevice {
     fn push_args(&self, i: usize, a: &mut Args) {
         match self {
-            VmDevice::NvmeVf => {}
             VmDevice::ReadConfig { fd } => {
                 a.pair("-readconfig", ukci_vfio::token::proc_fd_path(*fd))
             }
@@ -231,7 +227,7 @@ mod tests {
     fn vm() -> VmConfig {
         VmConfig {
             machine: MachineType::Q35,
-            accel: "tcg".into(),
+            accel: Accel::Tcg,
             cpu: "max".into(),
             memory: ByteSize::mib(128),
             smp: 1,
@@ -352,10 +348,11 @@ mod tests {
 
     #[test]
     fn a_q35_guest_on_a_kvm_over_tcg_has_no_pit() {
-        assert!(!machine_has_pit(MachineType::Q35, "kvm", Some("tcg")));
-        assert!(machine_has_pit(MachineType::Q35, "kvm", None));
-        assert!(machine_has_pit(MachineType::Q35, "tcg", Some("tcg")));
-        assert!(machine_has_pit(MachineType::Microvm, "kvm", Some("tcg")));
+        let (kvm, tcg) = (Accel::Kvm, Accel::Tcg);
+        assert!(!machine_has_pit(MachineType::Q35, kvm, Some(tcg)));
+        assert!(machine_has_pit(MachineType::Q35, kvm, None));
+        assert!(machine_has_pit(MachineType::Q35, tcg, Some(tcg)));
+        assert!(machine_has_pit(MachineType::Microvm, kvm, Some(tcg)));
         let mut v = vm();
         assert!(text(&v).contains("-machine q35 "), "{}", text(&v));
         v.pit = false;
@@ -365,10 +362,10 @@ mod tests {
     #[test]
     fn kvm_pvm_gets_a_cpu_model_it_can_start() {
         assert_eq!(
-            default_cpu("kvm", Some("kvm_pvm")),
+            default_cpu(Accel::Kvm, Some("kvm_pvm")),
             "host,-arch-capabilities"
         );
-        assert_eq!(default_cpu("kvm", Some("kvm_intel")), "host");
-        assert_eq!(default_cpu("tcg", Some("kvm_pvm")), "max");
+        assert_eq!(default_cpu(Accel::Kvm, Some("kvm_intel")), "host");
+        assert_eq!(default_cpu(Accel::Tcg, Some("kvm_pvm")), "max");
     }
 }

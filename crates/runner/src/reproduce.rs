@@ -3,9 +3,9 @@
 //! shows the same lines: the terminal after its summary, the JUnit
 //! testcase's system-err, the head of the test's log, the HTML page.
 
-use crate::exec::TestRun;
+use crate::events::TestRun;
 use crate::outcome::Outcome;
-use crate::plan::PlannedTest;
+use crate::plan::{PlannedTest, TestKind};
 use std::path::PathBuf;
 
 /// What a rerun must repeat of this run's command line.
@@ -55,7 +55,7 @@ impl Rerun {
 /// The QEMU command line of the test's VM, saying where it ran.
 pub fn qemu_line(t: &PlannedTest, run: &TestRun) -> String {
     match (&t.boot, run.qemu.is_empty()) {
-        (_, true) if t.host_checks => {
+        (_, true) if t.kind == TestKind::HostChecks => {
             "qemu: none of its own (host checks run in the runner)".into()
         }
         (_, true) => "qemu: none (no VM was started)".into(),

@@ -144,6 +144,22 @@ fn file_name(p: &Path) -> &str {
     p.file_name().and_then(|n| n.to_str()).unwrap_or("")
 }
 
+/// `<suite>@<env>` with the environment label made a file name:
+/// `vf-token@debian-7.3--cr-pin-v3` for `debian:7.3, cr-pin-v3`.
+pub fn env_dir_name(suite: &str, label: &str) -> String {
+    let env: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{suite}@{env}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,12 @@
 //! One `cargo xtask test` run: manifests → plan → execute → reports.
 
 use crate::diag::Diagnostics;
-use crate::exec::{self, Event, TestRun};
+use crate::events::{self, Event, TestRun, WireRun};
+use crate::exec;
 use crate::host::{self, AccelChoice, HostFacts};
-use crate::hostcheck::{self, HostContext};
-use crate::lane::{self, LaneContext, WireRun};
-use crate::manifest::{self, Accel, Manifest};
+use crate::hostconfig::{self, HostCheckContext};
+use crate::lane::{self, LaneContext};
+use crate::manifest::{self, AccelRequest, Manifest};
 use crate::outcome::Outcome;
 use crate::plan::{self, Decision, PlanOptions, PlannedTest};
 use crate::reproduce::Rerun;
@@ -16,6 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use ukci_vfio::journal::Why;
+use ukci_vhost::accel::Accel;
 use ukci_vhost::kernel::{Kernel, KernelSpec, KernelStore, Refresh};
 
 /// Where things live in a checkout.
@@ -104,7 +106,7 @@ pub struct TestOptions {
     /// `--kernel`: the kernels of every virtual suite.
     pub kernels: Vec<String>,
     pub filter: Option<String>,
-    pub accel: Option<Accel>,
+    pub accel: Option<AccelRequest>,
     pub jobs: usize,
     /// Unexpected skips (not declared by an expectation) count as failures.
     pub strict: bool,
@@ -117,13 +119,14 @@ pub fn auto_accel(
     manifests: &[Manifest],
     opts: &PlanOptions,
 ) -> AccelChoice {
-    let needs_auto = opts.accel.is_none_or(|a| a == Accel::Auto)
+    let auto = AccelRequest::Auto;
+    let needs_auto = opts.accel.is_none_or(|a| a == auto)
         && manifests.iter().any(|m| {
             m.tests
                 .iter()
-                .any(|t| t.accel.or(m.defaults.accel).unwrap_or(Accel::Auto) == Accel::Auto)
+                .any(|t| t.accel.or(m.defaults.accel).unwrap_or(auto) == auto)
         });
-    if opts.accel == Some(Accel::Auto) || needs_auto {
+    if opts.accel == Some(auto) || needs_auto {
         host::resolve_auto(
             facts,
             &layout.guest_image(),
@@ -132,7 +135,7 @@ pub fn auto_accel(
         )
     } else {
         AccelChoice {
-            accel: "tcg".into(),
+            accel: Accel::Tcg,
             reason: "not used".into(),
         }
     }
@@ -256,14 +259,6 @@ pub fn reclaim_dead_runs(layout: &Layout) {
 /// The longest file name Linux file systems take (`NAME_MAX`).
 pub const NAME_MAX: usize = 255;
 
-/// Where in `reports/<run>/logs/` a test's serial log goes:
-/// `<suite>@<env>/<test>.log`, one folder per suite and environment, so the
-/// same test run in several environments (a lane's kernels, its KVM
-/// variants) keeps every log.
-pub fn log_path(t: &PlannedTest) -> PathBuf {
-    Path::new(&lane::env_dir_name(&t.suite, &t.env.label())).join(format!("{}.log", t.test))
-}
-
 /// Every file and folder name a test's run will create (its log, its scratch
 /// images, its virtual host's results folders) fits the file-name limit, and
 /// no two tests write the same log: checked before anything runs, not found
@@ -271,7 +266,7 @@ pub fn log_path(t: &PlannedTest) -> PathBuf {
 pub fn check_file_names(plan: &[PlannedTest]) -> Result<(), String> {
     let mut logs: BTreeMap<PathBuf, &PlannedTest> = BTreeMap::new();
     for t in plan {
-        let log = log_path(t);
+        let log = t.log_path();
         if let Some(other) = logs.insert(log.clone(), t) {
             return Err(format!(
                 "{}: test `{}` in environment `{}` would write the same log as test `{}` of {} in environment `{}`: \
@@ -322,13 +317,16 @@ pub fn check_file_names(plan: &[PlannedTest]) -> Result<(), String> {
     Ok(())
 }
 
-/// Puts back whatever a crashed run left changed on this host, as its
-/// journal recorded, touching only the PF the host config names.
+/// Replays the restore journal a run that did not finish (killed, crashed)
+/// left: puts back what it changed on this host, touching only the PF the
+/// host config names. A journal a live run holds is left alone
+/// ([`Restored::Busy`]); a line that cannot be put back stays in the journal,
+/// with what to do ([`Restored::Left`]).
 pub fn restore(layout: &Layout) -> Restored {
     let config = layout.host_config();
     // A host config that does not read names no PF: entries for it are
     // then kept and reported, never replayed unguarded.
-    let pf = hostcheck::local_pf(&config).ok().and_then(|(pf, _)| pf);
+    let pf = hostconfig::local_pf(&config).ok().and_then(|(pf, _)| pf);
     restore_with(
         ukci_vfio::Sysfs::system(),
         &layout.journal(),
@@ -399,84 +397,36 @@ fn restore_with(
 
 /// Runs the tests and writes the reports; returns the exit status.
 pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) -> i32 {
-    let (pf, pf_source) = match hostcheck::local_pf(&layout.host_config()) {
-        Ok(pf) => pf,
-        Err(d) => {
-            eprint!("{d}");
-            return exitcode::MANIFEST;
-        }
-    };
+    match run_tests_steps(layout, manifests, opts) {
+        Ok(status) | Err(status) => status,
+    }
+}
+
+/// [`run_tests`] as its steps; `Err` carries the exit status of a run that
+/// stopped early.
+fn run_tests_steps(
+    layout: &Layout,
+    manifests: &[Manifest],
+    opts: &TestOptions,
+) -> Result<i32, i32> {
+    let (pf, pf_source) = hostconfig::local_pf(&layout.host_config()).map_err(|d| {
+        eprint!("{d}");
+        exitcode::MANIFEST
+    })?;
     reclaim_dead_runs(layout);
-    // Both folders go away with this value on every way out of the run; the
-    // report folder stays only once its report is complete.
+    // Both folders go away with these values on every way out of the run;
+    // the report folder stays only once its report is complete.
     let run_name = run_name();
-    let report_dir = match RunDir::create(&layout.reports().join(&run_name)) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!(
-                "error: cannot write reports in {}: {e} (help: pass `--reports DIR` with a folder you can write)",
-                layout.reports().display()
-            );
-            return if layout.reports.is_some() {
-                exitcode::USAGE
-            } else {
-                exitcode::HOST
-            };
-        }
-    };
-    let scratch_dir = match RunDir::create(&layout.scratch()) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!(
-                "error: cannot create the scratch folder in {}: {e}",
-                layout.scratch_root().display()
-            );
-            return exitcode::HOST;
-        }
-    };
-    if layout.journal().exists() {
-        match restore(layout) {
-            Restored::Done(m) => eprintln!("{m}"),
-            // That run puts back its own changes; a test here that needs the
-            // PF reports the same.
-            Restored::Busy(m) => eprintln!("note: not replayed: {m}"),
-            Restored::Left(m) => {
-                eprintln!("error: an earlier run left devices changed: {m}");
-                return exitcode::RESTORE;
-            }
-        }
-    }
-    let mut popts = PlanOptions {
-        filter: opts.filter.clone(),
-        accel: opts.accel,
-        kernels: opts.kernels.clone(),
-        ..Default::default()
-    };
-    match resolve_kernels(layout, manifests, &popts) {
-        Ok(k) => popts.resolved = k,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return e.code;
-        }
-    }
-    let plan = make_plan(layout, manifests, &popts);
-    if plan.is_empty() {
-        eprintln!("error: no test matches; `cargo xtask list` shows the plan");
-        return exitcode::USAGE;
-    }
-    if let Err(e) = check_file_names(&plan) {
-        eprintln!("error: {e}");
-        return exitcode::MANIFEST;
-    }
+    let (report_dir, scratch_dir) = run_folders(layout, &run_name)?;
+    restore_earlier_run(layout)?;
+    let plan = plan_run(layout, manifests, opts)?;
     let dir = report_dir.path().to_path_buf();
-    let mut runs: Vec<Option<TestRun>> = vec![None; plan.len()];
-    let mut term = terminal::Terminal::new(&plan);
     let lane = LaneContext {
         images: layout.images(),
         cache: layout.cache(),
         results: dir.join("vhost"),
         agent: lane::runner_binary(),
-        host: HostContext {
+        host_checks: HostCheckContext {
             pf,
             pf_source,
             journal: layout.journal(),
@@ -484,32 +434,16 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
             guest: layout.guest_image(),
         },
     };
-    let (tx, rx) = mpsc::channel();
-    std::thread::scope(|s| {
-        s.spawn(|| exec::execute(&plan, opts.jobs, &lane, tx));
-        for mut e in rx {
-            // Marked before any reporter sees it: the result lines and the
-            // summary count the same outcomes.
-            if let (true, Event::Finished { idx, run }) = (opts.strict, &mut e) {
-                mark_strict(&plan[*idx], run);
-            }
-            term.event(&e);
-            if let Event::Finished { idx, run } = e {
-                runs[idx] = Some(*run);
-            }
-        }
-    });
-    term.finish();
-    let scratch = scratch_dir.path();
+    let runs = execute_with_progress(&plan, opts, &lane);
+    let scanned = [dir.as_path(), scratch_dir.path()];
     if crate::supervise::interrupted() {
         eprintln!("interrupted: no report was written");
-        return match secret_scan(&[&dir, scratch]) {
-            Ok(()) => exitcode::INTERRUPTED,
-            Err(e) => {
+        return secret_scan(&scanned)
+            .map(|()| exitcode::INTERRUPTED)
+            .map_err(|e| {
                 eprintln!("error: {e}");
                 exitcode::ERROR
-            }
-        };
+            });
     }
     let rerun = Rerun::here(opts.strict);
     eprint!("\n{}", terminal::summary(&plan, &runs));
@@ -524,14 +458,111 @@ pub fn run_tests(layout: &Layout, manifests: &[Manifest], opts: &TestOptions) ->
                 "error: cannot write the report in {}: {e}; the folder is removed",
                 dir.display()
             );
-            return exitcode::ERROR;
+            return Err(exitcode::ERROR);
         }
     }
-    if let Err(e) = secret_scan(&[&dir, scratch]) {
+    secret_scan(&scanned).map_err(|e| {
         eprintln!("error: {e}");
-        return exitcode::ERROR;
+        exitcode::ERROR
+    })?;
+    Ok(exit_status(&runs))
+}
+
+/// The run's report folder and scratch folder.
+fn run_folders(layout: &Layout, run_name: &str) -> Result<(RunDir, RunDir), i32> {
+    let report_dir = RunDir::create(&layout.reports().join(run_name)).map_err(|e| {
+        eprintln!(
+            "error: cannot write reports in {}: {e} (help: pass `--reports DIR` with a folder you can write)",
+            layout.reports().display()
+        );
+        if layout.reports.is_some() {
+            exitcode::USAGE
+        } else {
+            exitcode::HOST
+        }
+    })?;
+    let scratch_dir = RunDir::create(&layout.scratch()).map_err(|e| {
+        eprintln!(
+            "error: cannot create the scratch folder in {}: {e}",
+            layout.scratch_root().display()
+        );
+        exitcode::HOST
+    })?;
+    Ok((report_dir, scratch_dir))
+}
+
+/// Puts back what an earlier run left changed, before anything runs.
+fn restore_earlier_run(layout: &Layout) -> Result<(), i32> {
+    if !layout.journal().exists() {
+        return Ok(());
     }
-    exit_status(&runs)
+    match restore(layout) {
+        Restored::Done(m) => eprintln!("{m}"),
+        // That run puts back its own changes; a test here that needs the
+        // PF reports the same.
+        Restored::Busy(m) => eprintln!("note: not replayed: {m}"),
+        Restored::Left(m) => {
+            eprintln!("error: an earlier run left devices changed: {m}");
+            return Err(exitcode::RESTORE);
+        }
+    }
+    Ok(())
+}
+
+/// The run's plan, its kernels resolved and its file names checked.
+fn plan_run(
+    layout: &Layout,
+    manifests: &[Manifest],
+    opts: &TestOptions,
+) -> Result<Vec<PlannedTest>, i32> {
+    let mut popts = PlanOptions {
+        filter: opts.filter.clone(),
+        accel: opts.accel,
+        kernels: opts.kernels.clone(),
+        ..Default::default()
+    };
+    popts.resolved = resolve_kernels(layout, manifests, &popts).map_err(|e| {
+        eprintln!("error: {e}");
+        e.code
+    })?;
+    let plan = make_plan(layout, manifests, &popts);
+    if plan.is_empty() {
+        eprintln!("error: no test matches; `cargo xtask list` shows the plan");
+        return Err(exitcode::USAGE);
+    }
+    check_file_names(&plan).map_err(|e| {
+        eprintln!("error: {e}");
+        exitcode::MANIFEST
+    })?;
+    Ok(plan)
+}
+
+/// Executes the plan while the terminal shows its progress; each test's
+/// run, by its place in the plan.
+fn execute_with_progress(
+    plan: &[PlannedTest],
+    opts: &TestOptions,
+    lane: &LaneContext,
+) -> Vec<Option<TestRun>> {
+    let mut runs: Vec<Option<TestRun>> = vec![None; plan.len()];
+    let mut term = terminal::Terminal::new(plan);
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| exec::execute(plan, opts.jobs, lane, tx));
+        for mut e in rx {
+            // Marked before any reporter sees it: the result lines and the
+            // summary count the same outcomes.
+            if let (true, Event::Finished { idx, run }) = (opts.strict, &mut e) {
+                mark_strict(&plan[*idx], run);
+            }
+            term.event(&e);
+            if let Event::Finished { idx, run } = e {
+                runs[idx] = Some(*run);
+            }
+        }
+    });
+    term.finish();
+    runs
 }
 
 /// The end of every run: no file under `dirs` (what the run wrote, virtual
@@ -566,34 +597,10 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
             return exitcode::MANIFEST;
         }
     };
-    let opts = PlanOptions {
-        accel: std::env::var(lane::ACCEL_ENV)
-            .ok()
-            .and_then(|a| Accel::from_word(&a)),
-        agent: true,
-        ..Default::default()
-    };
     let facts = agent_facts(results);
-    let auto = host::resolve_auto(
-        &facts,
-        &layout.guest_image(),
-        &std::env::temp_dir().join("ukci-accel-probe.txt"),
-        host::KVM_PROBE_LIMIT_NESTED,
-    );
-    println!("ukci-accel: auto = {} ({})", auto.accel, auto.reason);
     let scratch = results.join("scratch");
-    let plan: Vec<PlannedTest> = plan::plan(
-        &manifests,
-        &facts,
-        &auto,
-        &layout.guest_image(),
-        &scratch,
-        &opts,
-    )
-    .into_iter()
-    .filter(|t| tests.is_empty() || tests.contains(&t.test))
-    .collect();
-    let events_path = results.join(lane::EVENTS_FILE);
+    let plan = agent_plan(layout, &manifests, &facts, &scratch, tests);
+    let events_path = results.join(events::EVENTS_FILE);
     let mut events = match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -605,39 +612,22 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
             return exitcode::ERROR;
         }
     };
+    let lane_ctx = agent_context(layout, results, &scratch);
     // One test at a time: the host's vCPUs share one TCG thread, so nested
     // VMs side by side gain nothing, and a q35 guest with an NVMe under
     // kvm_amd beside another nested VM was seen printing nothing for 90 s
     // (alone it gives its verdict in 15 s).
     let jobs = 1;
-    let pf = std::env::var(lane::PF_ENV).ok();
-    let lane_ctx = LaneContext {
-        images: layout.images(),
-        cache: layout.cache(),
-        results: results.to_path_buf(),
-        agent: PathBuf::new(),
-        host: HostContext {
-            pf_source: if pf.is_some() {
-                "the virtual host's SR-IOV NVMe".into()
-            } else {
-                format!("{} is not set", lane::PF_ENV)
-            },
-            pf,
-            journal: results.join("restore.journal"),
-            scratch: scratch.clone(),
-            guest: layout.guest_image(),
-        },
-    };
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(|| exec::execute(&plan, jobs, &lane_ctx, tx));
         for e in rx {
             if let Event::Started { idx } = e {
-                println!("\n{}{}", lane::STARTED, plan[idx].id());
+                println!("\n{}{}", events::STARTED, plan[idx].id());
             } else if let Event::Finished { idx, mut run } = e {
                 run.env = Some(plan[idx].env.clone());
                 let w = WireRun::new(&plan[idx].id(), &run).on_kernel(&facts.host_kernel);
-                if let Ok(json) = serde_json::to_string(&w) {
+                if let Some(json) = w.to_json() {
                     let _ = writeln!(events, "{json}");
                     let _ = events.sync_data();
                 }
@@ -659,12 +649,74 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
     }
 }
 
+/// The agent's plan of the named tests (all when none is named): the
+/// accelerator `auto` decided here by a probe boot under this host's KVM,
+/// the run's `--accel` applied as the runner outside applies it.
+fn agent_plan(
+    layout: &Layout,
+    manifests: &[Manifest],
+    facts: &HostFacts,
+    scratch: &Path,
+    tests: &[String],
+) -> Vec<PlannedTest> {
+    let opts = PlanOptions {
+        accel: std::env::var(lane::ACCEL_ENV)
+            .ok()
+            .and_then(|a| AccelRequest::from_word(&a)),
+        agent: true,
+        ..Default::default()
+    };
+    let auto = host::resolve_auto(
+        facts,
+        &layout.guest_image(),
+        &std::env::temp_dir().join("ukci-accel-probe.txt"),
+        host::KVM_PROBE_LIMIT_NESTED,
+    );
+    println!("ukci-accel: auto = {} ({})", auto.accel, auto.reason);
+    plan::plan(
+        manifests,
+        facts,
+        &auto,
+        &layout.guest_image(),
+        scratch,
+        &opts,
+    )
+    .into_iter()
+    .filter(|t| tests.is_empty() || tests.contains(&t.test))
+    .collect()
+}
+
+/// What the agent's tests work with: the PF the runner outside names, a
+/// journal and scratch folder in the results folder.
+fn agent_context(layout: &Layout, results: &Path, scratch: &Path) -> LaneContext {
+    let pf = std::env::var(lane::PF_ENV).ok();
+    LaneContext {
+        images: layout.images(),
+        cache: layout.cache(),
+        results: results.to_path_buf(),
+        agent: PathBuf::new(),
+        host_checks: HostCheckContext {
+            pf_source: if pf.is_some() {
+                "the virtual host's SR-IOV NVMe".into()
+            } else {
+                format!("{} is not set", lane::PF_ENV)
+            },
+            pf,
+            journal: results.join("restore.journal"),
+            scratch: scratch.to_path_buf(),
+            guest: layout.guest_image(),
+        },
+    }
+}
+
 /// This virtual host's facts, with its KVM as `/init` loaded it: what the
 /// modules said (the load log in `results`, the kernel's `kvm` lines) and
 /// what KVM runs on (the runner says, through [`lane::KVM_HOST_ENV`]).
 fn agent_facts(results: &Path) -> HostFacts {
     let mut facts = host::detect(&std::env::temp_dir().join("ukci-qemu-facts.txt"));
-    facts.kvm_host = std::env::var(lane::KVM_HOST_ENV).ok();
+    facts.kvm_host = std::env::var(lane::KVM_HOST_ENV)
+        .ok()
+        .and_then(|a| Accel::from_word(&a));
     facts.kvm_variant = std::env::var(lane::KVM_VARIANT_ENV).ok();
     let loads =
         std::fs::read_to_string(results.join(ukci_vhost::initramfs::KVM_LOG)).unwrap_or_default();
@@ -739,7 +791,7 @@ fn write_reports(
     std::fs::create_dir_all(dir.join("logs"))?;
     for (t, run) in plan.iter().zip(runs) {
         let Some(run) = run else { continue };
-        let path = dir.join("logs").join(log_path(t));
+        let path = dir.join("logs").join(t.log_path());
         if let Some(folder) = path.parent() {
             std::fs::create_dir_all(folder)?;
         }
@@ -887,7 +939,7 @@ mod tests {
         assert_eq!(check_file_names(&plan), Ok(()));
         let logs: Vec<String> = plan
             .iter()
-            .map(|t| log_path(t).display().to_string())
+            .map(|t| t.log_path().display().to_string())
             .collect();
         assert_eq!(
             logs,
@@ -900,7 +952,7 @@ mod tests {
         );
         let local =
             crate::plan::tests::virtual_plan("[[test]]\nname = \"env\"\nchecks = [\"vfio.env\"]\n");
-        assert_eq!(log_path(&local[0]), Path::new("v@tcg/env.log"));
+        assert_eq!(local[0].log_path(), Path::new("v@tcg/env.log"));
 
         // Two kernels whose names differ only in punctuation would share a
         // log: refused before anything runs, naming both.
@@ -928,7 +980,7 @@ mod tests {
         // `<test>.log` at exactly the limit still fits.
         let mut p = plan.clone();
         p[0].test = "t".repeat(NAME_MAX - ".log".len());
-        assert_eq!(log_path(&p[0]).file_name().unwrap().len(), NAME_MAX);
+        assert_eq!(p[0].log_path().file_name().unwrap().len(), NAME_MAX);
         assert_eq!(check_file_names(&p), Ok(()));
         p[0].test.push('t');
         let e = check_file_names(&p).unwrap_err();

@@ -1,7 +1,7 @@
 //! The terminal reporter: progress bars on a TTY (an overall bar and one
 //! line per running VM), plain lines otherwise, and a summary table.
 
-use crate::exec::{Event, TestRun};
+use crate::events::{Event, TestRun};
 use crate::outcome::Outcome;
 use crate::plan::PlannedTest;
 use crate::reproduce::{self, Rerun};

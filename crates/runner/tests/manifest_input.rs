@@ -277,7 +277,7 @@ fn the_host_config_rejects_what_it_does_not_know() {
         ("pf = \"3b:00.0\"\n", "1:6", "not a PCI address"),
     ] {
         std::fs::write(&file, text).unwrap();
-        let d = ukci_runner::hostcheck::local_pf(&file).unwrap_err();
+        let d = ukci_runner::hostconfig::local_pf(&file).unwrap_err();
         let shown = d.to_string();
         assert!(
             shown.contains(&format!("{}:{pos}: ", file.display())) && shown.contains(words),
@@ -465,7 +465,7 @@ fn plan_all(m: Manifest) {
         dev_kvm: Ok(()),
     };
     let auto = AccelChoice {
-        accel: "tcg".into(),
+        accel: ukci_vhost::accel::Accel::Tcg,
         reason: "fuzz".into(),
     };
     let plan = plan::plan(&[m], &facts, &auto, Path::new("/g"), Path::new("/s"), &opts);

@@ -6,10 +6,11 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use ukci_runner::exec::{self, Event, TestRun};
+use ukci_runner::events::{Event, TestRun};
+use ukci_runner::exec;
 use ukci_runner::host;
 use ukci_runner::lane::LaneContext;
-use ukci_runner::manifest::Accel;
+use ukci_runner::manifest::AccelRequest;
 use ukci_runner::manifest::MachineType;
 use ukci_runner::plan;
 use ukci_runner::plan::PlanOptions;
@@ -19,6 +20,7 @@ use ukci_runner::session::Layout;
 use ukci_runner::supervise;
 use ukci_runner::units::ByteSize;
 use ukci_runner::{exitcode, outcome};
+use ukci_vhost::accel::Accel;
 
 struct Stats {
     min: Duration,
@@ -63,13 +65,13 @@ fn row(name: &str, s: &Option<Stats>, floor: Option<&Stats>) {
 
 /// The QEMU floor: start with no machine (or just build `machine`) and quit
 /// at once.
-fn floor(machine: &str, accel: &str) -> bool {
+fn floor(machine: &str, accel: Accel) -> bool {
     let child = Command::new(qemu::QEMU)
         .args([
             "-M",
             machine,
             "-accel",
-            accel,
+            accel.word(),
             "-display",
             "none",
             "-nodefaults",
@@ -88,10 +90,10 @@ fn floor(machine: &str, accel: &str) -> bool {
     child.wait().is_ok_and(|s| s.success())
 }
 
-fn vm(machine: MachineType, boot: Boot, accel: &str, kvm_module: Option<&str>) -> VmConfig {
+fn vm(machine: MachineType, boot: Boot, accel: Accel, kvm_module: Option<&str>) -> VmConfig {
     VmConfig {
         machine,
-        accel: accel.into(),
+        accel,
         cpu: qemu::default_cpu(accel, kvm_module),
         memory: ByteSize::mib(128),
         smp: 1,
@@ -154,9 +156,9 @@ fn host_rows(layout: &Layout, runs: usize) -> Result<()> {
     out!("accel auto: {} ({})", auto.accel, auto.reason);
     out!("{runs} runs each, wall clock in ms\n");
     out!("{:<44} {:>8} {:>8}", "", "min", "median");
-    let mut accels = vec!["tcg"];
-    if auto.accel == "kvm" {
-        accels.push("kvm");
+    let mut accels = vec![Accel::Tcg];
+    if auto.accel == Accel::Kvm {
+        accels.push(Accel::Kvm);
     }
     for accel in accels {
         let fl = measure(runs, || floor("none", accel));
@@ -244,7 +246,7 @@ fn cr_manifests(layout: &Layout, runs: usize) {
         }
     };
     let opts = PlanOptions {
-        accel: Some(Accel::Tcg),
+        accel: Some(AccelRequest::Tcg),
         ..Default::default()
     };
     let lane = LaneContext {

@@ -140,8 +140,8 @@ fn measure(layout: &Layout, dir: &Path, runs: usize) -> Result<()> {
     let host_img = dir.join("host.img");
     let v = VmConfig {
         machine: MachineType::Q35,
-        accel: "tcg".into(),
-        cpu: qemu::default_cpu("tcg", None),
+        accel: ukci_vhost::accel::Accel::Tcg,
+        cpu: qemu::default_cpu(ukci_vhost::accel::Accel::Tcg, None),
         memory: ByteSize::mib(128),
         smp: 1,
         pit: true,

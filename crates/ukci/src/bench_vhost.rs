@@ -14,6 +14,7 @@ use ukci_runner::qemu::{self, VmConfig};
 use ukci_runner::session::Layout;
 use ukci_runner::supervise::{self, End};
 use ukci_runner::units::ByteSize;
+use ukci_vhost::accel::Accel;
 use ukci_vhost::boot::{self, Agent, BootConfig, shell_quote};
 use ukci_vhost::initramfs::{self, InitramfsSpec};
 use ukci_vhost::kernel::{Kernel, KernelSpec, KernelStore, Refresh};
@@ -149,11 +150,11 @@ pub fn run(layout: &Layout, boots: usize) -> Result<()> {
 /// use, under the host's KVM and under TCG, as the runner builds them.
 fn nested_vms(guest: &Path) -> Vec<(String, VmConfig)> {
     let mut out = Vec::new();
-    for accel in ["kvm", "tcg"] {
+    for accel in [Accel::Kvm, Accel::Tcg] {
         for machine in [MachineType::Microvm, MachineType::Q35] {
             let vm = VmConfig {
                 machine,
-                accel: accel.into(),
+                accel,
                 cpu: qemu::default_cpu(accel, Some("kvm_amd")),
                 memory: ByteSize::mib(64),
                 smp: 1,

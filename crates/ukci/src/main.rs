@@ -21,10 +21,11 @@ mod bench_vhost;
 mod guest;
 mod prereq;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use ukci_runner::exitcode;
-use ukci_runner::manifest::Accel;
+use ukci_runner::manifest::AccelRequest;
 use ukci_runner::session::{self, Layout, TestOptions};
 
 /// Set by `cargo xtask` to the command people typed, so usage lines and
@@ -43,21 +44,10 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum AccelArg {
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl From<AccelArg> for Accel {
-    fn from(a: AccelArg) -> Accel {
-        match a {
-            AccelArg::Auto => Accel::Auto,
-            AccelArg::Kvm => Accel::Kvm,
-            AccelArg::Tcg => Accel::Tcg,
-        }
-    }
+/// `--accel`: one of the words manifests use.
+fn accel_parser() -> impl TypedValueParser<Value = AccelRequest> {
+    PossibleValuesParser::new(AccelRequest::WORDS)
+        .map(|w| AccelRequest::from_word(&w).expect("a word of AccelRequest::WORDS"))
 }
 
 #[derive(clap::Args)]
@@ -68,8 +58,8 @@ struct Selection {
     #[arg(long)]
     filter: Option<String>,
     /// Accelerator for every test, overriding the manifests.
-    #[arg(long, value_enum)]
-    accel: Option<AccelArg>,
+    #[arg(long, value_parser = accel_parser())]
+    accel: Option<AccelRequest>,
     /// Host kernel for the virtual suites (`debian:6.12`, `dir:PATH`);
     /// repeatable; replaces the manifests' kernel lists.
     #[arg(long = "kernel", value_name = "KERNEL")]
@@ -149,6 +139,9 @@ enum Cmd {
         guest: PathBuf,
         #[arg(long)]
         scratch: PathBuf,
+        /// The token, in a descriptor inherited from the parent.
+        #[arg(long)]
+        token_file: PathBuf,
     },
     /// Run inside a virtual host: the named tests of one manifest, reported
     /// as event lines. Started by `test`, not by people.
@@ -246,7 +239,7 @@ fn run(cli: Cli) -> i32 {
             let opts = TestOptions {
                 kernels: sel.kernels,
                 filter: sel.filter,
-                accel: sel.accel.map(Accel::from),
+                accel: sel.accel,
                 jobs: jobs.unwrap_or_else(cores),
                 strict,
             };
@@ -276,8 +269,14 @@ fn run(cli: Cli) -> i32 {
             journal,
             guest,
             scratch,
-        } => Ok(ukci_runner::vf::crash_child(
-            &point, &pf, &journal, &guest, &scratch,
+            token_file,
+        } => Ok(ukci_runner::hostcheck::vf_token::crash_child(
+            &point,
+            &pf,
+            &journal,
+            &guest,
+            &scratch,
+            &token_file,
         )),
         Cmd::Agent {
             manifest,
@@ -361,7 +360,7 @@ fn list_checks() -> i32 {
         }
     }
     out!("host checks (run by the runner on the test host, with the SR-IOV PF):");
-    for c in ukci_runner::hostcheck::HOST_CHECKS {
+    for c in ukci_protocol::catalogue::HOST_CHECKS {
         out!("  {:<28} {}", c.name, c.summary);
     }
     exitcode::OK
@@ -378,7 +377,7 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
     };
     let mut opts = ukci_runner::plan::PlanOptions {
         filter: sel.filter,
-        accel: sel.accel.map(Accel::from),
+        accel: sel.accel,
         kernels: sel.kernels,
         ..Default::default()
     };
@@ -395,7 +394,7 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
             ukci_runner::plan::Decision::Run => format!(
                 "run   {} {} cpu={} timeout={}s",
                 t.vm.machine.qemu_name(),
-                t.vm.accel,
+                t.env.accel_word(),
                 t.vm.cpu,
                 t.timeout.as_secs_f64()
             ),
@@ -413,7 +412,11 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
         }
     }
     if let Some(t) = plan.first() {
-        out!("\naccel auto: {} ({})", t.env.accel, t.env.accel_reason);
+        out!(
+            "\naccel auto: {} ({})",
+            t.env.accel_word(),
+            t.env.accel_reason
+        );
     }
     exitcode::OK
 }

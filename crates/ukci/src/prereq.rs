@@ -223,7 +223,7 @@ pub fn doctor(layout: &Layout) -> i32 {
                 host::KVM_PROBE_LIMIT,
             );
             out!("accel auto    {} ({})", c.accel, c.reason);
-            if c.accel == "tcg" {
+            if c.accel == ukci_vhost::accel::Accel::Tcg {
                 out!(
                     "              KVM is present but not usable for the guest: tests run under TCG."
                 );

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use ukci_protocol::Reporter;
-use ukci_vfio::checks::{self, FunctionState, Lane};
+use ukci_vfio::checks::{self, FunctionState, PfUnderTest};
 use ukci_vfio::{Host, Sysfs};
 
 struct Tee(String);
@@ -124,17 +124,17 @@ fn main() -> ExitCode {
             ),
         );
     }
-    let mut lane = Lane {
+    let mut target = PfUnderTest {
         host: &mut host,
         pf: a.pf.clone(),
     };
-    checks::vfio_env(&mut lane, &mut r);
-    checks::vf_token_kernel_pf(&mut lane, &mut r);
-    checks::journal_restored(&mut lane, &before, "restored-after-kernel-pf", &mut r);
-    checks::vf_token_rules(&mut lane, &mut r);
-    checks::vf_token_cdev(&mut lane, &mut r);
-    checks::nvme_pf(&mut lane, a.vfs, &mut r);
-    checks::journal_restored(&mut lane, &before, "restored-at-end", &mut r);
+    checks::vfio_env(&mut target, &mut r);
+    checks::vf_token_kernel_pf(&mut target, &mut r);
+    checks::journal_restored(&mut target, &before, "restored-after-kernel-pf", &mut r);
+    checks::vf_token_rules(&mut target, &mut r);
+    checks::vf_token_cdev(&mut target, &mut r);
+    checks::nvme_pf(&mut target, a.vfs, &mut r);
+    checks::journal_restored(&mut target, &before, "restored-at-end", &mut r);
     let verdict = r.finish();
     let out = a.results.join("vfio.log");
     if let Err(e) = std::fs::write(&out, &r.out().0) {

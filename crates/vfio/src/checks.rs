@@ -266,9 +266,9 @@ pub fn find(name: &str) -> &'static Rule {
         .unwrap_or_else(|| panic!("no rule `{name}`"))
 }
 
-/// Judges an outcome against its expectation. Returns pass/fail and the
+/// Whether an outcome meets its expectation. Returns pass/fail and the
 /// detail (`expected=EACCES errno=EACCES dmesg="..."`).
-pub fn judge(expect: &Expect, got: Result<(), &OsError>) -> (bool, String) {
+pub fn expectation_met(expect: &Expect, got: Result<(), &OsError>) -> (bool, String) {
     let want = expect.errno.map_or("ok".to_owned(), |e| e.to_string());
     match got {
         Ok(()) => (expect.errno.is_none(), format!("expected={want} result=ok")),
@@ -300,7 +300,7 @@ fn report_rule<W: fmt::Write, T>(
     got: &Result<T, OsError>,
 ) -> bool {
     let rule = find(name);
-    let (ok, detail) = judge(&rule.expect, got.as_ref().map(|_| ()));
+    let (ok, detail) = expectation_met(&rule.expect, got.as_ref().map(|_| ()));
     r.check(ok, name, format_args!("{detail}"))
 }
 
@@ -341,8 +341,9 @@ impl fmt::Display for FunctionState {
     }
 }
 
-/// What the checks run against: the host (journaled changes) and the PF.
-pub struct Lane<'a> {
+/// What the checks run against: the PF and the VFIO host that changes it
+/// (journaled).
+pub struct PfUnderTest<'a> {
     pub host: &'a mut Host,
     pub pf: String,
 }
@@ -354,10 +355,10 @@ fn kernel_release(sys: &Sysfs) -> String {
 }
 
 /// `vfio.env`: the facts the results depend on.
-pub fn vfio_env<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) {
+pub fn vfio_env<W: fmt::Write>(target: &mut PfUnderTest<'_>, r: &mut Reporter<W>) {
     r.push("vfio.env");
-    let sys = lane.host.sys();
-    let pf = &lane.pf;
+    let sys = target.host.sys();
+    let pf = &target.pf;
     let sriov = sys
         .module_param("vfio_pci", "enable_sriov")
         .unwrap_or_else(|_| "absent".into());
@@ -386,38 +387,38 @@ pub fn vfio_env<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) {
 }
 
 /// Puts the PF on vfio-pci with SR-IOV off, then `n` VFs.
-pub fn pf_on_vfio(lane: &mut Lane<'_>, vfs: u32) -> Result<Vec<String>> {
-    let pf = lane.pf.clone();
-    if lane.host.sys().driver(&pf).as_deref() != Some("vfio-pci") {
-        lane.host.set_numvfs(&pf, 0).ok();
-        lane.host.bind(&pf, "vfio-pci")?;
+pub fn pf_on_vfio(target: &mut PfUnderTest<'_>, vfs: u32) -> Result<Vec<String>> {
+    let pf = target.pf.clone();
+    if target.host.sys().driver(&pf).as_deref() != Some("vfio-pci") {
+        target.host.set_numvfs(&pf, 0).ok();
+        target.host.bind(&pf, "vfio-pci")?;
     }
-    lane.host.set_numvfs(&pf, 0)?;
-    lane.host.set_numvfs(&pf, vfs)?;
-    Ok(lane.host.sys().virtfns(&pf))
+    target.host.set_numvfs(&pf, 0)?;
+    target.host.set_numvfs(&pf, vfs)?;
+    Ok(target.host.sys().virtfns(&pf))
 }
 
 /// `vf-token.rules`: the token rules with the PF on vfio-pci and VFs
 /// offline: the kernel selftest's cases and the spec's tables.
-pub fn vf_token_rules<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) {
+pub fn vf_token_rules<W: fmt::Write>(target: &mut PfUnderTest<'_>, r: &mut Reporter<W>) {
     r.push("vf-token.rules");
-    if let Err(e) = rules_inner(lane, r) {
+    if let Err(e) = rules_inner(target, r) {
         report_err(r, "setup", &e);
     }
-    if let Err(e) = lane.host.set_numvfs(&lane.pf.clone(), 0) {
+    if let Err(e) = target.host.set_numvfs(&target.pf.clone(), 0) {
         report_err(r, "cleanup", &e);
     }
     r.pop();
 }
 
-fn rules_inner<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) -> Result<()> {
-    let vfs = pf_on_vfio(lane, 1)?;
-    let pf = lane.pf.clone();
+fn rules_inner<W: fmt::Write>(target: &mut PfUnderTest<'_>, r: &mut Reporter<W>) -> Result<()> {
+    let vfs = pf_on_vfio(target, 1)?;
+    let pf = target.pf.clone();
     let vf = vfs
         .first()
         .cloned()
         .ok_or_else(|| Error::Other(format!("{pf}: no VF after sriov_numvfs=1")))?;
-    let sys = lane.host.sys();
+    let sys = target.host.sys();
     let (drv, ovr) = (sys.driver(&vf), sys.driver_override(&vf));
     r.check(
         drv.as_deref() == Some("vfio-pci") && ovr.as_deref() == Some("vfio-pci"),
@@ -428,7 +429,7 @@ fn rules_inner<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) -> Resul
             ovr.as_deref().unwrap_or("none")
         ),
     );
-    let mut vfio = Vfio::new(lane.host.sys())?;
+    let mut vfio = Vfio::new(target.host.sys())?;
     let (t1, t2, t3) = (Token::random(), Token::random(), Token::random());
     let open = |v: &mut Vfio, bdf: &str, t: NameToken<'_>| -> Result<Device, OsError> {
         v.open_device(bdf, t).map_err(os_only)
@@ -587,24 +588,24 @@ fn short_token() -> String {
 /// `vf-token.kernel-pf`: the PF on the kernel `nvme` driver. A token given
 /// for its VF is refused, none is needed; and vfio-pci will not take over a
 /// PF whose VFs exist. Skips where the nvme driver is not loaded.
-pub fn vf_token_kernel_pf<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) {
+pub fn vf_token_kernel_pf<W: fmt::Write>(target: &mut PfUnderTest<'_>, r: &mut Reporter<W>) {
     r.push("vf-token.kernel-pf");
-    if !lane.host.sys().sys("bus/pci/drivers/nvme").exists() {
+    if !target.host.sys().sys("bus/pci/drivers/nvme").exists() {
         for n in ["vf-open.token", "vf-open.none", "pf-bind.vfs-exist"] {
             r.skip(
                 n,
                 format_args!("the kernel nvme driver is not loaded on this host"),
             );
         }
-    } else if let Err(e) = kernel_pf_inner(lane, r) {
+    } else if let Err(e) = kernel_pf_inner(target, r) {
         report_err(r, "setup", &e);
     }
     r.pop();
 }
 
-fn kernel_pf_inner<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) -> Result<()> {
-    let pf = lane.pf.clone();
-    let h = &mut *lane.host;
+fn kernel_pf_inner<W: fmt::Write>(target: &mut PfUnderTest<'_>, r: &mut Reporter<W>) -> Result<()> {
+    let pf = target.pf.clone();
+    let h = &mut *target.host;
     if h.sys().driver(&pf).as_deref() != Some("nvme") {
         h.set_numvfs(&pf, 0).ok();
         h.bind(&pf, "nvme")?;
@@ -651,17 +652,17 @@ fn kernel_pf_inner<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) -> R
 
 /// `vfio.journal`: after [`Host::restore`], the PF is as it was before the run.
 pub fn journal_restored<W: fmt::Write>(
-    lane: &mut Lane<'_>,
+    target: &mut PfUnderTest<'_>,
     before: &FunctionState,
     name: &str,
     r: &mut Reporter<W>,
 ) {
     r.push("vfio.journal");
-    match lane.host.restore() {
+    match target.host.restore() {
         Ok(rep) => {
-            let now = FunctionState::read(lane.host.sys(), &lane.pf);
+            let now = FunctionState::read(target.host.sys(), &target.pf);
             r.check(
-                rep.ok() && &now == before && !lane.host.journal_path().exists(),
+                rep.ok() && &now == before && !target.host.journal_path().exists(),
                 name,
                 format_args!(
                     "restored_entries={} left={} before=[{before}] now=[{now}]{}",
@@ -682,18 +683,22 @@ pub fn journal_restored<W: fmt::Write>(
 /// `nvme-pf`: the userspace PF driver brings `n` VFs online, each VF's
 /// controller becomes ready through its own VFIO device (opened with the
 /// token), and teardown takes them offline and disables SR-IOV.
-pub fn nvme_pf<W: fmt::Write>(lane: &mut Lane<'_>, n: u32, r: &mut Reporter<W>) {
+pub fn nvme_pf<W: fmt::Write>(target: &mut PfUnderTest<'_>, n: u32, r: &mut Reporter<W>) {
     r.push("vf-token.pf-driver");
-    if let Err(e) = nvme_pf_inner(lane, n, r) {
+    if let Err(e) = nvme_pf_inner(target, n, r) {
         report_err(r, "setup", &e);
     }
     r.pop();
 }
 
-fn nvme_pf_inner<W: fmt::Write>(lane: &mut Lane<'_>, n: u32, r: &mut Reporter<W>) -> Result<()> {
-    pf_on_vfio(lane, 0)?;
-    let pf = lane.pf.clone();
-    let mut vfio = Vfio::new(lane.host.sys())?;
+fn nvme_pf_inner<W: fmt::Write>(
+    target: &mut PfUnderTest<'_>,
+    n: u32,
+    r: &mut Reporter<W>,
+) -> Result<()> {
+    pf_on_vfio(target, 0)?;
+    let pf = target.pf.clone();
+    let mut vfio = Vfio::new(target.host.sys())?;
     let start = Instant::now();
     let mut drv = match PfDriver::open(&mut vfio, &pf, Token::random()) {
         Ok(d) => d,
@@ -725,11 +730,11 @@ fn nvme_pf_inner<W: fmt::Write>(lane: &mut Lane<'_>, n: u32, r: &mut Reporter<W>
             c.vifrsm
         ),
     );
-    let vfs = match drv.bring_up_vfs(lane.host, n) {
+    let vfs = match drv.bring_up_vfs(target.host, n) {
         Ok(v) => v,
         Err(e) => {
             report_err(r, "vfs-online", &e);
-            let _ = drv.teardown(&mut vfio, lane.host);
+            let _ = drv.teardown(&mut vfio, target.host);
             return Ok(());
         }
     };
@@ -769,8 +774,8 @@ fn nvme_pf_inner<W: fmt::Write>(lane: &mut Lane<'_>, n: u32, r: &mut Reporter<W>
     }
 
     let t = Instant::now();
-    let torn = drv.teardown(&mut vfio, lane.host);
-    let numvfs = lane.host.sys().sriov_numvfs(&pf).unwrap_or(u32::MAX);
+    let torn = drv.teardown(&mut vfio, target.host);
+    let numvfs = target.host.sys().sriov_numvfs(&pf).unwrap_or(u32::MAX);
     match torn {
         Ok(()) => r.check(
             numvfs == 0,
@@ -817,9 +822,9 @@ fn vf_ready(
 /// `vf-token.cdev`: the cdev/iommufd bind of a linked VF, where the kernel
 /// has `/dev/vfio/devices` (6.6+ with IOMMUFD). Without a token it must be
 /// refused (EACCES) from 6.17 on; 6.6–6.16 let it through (a known gap).
-pub fn vf_token_cdev<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) {
+pub fn vf_token_cdev<W: fmt::Write>(target: &mut PfUnderTest<'_>, r: &mut Reporter<W>) {
     r.push("vf-token.cdev");
-    if !lane.host.sys().has_vfio_cdev() {
+    if !target.host.sys().has_vfio_cdev() {
         let why = "no /dev/vfio/devices: this kernel has no VFIO cdev (CONFIG_VFIO_DEVICE_CDEV off or before 6.6)";
         r.skip("bind.none", format_args!("{why}"));
         r.skip("bind.token", format_args!("{why}"));
@@ -827,15 +832,15 @@ pub fn vf_token_cdev<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) {
         return;
     }
     let res = (|| -> Result<()> {
-        let vfs = pf_on_vfio(lane, 1)?;
+        let vfs = pf_on_vfio(target, 1)?;
         let vf = vfs
             .first()
             .cloned()
             .ok_or_else(|| Error::Other("no VF".into()))?;
-        let mut vfio = Vfio::new(lane.host.sys())?;
+        let mut vfio = Vfio::new(target.host.sys())?;
         let t = Token::random();
-        let _pf = vfio.open_device(&lane.pf, NameToken::Token(&t))?;
-        let cdev = lane
+        let _pf = vfio.open_device(&target.pf, NameToken::Token(&t))?;
+        let cdev = target
             .host
             .sys()
             .vfio_cdev(&vf)
@@ -881,8 +886,8 @@ pub fn vf_token_cdev<W: fmt::Write>(lane: &mut Lane<'_>, r: &mut Reporter<W>) {
     if let Err(e) = res {
         report_err(r, "setup", &e);
     }
-    let pf = lane.pf.clone();
-    let _ = lane.host.set_numvfs(&pf, 0);
+    let pf = target.pf.clone();
+    let _ = target.host.set_numvfs(&pf, 0);
     r.pop();
 }
 
@@ -949,7 +954,7 @@ mod tests {
     #[test]
     fn judging_wants_the_errno_and_tolerates_a_rate_limited_message() {
         let req = find("init.none").expect;
-        let (ok, d) = judge(
+        let (ok, d) = expectation_met(
             &req,
             Err(&err(
                 Errno::EACCES,
@@ -961,11 +966,11 @@ mod tests {
             d,
             "expected=EACCES errno=EACCES dmesg=\"vfio-pci 0000:01:00.1: VF token required to access device\""
         );
-        let (ok, d) = judge(&req, Err(&err(Errno::EACCES, None)));
+        let (ok, d) = expectation_met(&req, Err(&err(Errno::EACCES, None)));
         assert!(ok, "{d}");
         assert!(d.contains("dmesg=none"));
         // Right errno, wrong reason.
-        let (ok, _) = judge(
+        let (ok, _) = expectation_met(
             &req,
             Err(&err(
                 Errno::EACCES,
@@ -973,15 +978,15 @@ mod tests {
             )),
         );
         assert!(!ok);
-        let (ok, d) = judge(&req, Err(&err(Errno::EINVAL, None)));
+        let (ok, d) = expectation_met(&req, Err(&err(Errno::EINVAL, None)));
         assert!(!ok);
         assert_eq!(d, "expected=EACCES errno=EINVAL dmesg=none(rate-limited?)");
-        let (ok, d) = judge(&req, Ok(()));
+        let (ok, d) = expectation_met(&req, Ok(()));
         assert!(!ok);
         assert_eq!(d, "expected=EACCES result=ok");
-        let (ok, _) = judge(&OK, Ok(()));
+        let (ok, _) = expectation_met(&OK, Ok(()));
         assert!(ok);
-        let (ok, _) = judge(&OK, Err(&err(Errno::EACCES, None)));
+        let (ok, _) = expectation_met(&OK, Err(&err(Errno::EACCES, None)));
         assert!(!ok);
     }
 

@@ -58,12 +58,6 @@ impl Token {
         self.0.hyphenated().to_string()
     }
 
-    /// Hands the token to a child process over a pipe (its stdin), one line
-    /// that [`Token::parse`] reads.
-    pub fn send(&self, pipe: &mut std::process::ChildStdin) -> io::Result<()> {
-        writeln!(pipe, "{}", self.text())
-    }
-
     /// What the token may be shown as: the SHA-256 of its text.
     pub fn digest(&self) -> Digest {
         Digest::of(self.text().as_bytes())

@@ -19,6 +19,7 @@
 //! serial log means) are plain functions; the edges (apt, dpkg-deb, QEMU) are
 //! thin wrappers around them.
 
+pub mod accel;
 pub mod apt;
 pub mod boot;
 pub mod cache;

@@ -4,8 +4,9 @@
 //! Adding a check: put a `pub fn name(env: &Env)` in the file of its family
 //! (or a new file here), add its name to `ukci_protocol::catalogue::CHECKS`
 //! (the runner validates manifests against that list), and add the pair to
-//! [`REGISTRY`]. The runner pushes the check's name as prefix, so a check
-//! reports results by their own short names through `ukci_guest::report`.
+//! [`REGISTRY`]. The dispatcher here (`run_one`) pushes the check's name as
+//! prefix, so a check reports results by their own short names through
+//! `ukci_guest::report`.
 
 mod boot;
 mod cr;

@@ -39,14 +39,7 @@ pub use run::{BootError, BootFailure, BootReport, run};
 pub use topology::Topology;
 pub use verdict::{Ending, ExitKind, Failure, judge};
 
-/// How QEMU executes the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// Portable and the only choice where KVM cannot run Debian kernels.
-    Tcg,
-    /// Only where KVM really works for this guest (detected by the caller).
-    Kvm,
-}
+pub use crate::accel::Accel;
 
 /// Everything one boot of the virtual host needs.
 #[derive(Debug, Clone)]

@@ -1,7 +1,6 @@
 //! What a finished boot means, from its serial log and how QEMU ended.
 
 use std::fmt;
-use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::marker;
@@ -22,17 +21,6 @@ pub enum Ending {
 pub enum ExitKind {
     Code(i32),
     Signal(i32),
-}
-
-impl From<ExitStatus> for ExitKind {
-    fn from(s: ExitStatus) -> Self {
-        use std::os::unix::process::ExitStatusExt;
-        match (s.code(), s.signal()) {
-            (Some(c), _) => ExitKind::Code(c),
-            (None, Some(sig)) => ExitKind::Signal(sig),
-            (None, None) => ExitKind::Code(-1),
-        }
-    }
 }
 
 /// Why a boot did not give an agent result.
