@@ -95,9 +95,11 @@ impl Verdict {
     }
 }
 
-/// The verdict of a test that ran: its status, the `SUMMARY:` line among
-/// the last five of its output, and its timeout as the cfg wrote it.
-pub fn verdict(status: i32, stdout: &str, timeout: &str) -> Verdict {
+/// The verdict of a test that ran: how QEMU ended, what it printed (the
+/// `SUMMARY:` line among the last five of stdout counts) and its timeout
+/// as the cfg wrote it.
+pub fn verdict(end: &End, stdout: &str, stderr: &str, timeout: &str) -> Verdict {
+    let status = status(end, stderr);
     let summary = summary(stdout).unwrap_or_default();
     let (word, why, no_verdict) = match status {
         0 => (Word::Pass, summary, false),
@@ -109,23 +111,27 @@ pub fn verdict(status: i32, stdout: &str, timeout: &str) -> Verdict {
             true,
         ),
         3 => (Word::Fail, summary, false),
-        s => (Word::Fail, format!("{} (status {s})", meaning(s)), true),
+        1 if *end == End::Exited(0) => (
+            Word::Fail,
+            "QEMU exited with 0, not through the test's exit: a reset or triple fault under --no-reboot (status 1)".into(),
+            true,
+        ),
+        s => {
+            let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let why = match s {
+                1 => format!("most likely QEMU failed (status 1): {first}"),
+                2 => "most likely a run script failed (status 2)".into(),
+                127 => "most likely the test called abort() (status 127)".into(),
+                s => format!("the test exited with status {s}, which is not a verdict"),
+            };
+            (Word::Fail, why, true)
+        }
     };
     Verdict {
         word,
         status: Some(status),
         why,
         no_verdict,
-    }
-}
-
-/// What `scripts/vmm.bash`'s status table says a status most likely means.
-fn meaning(status: i32) -> &'static str {
-    match status {
-        1 => "most likely QEMU failed",
-        2 => "most likely a run script failed",
-        127 => "most likely the test called abort()",
-        _ => "the test exited with a status that is not a verdict",
     }
 }
 
@@ -253,7 +259,8 @@ mod tests {
 
     #[test]
     fn verdicts_are_the_words_run_prints() {
-        let v = verdict(0, OUT, "90s");
+        let ex = End::Exited;
+        let v = verdict(&ex(1), OUT, "", "90s");
         assert_eq!(v.word, Word::Pass);
         assert_eq!(
             v.line("x2apic"),
@@ -261,29 +268,42 @@ mod tests {
         );
         assert!(!v.no_verdict);
         assert_eq!(
-            verdict(77, "SUMMARY: 1 tests, 1 skipped\n", "90s").word,
+            verdict(&ex(77), "SUMMARY: 1 tests, 1 skipped\n", "", "90s").word,
             Word::Skip
         );
-        let v = verdict(124, "PASS: a\n", "90s");
+        let v = verdict(
+            &End::TimedOut(Duration::from_secs(90)),
+            "PASS: a\n",
+            "",
+            "90s",
+        );
         assert_eq!(
             (v.word, v.why.as_str(), v.no_verdict),
             (Word::Fail, "timeout; duration=90s", true)
         );
-        let v = verdict(137, "", "90s");
+        let v = verdict(&End::Signaled(9), "", "", "90s");
         assert_eq!(
             (v.word, v.why.as_str()),
             (Word::Fail, "terminated on SIGKILL")
         );
         let v = verdict(
-            3,
+            &ex(3),
             "FAIL: x\nSUMMARY: 1 tests, 1 unexpected failures\n",
+            "",
             "90s",
         );
         assert_eq!((v.word, v.no_verdict), (Word::Fail, false));
         assert_eq!(v.why, "1 tests, 1 unexpected failures");
-        let v = verdict(1, "", "90s");
+        let v = verdict(&ex(1), "", "qemu: -cpu foo: unknown\n", "90s");
         assert_eq!((v.word, v.no_verdict), (Word::Fail, true));
-        assert!(v.why.contains("QEMU failed"), "{}", v.why);
+        assert!(
+            v.why.contains("QEMU failed (status 1): qemu: -cpu foo"),
+            "{}",
+            v.why
+        );
+        let v = verdict(&ex(0), "PASS: a\n", "", "90s");
+        assert_eq!((v.word, v.status), (Word::Fail, Some(1)));
+        assert!(v.why.contains("triple fault"), "{}", v.why);
         // Only the last five lines count, as with `tail -5`.
         let far = format!("SUMMARY: 9 tests\n{}", "x\n".repeat(5));
         assert_eq!(summary(&far), None);

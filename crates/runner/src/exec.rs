@@ -190,7 +190,13 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
             detail: None,
         }]);
     }
-    let fin = if t.host_checks {
+    let kut = t
+        .kut
+        .as_ref()
+        .map(|k| crate::kut::run(k, &t.vm.accel, t.vm.smp, t.timeout, &mut on_line));
+    let fin = if let Some((_, fin)) = &kut {
+        fin.clone()
+    } else if t.host_checks {
         host_checks(t, host)
     } else if t.vm.devices.contains(&VmDevice::NvmeVf) {
         vf::run_guest_with_vf(host, &t.vm, t.timeout, &mut on_line)
@@ -200,7 +206,10 @@ pub fn run_one(t: &PlannedTest, host: &HostContext, mut on_line: impl FnMut(&str
     for s in &t.scratch {
         let _ = std::fs::remove_file(&s.path);
     }
-    let mut judged = outcome::judge(&t.test, &t.checks, &fin);
+    let mut judged = match kut {
+        Some((judged, _)) => judged,
+        None => outcome::judge(&t.test, &t.checks, &fin),
+    };
     let expects: Vec<Expect<'_>> = t
         .expects
         .iter()

@@ -8,6 +8,7 @@ pub mod exitcode;
 pub mod host;
 pub mod hostcheck;
 pub mod junit;
+pub mod kut;
 pub mod lane;
 pub mod manifest;
 pub mod matrix;

@@ -156,6 +156,8 @@ pub struct PlannedTest {
     pub host_checks: bool,
     /// Set for a test of a virtual lane: the boot it runs in.
     pub boot: Option<VirtualBoot>,
+    /// Set for a kvm-unit-tests test: what runs instead of ukci's guest.
+    pub kut: Option<crate::kut::KutRun>,
 }
 
 impl PlannedTest {
@@ -339,7 +341,18 @@ pub fn plan(
                     append,
                     devices,
                 };
-                let decision = decide(m, t, &env, host);
+                let (kut, kut_skip) = crate::kut::plan_test(
+                    m,
+                    t.name.get_ref(),
+                    &accel,
+                    boot.is_some(),
+                    host,
+                    &scratch_dir.join(format!("{id}.env")),
+                );
+                let decision = match (decide(m, t, &env, host), kut_skip) {
+                    (Decision::Run, Some(why)) => Decision::Skip(why),
+                    (d, _) => d,
+                };
                 let expects = m
                     .expectations
                     .iter()
@@ -373,6 +386,7 @@ pub fn plan(
                         .iter()
                         .all(|c| hostcheck::find(c.get_ref()).is_some()),
                     boot: boot.clone(),
+                    kut,
                 });
             }
         }
