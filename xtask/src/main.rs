@@ -7,6 +7,7 @@ mod bench_nvme;
 mod bench_vhost;
 mod ci;
 mod guest;
+mod kut;
 mod prereq;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -165,11 +166,15 @@ fn layout() -> Layout {
 }
 
 fn manifest_paths(layout: &Layout, paths: Vec<PathBuf>) -> Vec<PathBuf> {
-    if paths.is_empty() {
+    let paths = if paths.is_empty() {
         session::all_manifests(&layout.manifests())
     } else {
         paths
+    };
+    if let Err(e) = kut::provide_tree(layout, &paths) {
+        eprintln!("warning: the shared kvm-unit-tests tree could not be built: {e}");
     }
+    paths
 }
 
 fn main() {

@@ -13,6 +13,11 @@ use ukci_vhost::cache::{EntryLock, Fnv};
 
 const MARKER: &str = ".ukci-built";
 
+/// The kvm-unit-tests source the project tests against (upstream commit
+/// 1da1819e, unmodified), relative to the workspace root. It is not part of
+/// the repository: where it is absent, what needs it says so and skips.
+pub const SHARED_TARBALL: &str = "../shared/third-party/kvm-unit-tests-1da1819e.tar.xz";
+
 /// Whether `dir` looks like a configured and built tree: `config.mak`
 /// from `./configure` and at least one test image from `make` in `arch`.
 pub fn is_built(dir: &Path, arch_dir: &str) -> bool {
