@@ -2,6 +2,7 @@
 //! runner library; this file parses arguments and dispatches.
 
 mod bench;
+mod bench_kut;
 mod bench_kvm;
 mod bench_nvme;
 mod bench_vhost;
@@ -106,6 +107,10 @@ enum Cmd {
         /// the lane manifests), not this host's QEMU and NVMe rows.
         #[arg(long = "virtual")]
         virtual_only: bool,
+        /// Only kvm-unit-tests' x86 default set, ukci against the tree's
+        /// own run_tests.sh under TCG (takes about half an hour).
+        #[arg(long, conflicts_with = "virtual_only")]
+        kut: bool,
     },
     /// Print the CI matrix (kernel × lane) derived from the manifests, as
     /// JSON for a GitHub Actions `strategy.matrix`.
@@ -239,7 +244,17 @@ fn run(cli: Cli) -> i32 {
         Cmd::Doctor => Ok(prereq::doctor(&layout)),
         Cmd::Setup => prereq::setup(&layout).map(|_| exitcode::OK),
         Cmd::Ci => ci::run(&layout),
-        Cmd::Bench { runs, virtual_only } => bench::run(&layout, runs, virtual_only),
+        Cmd::Bench {
+            runs,
+            virtual_only,
+            kut,
+        } => {
+            if kut {
+                bench_kut::run(&layout).map(|()| exitcode::OK)
+            } else {
+                bench::run(&layout, runs, virtual_only)
+            }
+        }
         Cmd::Matrix { paths } => Ok(matrix(&layout, paths)),
         Cmd::CleanCache => Ok(clean_cache(&layout)),
         Cmd::Restore => {
