@@ -120,6 +120,20 @@ pub fn expand(value: &str, dir: &Path) -> Result<Vec<String>, String> {
     }
 }
 
+/// Whether a cfg's `disabled_if` holds: `run` evaluates it with `eval` in
+/// bash; here bash runs it in `dir` with the run's `ACCEL` and `TARGET`.
+pub fn disabled(condition: &str, accel: &str, dir: &Path) -> bool {
+    let script = format!("cd \"$1\" || exit 2\n{condition}");
+    let args: Vec<OsString> = vec![
+        "-c".into(),
+        format!("export ACCEL={accel} TARGET=qemu; {script}").into(),
+        "bash".into(),
+        dir.into(),
+    ];
+    let fin = ukci_supervise::run("bash".as_ref(), &args, Duration::from_secs(10), |_| {});
+    fin.end == End::Exited(0)
+}
+
 /// The `-initrd` environment file `initrd_create` writes (`env_params`,
 /// `env_errata`): the target, QEMU's accelerator and version, the host
 /// kernel's version, and `ERRATA_FORCE=y` under TCG.
@@ -220,6 +234,8 @@ mod tests {
         assert_eq!(w, ["10000000 17", "2"]);
         assert_eq!(expand("'a b' c", &dir).unwrap(), ["a b", "c"]);
         assert!(expand("'a", &dir).is_err());
+        assert!(disabled("[[ \"$ACCEL\" == tcg ]]", "tcg", &dir));
+        assert!(!disabled("[[ \"$ACCEL\" == tcg ]]", "kvm", &dir));
     }
 
     #[test]

@@ -322,6 +322,19 @@ pub fn run(
             );
         }
     };
+    if let Some(cond) = k
+        .test
+        .disabled_if
+        .as_deref()
+        .filter(|c| !c.trim().is_empty())
+        && command::disabled(cond, accel, &k.dir)
+    {
+        let why = format!("disabled because: {cond}");
+        return (
+            verdict_only(&name, &decode::Verdict::skipped(why), false),
+            not_run(),
+        );
+    }
     let env = command::environment(accel, &k.qemu_version, &k.host_kernel);
     if let Some(dir) = k.env_file.parent() {
         let _ = std::fs::create_dir_all(dir);

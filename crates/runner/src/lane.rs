@@ -520,6 +520,13 @@ fn boot_and_run(
                 .map(|k| (KVM_VARIANT_ENV, k.name.as_str())),
         )
         .map(|(k, v)| (k.to_string(), v.to_string()))
+        // The kvm-unit-tests tree this run uses: the host sees it at the
+        // same path on its read-only root.
+        .chain(
+            std::env::var(crate::kut::DIR_ENV)
+                .ok()
+                .map(|d| (crate::kut::DIR_ENV.to_string(), d)),
+        )
         .collect(),
         chroot: true,
     };
