@@ -372,6 +372,16 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
     let plan = session::make_plan(layout, &manifests, &opts);
     for t in &plan {
         let what = match &t.decision {
+            ukci_runner::plan::Decision::Run if t.kut.is_some() => format!(
+                "run   kvm-unit-tests {} {} smp={} timeout={}s",
+                t.kut
+                    .as_ref()
+                    .and_then(|k| k.test.file.as_deref())
+                    .unwrap_or(""),
+                t.vm.accel,
+                t.vm.smp,
+                t.timeout.as_secs_f64()
+            ),
             ukci_runner::plan::Decision::Run => format!(
                 "run   {} {} cpu={} timeout={}s",
                 t.vm.machine.qemu_name(),
