@@ -6,6 +6,7 @@
 
 use crate::events::{EVENTS_FILE, Event, STARTED, TestRun, WireRun};
 use crate::hostconfig::HostCheckContext;
+use crate::manifest::kut;
 use crate::outcome::{Outcome, SubResult};
 use crate::plan::{PlannedTest, VirtualBoot};
 use crate::rundir;
@@ -425,6 +426,13 @@ fn agent(
                 .map(|k| (KVM_VARIANT_ENV, k.name.as_str())),
         )
         .map(|(k, v)| (k.to_string(), v.to_string()))
+        // The kvm-unit-tests tree this run uses: the host sees it at the
+        // same path on its read-only root.
+        .chain(
+            std::env::var(kut::DIR_ENV)
+                .ok()
+                .map(|d| (kut::DIR_ENV.to_string(), d)),
+        )
         .collect(),
         chroot: true,
     })

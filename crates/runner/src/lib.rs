@@ -11,6 +11,7 @@ pub mod hostcheck;
 pub mod hostconfig;
 pub mod html;
 pub mod junit;
+pub mod kut;
 pub mod lane;
 pub mod manifest;
 pub mod matrix;

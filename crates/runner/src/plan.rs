@@ -10,6 +10,7 @@ use crate::units::{ByteSize, glob};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use ukci_kut::cfg::CfgTest;
 use ukci_protocol::catalogue;
 use ukci_vhost::accel::Accel;
 use ukci_vhost::boot::Topology;
@@ -150,6 +151,8 @@ pub enum TestKind {
     GuestWithVf,
     /// Host checks, run in the runner itself, not in a VM.
     HostChecks,
+    /// A kvm-unit-tests test, run as the tree's `x86/run` runs it.
+    KvmUnitTest,
 }
 
 impl TestKind {
@@ -174,6 +177,22 @@ pub struct PlannedTest {
     pub kind: TestKind,
     /// Set for a test of a virtual lane: the boot it runs in.
     pub boot: Option<VirtualBoot>,
+    /// Set for a kvm-unit-tests test ([`TestKind::KvmUnitTest`]): what runs
+    /// instead of ukci's guest.
+    pub kut: Option<KutRun>,
+}
+
+/// One kvm-unit-tests test's run, as planned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KutRun {
+    pub dir: PathBuf,
+    pub test_dir: PathBuf,
+    pub test: CfgTest,
+    /// The environment file's path (created for the run, then removed).
+    pub env_file: PathBuf,
+    /// `QEMU emulator version X.Y.Z`, `uname -r`: for the environment file.
+    pub qemu_version: String,
+    pub host_kernel: String,
 }
 
 impl PlannedTest {
@@ -306,11 +325,22 @@ fn plan_test(
     // A virtual lane's test left to `auto` is planned again by the agent,
     // VM included; here its VM is never started.
     let vm = vm_config(m, t, accel.unwrap_or(Accel::Tcg), inputs, devices);
+    let env_file = inputs.scratch_dir.join(format!("{id}.env"));
+    // Inside a virtual lane's boot the agent decides (its host, its KVM).
+    let here = accel.filter(|_| boot.is_none());
+    let (kut, kut_skip) = kut_run(m, t.name.get_ref(), here, inputs.host, &env_file);
+    let decision = match (decide(m, t, &env, inputs.host), kut_skip) {
+        (Decision::Run, Some(why)) => Decision::Skip(why),
+        (d, _) => d,
+    };
     PlannedTest {
         suite: m.suite_name(),
         test: t.name.get_ref().clone(),
         manifest: m.path.clone(),
-        kind: test_kind(&checks, with_vf),
+        kind: match kut {
+            Some(_) => TestKind::KvmUnitTest,
+            None => test_kind(&checks, with_vf),
+        },
         checks,
         vm,
         timeout: t
@@ -318,12 +348,42 @@ fn plan_test(
             .or(d.timeout)
             .map(|t| t.0)
             .unwrap_or(DEFAULT_TIMEOUT),
-        decision: decide(m, t, &env, inputs.host),
+        decision,
         expects: expectations(m, t, &env),
         env,
         scratch,
         boot: boot.cloned(),
+        kut,
     }
+}
+
+/// The run of `test` if the manifest takes it from a kvm-unit-tests cfg, and
+/// why the tree's `run` would skip it before starting QEMU under `accel` on
+/// this host; with no `accel` that is left to the agent that runs it.
+fn kut_run(
+    m: &Manifest,
+    test: &str,
+    accel: Option<Accel>,
+    host: &HostFacts,
+    env_file: &Path,
+) -> (Option<KutRun>, Option<String>) {
+    let Some((suite, t)) = m.kut.as_ref().and_then(|k| Some((k, k.find(test)?))) else {
+        return (None, None);
+    };
+    let skip = accel.and_then(|a| suite.skip_before_start(t, a.word()));
+    let run = KutRun {
+        dir: suite.dir.clone(),
+        test_dir: suite.test_dir.clone(),
+        test: t.clone(),
+        env_file: env_file.to_path_buf(),
+        qemu_version: host
+            .qemu_version
+            .as_ref()
+            .map(|v| format!("QEMU emulator version {v}"))
+            .unwrap_or_default(),
+        host_kernel: host.host_kernel.clone(),
+    };
+    (Some(run), skip)
 }
 
 /// The accelerator a test runs under and why; `None` where the agent of a

@@ -94,7 +94,12 @@ pub fn load_manifests(paths: &[PathBuf]) -> Result<Vec<Manifest>, Diagnostics> {
     let mut diags = Diagnostics::default();
     for p in paths {
         match manifest::load(p) {
-            Ok(m) => out.push(m),
+            Ok(m) => {
+                for w in &m.warnings {
+                    eprintln!("warning: {w}");
+                }
+                out.push(m);
+            }
             Err(d) => diags.extend(d),
         }
     }

@@ -318,11 +318,45 @@ fn shipped_cached() -> &'static [(String, String)] {
     FILES.get_or_init(shipped)
 }
 
+/// A shipped manifest's text as this machine can check it: a
+/// `[kvm-unit-tests]` one pointed at the shared tree (built once into the
+/// cache), as `cargo xtask test` points it; `None` without that tree.
+fn checkable(text: &str) -> Option<String> {
+    if !text.lines().any(|l| l.trim() == "[kvm-unit-tests]") {
+        return Some(text.to_string());
+    }
+    let tarball = root().join(ukci_kut::tree::SHARED_TARBALL);
+    if !tarball.is_file() {
+        eprintln!(
+            "skipped a [kvm-unit-tests] manifest: {} is absent",
+            tarball.display()
+        );
+        return None;
+    }
+    let tree = ukci_kut::tree::prepare(&tarball, &ukci_vhost::cache::user_dir(), |_| {}).unwrap();
+    let dir = format!("dir = \"{}\"", tree.display());
+    Some(
+        text.lines()
+            .map(|l| {
+                if l.starts_with("dir = ") {
+                    dir.as_str()
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
 #[test]
 fn every_shipped_manifest_is_valid() {
     // The real path: a lane's patch folders are found relative to it.
     for (path, text) in shipped_cached() {
-        if let Err(d) = manifest::parse(&root().join(path), text) {
+        let Some(text) = checkable(text) else {
+            continue;
+        };
+        if let Err(d) = manifest::parse(&root().join(path), &text) {
             panic!("{d}");
         }
     }

@@ -15,10 +15,12 @@ macro_rules! out {
 }
 
 mod bench;
+mod bench_kut;
 mod bench_kvm;
 mod bench_nvme;
 mod bench_vhost;
 mod guest;
+mod kut;
 mod prereq;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -112,6 +114,10 @@ enum Cmd {
         /// the lane manifests), not this host's QEMU and NVMe rows.
         #[arg(long = "virtual")]
         virtual_only: bool,
+        /// Only kvm-unit-tests' x86 default set, ukci against the tree's
+        /// own run_tests.sh under TCG (takes about half an hour).
+        #[arg(long, conflicts_with = "virtual_only")]
+        kut: bool,
     },
     /// Print the CI matrix (kernel × lane) derived from the manifests, as
     /// JSON for a GitHub Actions `strategy.matrix`.
@@ -172,11 +178,15 @@ fn layout() -> Layout {
 }
 
 fn manifest_paths(layout: &Layout, paths: Vec<PathBuf>) -> Vec<PathBuf> {
-    if paths.is_empty() {
+    let paths = if paths.is_empty() {
         session::all_manifests(&layout.manifests())
     } else {
         paths
+    };
+    if let Err(e) = kut::provide_tree(layout, &paths) {
+        eprintln!("warning: the shared kvm-unit-tests tree could not be built: {e}");
     }
+    paths
 }
 
 fn main() {
@@ -252,7 +262,17 @@ fn run(cli: Cli) -> i32 {
         }),
         Cmd::Doctor => Ok(prereq::doctor(&layout)),
         Cmd::Setup { ci } => prereq::setup(&layout, ci).map(|_| exitcode::OK),
-        Cmd::Bench { runs, virtual_only } => bench::run(&layout, runs, virtual_only),
+        Cmd::Bench {
+            runs,
+            virtual_only,
+            kut,
+        } => {
+            if kut {
+                bench_kut::run(&layout).map(|()| exitcode::OK)
+            } else {
+                bench::run(&layout, runs, virtual_only)
+            }
+        }
         Cmd::Matrix { paths } => Ok(matrix(&layout, paths)),
         Cmd::CleanCache => Ok(clean_cache(&layout)),
         Cmd::Restore => {
@@ -391,6 +411,16 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
     let plan = session::make_plan(layout, &manifests, &opts);
     for t in &plan {
         let what = match &t.decision {
+            ukci_runner::plan::Decision::Run if t.kut.is_some() => format!(
+                "run   kvm-unit-tests {} {} smp={} timeout={}s",
+                t.kut
+                    .as_ref()
+                    .and_then(|k| k.test.file.as_deref())
+                    .unwrap_or(""),
+                t.env.accel_word(),
+                t.vm.smp,
+                t.timeout.as_secs_f64()
+            ),
             ukci_runner::plan::Decision::Run => format!(
                 "run   {} {} cpu={} timeout={}s",
                 t.vm.machine.qemu_name(),

@@ -6,6 +6,8 @@
 //! the checks after parsing collect every problem they find. Unknown fields
 //! are errors.
 
+pub mod kut;
+
 use crate::diag::{Diagnostic, Diagnostics, SourceFile, shown};
 use crate::envmatch::EnvMatch;
 use crate::units::{ByteSize, Timeout};
@@ -35,6 +37,15 @@ pub struct Manifest {
     pub tests: Vec<Test>,
     #[serde(default, rename = "expect")]
     pub expectations: Vec<Expectation>,
+    /// kvm-unit-tests whose cfg tests become this manifest's tests.
+    #[serde(rename = "kvm-unit-tests")]
+    pub kvm_unit_tests: Option<Spanned<kut::Section>>,
+    /// The tree and tests `[kvm-unit-tests]` names, read with the manifest.
+    #[serde(skip)]
+    pub kut: Option<kut::Suite>,
+    /// What is worth saying but stops nothing (lines a cfg ignores).
+    #[serde(skip)]
+    pub warnings: Vec<Diagnostic>,
     #[serde(skip)]
     pub path: PathBuf,
     /// The file's text, for positions found after parsing.
@@ -420,7 +431,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, Diagnostics> {
     };
     manifest.path = path.to_path_buf();
     manifest.text = text.to_string();
+    if let Some(section) = &manifest.kvm_unit_tests {
+        manifest.kut = kut::load(path, section, &src, &mut diags, &mut manifest.warnings);
+    }
     validate(&manifest, &src, complete, &mut diags);
+    if let Some(k) = &manifest.kut {
+        let tests = k.manifest_tests(&manifest.tests, &mut diags);
+        manifest.tests.extend(tests);
+    }
     diags.into_result(manifest)
 }
 
@@ -559,7 +577,7 @@ fn humane(message: &str) -> String {
 }
 
 fn validate(m: &Manifest, src: &SourceFile, complete: bool, diags: &mut Diagnostics) {
-    if m.tests.is_empty() && complete {
+    if m.tests.is_empty() && m.kvm_unit_tests.is_none() && complete {
         diags.push(src.at(
             0..0,
             "the manifest declares no tests".into(),
@@ -615,7 +633,7 @@ pub const MAX_NAME: usize = 64;
 /// Suite and test names become parts of file names and JUnit ids: one safe
 /// character set, a first character that makes no hidden or relative name,
 /// a length limit. Test names may also hold `.`.
-fn check_name(s: &str, dots: bool) -> Result<(), String> {
+pub(crate) fn check_name(s: &str, dots: bool) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (dots && c == '.');
     if s.is_empty() {
         Err("it is empty".into())
@@ -654,8 +672,18 @@ fn validate_expectation(m: &Manifest, e: &Expectation, src: &SourceFile, diags: 
         .iter()
         .filter(|t| glob(e.test.get_ref(), t.name.get_ref()))
         .collect();
+    // A cfg test's results are its own lines: any result glob may match.
+    let kut = m.kut.iter().flat_map(|k| &k.tests);
+    if kut.clone().any(|t| glob(e.test.get_ref(), &t.name)) {
+        return;
+    }
     if tests.is_empty() {
-        let names: Vec<&str> = m.tests.iter().map(|t| t.name.get_ref().as_str()).collect();
+        let names: Vec<&str> = m
+            .tests
+            .iter()
+            .map(|t| t.name.get_ref().as_str())
+            .chain(kut.map(|t| t.name.as_str()))
+            .collect();
         diags.push(src.at(
             e.test.span(),
             format!(
