@@ -87,12 +87,12 @@ pub fn run(
     let _ = std::fs::remove_file(&k.env_file);
     let shown_timeout = k.test.timeout.clone().unwrap_or_else(|| "90s".into());
     let verdict = decode::verdict(&fin.end, &fin.stdout, &fin.stderr, &shown_timeout);
-    (judge(&name, &fin.stdout, &verdict), fin)
+    (results(&name, &fin.stdout, &verdict), fin)
 }
 
 /// The results of a test that ran: one per result line, and the verdict's
 /// own where no line carries it.
-pub fn judge(test: &str, stdout: &str, verdict: &decode::Verdict) -> Judged {
+pub fn results(test: &str, stdout: &str, verdict: &decode::Verdict) -> Judged {
     let mut results: Vec<SubResult> = decode::result_lines(stdout)
         .into_iter()
         .map(|r| SubResult {
@@ -207,7 +207,7 @@ mod tests {
         let out =
             "PASS: a\nSKIP: b (no)\nKFAIL: c\nSUMMARY: 3 tests, 1 known failures, 1 skipped\n";
         let v = decode::verdict(&End::Exited(1), out, "", "90s");
-        let j = judge("t", out, &v);
+        let j = results("t", out, &v);
         assert_eq!(outcomes(&j), [("a", "pass"), ("b", "skip"), ("c", "xfail")]);
         assert_eq!(word_of(&j.results), Word::Pass);
 
@@ -217,7 +217,7 @@ mod tests {
             "",
             "90s",
         );
-        let j = judge("t", "PASS: a\n", &v);
+        let j = results("t", "PASS: a\n", &v);
         assert_eq!(outcomes(&j), [("a", "pass"), ("t", "error")]);
         assert_eq!(
             j.results[1].outcome.message(),
@@ -226,14 +226,14 @@ mod tests {
         assert_eq!(word_of(&j.results), Word::Fail);
 
         let out = "FAIL: a\nSUMMARY: 1 tests, 1 unexpected failures\n";
-        let j = judge("t", out, &decode::verdict(&End::Exited(3), out, "", "90s"));
+        let j = results("t", out, &decode::verdict(&End::Exited(3), out, "", "90s"));
         assert_eq!(
             outcomes(&j),
             [("a", "fail")],
             "the failing line carries the verdict"
         );
 
-        let j = judge(
+        let j = results(
             "t",
             "",
             &decode::verdict(&End::Exited(77), "SUMMARY: 0 tests\n", "", "90s"),
@@ -242,12 +242,12 @@ mod tests {
         assert_eq!(word_of(&j.results), Word::Skip);
 
         let out = "SKIP: a\nSKIP: b\nSUMMARY: 2 tests, 2 skipped\n";
-        let j = judge("t", out, &decode::verdict(&End::Exited(77), out, "", "90s"));
+        let j = results("t", out, &decode::verdict(&End::Exited(77), out, "", "90s"));
         assert_eq!(outcomes(&j), [("a", "skip"), ("b", "skip")]);
         assert_eq!(word_of(&j.results), Word::Skip);
 
         let out = "PASS: a\nXPASS: b\nSUMMARY: 2 tests, 1 unexpected failures\n";
-        let j = judge("t", out, &decode::verdict(&End::Exited(3), out, "", "90s"));
+        let j = results("t", out, &decode::verdict(&End::Exited(3), out, "", "90s"));
         assert_eq!(outcomes(&j), [("a", "pass"), ("b", "xpass")]);
         assert_eq!(word_of(&j.results), Word::Fail);
     }

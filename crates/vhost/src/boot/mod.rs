@@ -37,7 +37,7 @@ pub use cmdline::{HUNG_TASK_SECS, kernel_cmdline};
 pub use qemu::qemu_args;
 pub use run::{BootError, BootFailure, BootReport, run};
 pub use topology::Topology;
-pub use verdict::{Ending, ExitKind, Failure, judge};
+pub use verdict::{Ending, ExitKind, Failure, agent_status};
 
 pub use crate::accel::Accel;
 

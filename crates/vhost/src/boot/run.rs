@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ukci_supervise::{self as supervise, End, Finished};
 
 use super::{
-    AGENT_CONF, AGENT_EXIT_FILE, BootConfig, Ending, ExitKind, Failure, agent_conf, judge,
+    AGENT_CONF, AGENT_EXIT_FILE, BootConfig, Ending, ExitKind, Failure, agent_conf, agent_status,
     qemu_args,
 };
 use crate::marker;
@@ -217,7 +217,7 @@ fn report(cfg: &BootConfig, fin: Finished) -> Result<BootReport, BootError> {
         .flat_map(|l| [l.trim_end_matches('\r'), "\n"])
         .collect();
     let stderr = fin.stderr;
-    match judge(&serial, &ending) {
+    match agent_status(&serial, &ending) {
         Ok(agent_status) => Ok(BootReport {
             agent_ready: ready.unwrap_or(total),
             total,

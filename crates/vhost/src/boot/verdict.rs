@@ -118,7 +118,7 @@ impl Failure {
 
 /// What a finished boot means, from its serial log and QEMU's ending. The
 /// agent's own exit status is a result (`Ok`), not a failure of the host.
-pub fn judge(serial: &str, ending: &Ending) -> Result<i32, Failure> {
+pub fn agent_status(serial: &str, ending: &Ending) -> Result<i32, Failure> {
     let lines = || serial.lines().map(|l| l.trim_end_matches('\r'));
     let hung_task = lines().find_map(|l| {
         let at = l.find("INFO: task ")?;
@@ -179,8 +179,11 @@ mod tests {
     const GOOD: &str = "SeaBIOS\r\nUKCI-VHOST: init kernel=6.12\r\nUKCI-VHOST: agent-ready uptime=3.1\r\nhello\r\nUKCI-VHOST: agent-exit status=3 uptime=4.0\r\n";
 
     #[test]
-    fn judge_returns_the_agent_status() {
-        assert_eq!(judge(GOOD, &Ending::Exited(ExitKind::Code(0))), Ok(3));
+    fn the_agent_status_is_read_from_the_serial_log() {
+        assert_eq!(
+            agent_status(GOOD, &Ending::Exited(ExitKind::Code(0))),
+            Ok(3)
+        );
     }
 
     /// Lines a real wedged debian:6.1 host printed (abridged), and the panic
@@ -197,7 +200,7 @@ mod tests {
         let panicked =
             format!("{WEDGED}[  485.1] Kernel panic - not syncing: hung_task: blocked tasks\n");
         let exited = Ending::Exited(ExitKind::Code(0));
-        let f = judge(&panicked, &exited).unwrap_err();
+        let f = agent_status(&panicked, &exited).unwrap_err();
         assert_eq!(
             f,
             Failure::Wedged {
@@ -212,40 +215,43 @@ mod tests {
             after: Duration::from_secs(900),
             agent_started: true,
         };
-        assert!(judge(WEDGED, &timed_out).unwrap_err().is_breakdown());
+        assert!(agent_status(WEDGED, &timed_out).unwrap_err().is_breakdown());
         // Nor is QEMU crashing by itself.
         let crashed = Ending::Exited(ExitKind::Signal(libc::SIGABRT));
-        assert!(judge(GOOD, &crashed).unwrap_err().is_breakdown());
+        assert!(agent_status(GOOD, &crashed).unwrap_err().is_breakdown());
         // A plain panic or timeout, or QEMU killed from outside, is not.
         let killed = Ending::Exited(ExitKind::Signal(libc::SIGKILL));
-        assert!(!judge(GOOD, &killed).unwrap_err().is_breakdown());
+        assert!(!agent_status(GOOD, &killed).unwrap_err().is_breakdown());
         let panic =
             "UKCI-VHOST: agent-ready\nKernel panic - not syncing: Attempted to kill init!\n";
-        assert!(!judge(panic, &exited).unwrap_err().is_breakdown());
+        assert!(!agent_status(panic, &exited).unwrap_err().is_breakdown());
         assert!(
-            !judge("UKCI-VHOST: agent-ready\n", &timed_out)
+            !agent_status("UKCI-VHOST: agent-ready\n", &timed_out)
                 .unwrap_err()
                 .is_breakdown()
         );
     }
 
     #[test]
-    fn judge_never_passes_a_broken_host() {
+    fn a_broken_host_never_gives_an_agent_status() {
         let exited = Ending::Exited(ExitKind::Code(0));
         let panic = "UKCI-VHOST: agent-ready\n[    3.2] Kernel panic - not syncing: Attempted to kill init!\n";
         assert_eq!(
-            judge(panic, &exited),
+            agent_status(panic, &exited),
             Err(Failure::Panic(
                 "Kernel panic - not syncing: Attempted to kill init!".into()
             ))
         );
         assert_eq!(
-            judge("UKCI-VHOST: init-error insmod 9p failed\n", &exited),
+            agent_status("UKCI-VHOST: init-error insmod 9p failed\n", &exited),
             Err(Failure::InitError("insmod 9p failed".into()))
         );
-        assert_eq!(judge("booting\n", &exited), Err(Failure::NeverStartedAgent));
         assert_eq!(
-            judge("UKCI-VHOST: agent-ready\n", &exited),
+            agent_status("booting\n", &exited),
+            Err(Failure::NeverStartedAgent)
+        );
+        assert_eq!(
+            agent_status("UKCI-VHOST: agent-ready\n", &exited),
             Err(Failure::AgentVanished)
         );
         let hung = Ending::TimedOut {
@@ -253,18 +259,18 @@ mod tests {
             agent_started: false,
         };
         assert!(matches!(
-            judge(GOOD, &hung),
+            agent_status(GOOD, &hung),
             Err(Failure::TimedOut {
                 agent_started: false,
                 ..
             })
         ));
         assert_eq!(
-            judge("", &Ending::Exited(ExitKind::Code(1))),
+            agent_status("", &Ending::Exited(ExitKind::Code(1))),
             Err(Failure::QemuFailed(ExitKind::Code(1)))
         );
         assert_eq!(
-            judge(GOOD, &Ending::Exited(ExitKind::Signal(9))),
+            agent_status(GOOD, &Ending::Exited(ExitKind::Signal(9))),
             Err(Failure::QemuFailed(ExitKind::Signal(9)))
         );
     }
