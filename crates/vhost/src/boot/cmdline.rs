@@ -26,6 +26,10 @@ pub fn kernel_cmdline(cfg: &BootConfig) -> String {
         // 3 s boot to /init. The DRBG needs jitter entropy only in FIPS mode.
         "cryptomgr.notests",
         "initcall_blacklist=jent_mod_init,crypto_kdf108_init",
+        // The host has no network device; inet6_init() (net/ipv6/af_inet6.c)
+        // returns at once when IPv6 is disabled, instead of registering its
+        // protocols, sysctls and /proc files: ~0.15 s under TCG.
+        "ipv6.disable=1",
     ];
     if cfg.accel == Accel::Tcg {
         // A periodic local-APIC tick on every CPU, busy or idle. With

@@ -163,6 +163,7 @@ mod tests {
             "sysctl.kernel.hung_task_timeout_secs=60",
             "cryptomgr.notests",
             "initcall_blacklist=jent_mod_init,crypto_kdf108_init",
+            "ipv6.disable=1",
         ] {
             assert!(append.split(' ').any(|x| x == w), "{append}");
         }
