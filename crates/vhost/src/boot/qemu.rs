@@ -168,7 +168,7 @@ mod tests {
             "hung_task_panic=1",
             "sysctl.kernel.hung_task_timeout_secs=60",
             "cryptomgr.notests",
-            "initcall_blacklist=jent_mod_init,crypto_kdf108_init",
+            "initcall_blacklist=jent_mod_init,crypto_kdf108_init,init_encrypted",
             "ipv6.disable=1",
         ] {
             assert!(append.split(' ').any(|x| x == w), "{append}");
