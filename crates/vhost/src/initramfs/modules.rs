@@ -97,18 +97,18 @@ const SIG_MAGIC: &[u8] = b"~Module signature appended~\n";
 ///
 /// Bytes that are not a 64-bit little-endian ELF are returned as they are.
 pub fn quick_to_load(mut module: Vec<u8>) -> Vec<u8> {
-    if module.ends_with(SIG_MAGIC) {
-        // struct module_signature (12 bytes, sig_len big-endian last)
-        // precedes the magic; the signature precedes that.
-        let info = module.len() - SIG_MAGIC.len() - 12;
-        let sig_len = module
-            .get(info + 8..info + 12)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_be_bytes)
-            .and_then(|n| usize::try_from(n).ok());
-        if let Some(end) = sig_len.and_then(|n| info.checked_sub(n)) {
-            module.truncate(end);
-        }
+    // struct module_signature (12 bytes, sig_len big-endian last) precedes
+    // the magic; the signature precedes that.
+    let info = module
+        .len()
+        .checked_sub(SIG_MAGIC.len() + 12)
+        .filter(|_| module.ends_with(SIG_MAGIC));
+    let unsigned_end = info.and_then(|info| {
+        let sig_len = u32::from_be_bytes(module.get(info + 8..info + 12)?.try_into().ok()?);
+        info.checked_sub(usize::try_from(sig_len).ok()?)
+    });
+    if let Some(end) = unsigned_end {
+        module.truncate(end);
     }
     if let Some(at) = section_name_at(&module, b"__mcount_loc") {
         // Same length, so no offset in the file moves.
@@ -373,6 +373,11 @@ mod tests {
             assert_eq!(back, plain, "nothing else changed");
         }
         assert_eq!(quick_to_load(b"not an ELF".to_vec()), b"not an ELF");
+        assert_eq!(
+            quick_to_load(SIG_MAGIC.to_vec()),
+            SIG_MAGIC,
+            "too short to be signed"
+        );
     }
 
     fn fake(deps: &[(&str, &[&str])]) -> impl FnMut(&str) -> Result<Lookup, InitramfsError> {
