@@ -49,7 +49,7 @@ pub const KVM_LIST_PATH: &str = "etc/ukci/modules.kvm";
 pub const KVM_LOG: &str = "kvm-modules.log";
 
 /// Bumped whenever the image layout changes, so old cache entries are not reused.
-const FORMAT: &str = "ukci-vhost-initramfs-1";
+const FORMAT: &str = "ukci-vhost-initramfs-2";
 
 /// A module to load at boot, with its parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -71,9 +71,75 @@ pub(super) fn builtin_modules(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// The module's contents, decompressed.
+/// The module's contents, decompressed and made quick to load (see
+/// [`quick_to_load`]).
 pub(super) fn load_module(file: &ModuleFile) -> Result<Vec<u8>, InitramfsError> {
-    read_module(&file.path)
+    read_module(&file.path).map(quick_to_load)
+}
+
+/// The trailer of a signed module (`MODULE_SIG_STRING`).
+const SIG_MAGIC: &[u8] = b"~Module signature appended~\n";
+
+/// A module as the virtual host loads it: its code and data unchanged, but
+/// without the two things that make loading it slow under TCG.
+///
+/// - Its ftrace call-site table (`__mcount_loc`) is renamed, so the kernel
+///   records no ftrace sites for it. For every site `ftrace_module_enable()`
+///   (kernel/trace/ftrace.c) calls `test_for_valid_rec()`, a `kallsyms_lookup()`
+///   that scans all the module's symbols: for kvm.ko's 1,512 sites and 7,900
+///   symbols about 0.6 s under TCG, more than half of loading it. The sites
+///   stay the NOPs objtool made of them at build time; only function tracing
+///   of the module in the host is lost.
+/// - Its appended signature is dropped: the bytes no longer match it, and
+///   an unsigned module skips the hash `module_sig_check()` would compute
+///   (~0.1 s for kvm.ko). Debian's kernels do not enforce signatures; the
+///   first such module taints the host kernel `E` (unsigned module).
+///
+/// Bytes that are not a 64-bit little-endian ELF are returned as they are.
+pub fn quick_to_load(mut module: Vec<u8>) -> Vec<u8> {
+    // struct module_signature (12 bytes, sig_len big-endian last) precedes
+    // the magic; the signature precedes that.
+    let info = module
+        .len()
+        .checked_sub(SIG_MAGIC.len() + 12)
+        .filter(|_| module.ends_with(SIG_MAGIC));
+    let unsigned_end = info.and_then(|info| {
+        let sig_len = u32::from_be_bytes(module.get(info + 8..info + 12)?.try_into().ok()?);
+        info.checked_sub(usize::try_from(sig_len).ok()?)
+    });
+    if let Some(end) = unsigned_end {
+        module.truncate(end);
+    }
+    if let Some(at) = section_name_at(&module, b"__mcount_loc") {
+        // Same length, so no offset in the file moves.
+        module[at..at + 12].copy_from_slice(b"__mcount_off");
+    }
+    module
+}
+
+/// Where the name of the section called `name` starts in the file.
+fn section_name_at(elf: &[u8], name: &[u8]) -> Option<usize> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at =
+        |o: usize| usize::try_from(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?)).ok();
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let shoff = u64_at(0x28)?;
+    let (shentsize, shnum, shstrndx) = (
+        usize::from(u16_at(0x3a)?),
+        usize::from(u16_at(0x3c)?),
+        usize::from(u16_at(0x3e)?),
+    );
+    let header = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
+    let strtab = u64_at(header(shstrndx)? + 0x18)?;
+    (0..shnum).find_map(|i| {
+        let at = strtab.checked_add(usize::try_from(u32_at(header(i)?)?).ok()?)?;
+        let rest = elf.get(at..)?;
+        let end = rest.iter().position(|&b| b == 0)?;
+        (&rest[..end] == name).then_some(at)
+    })
 }
 
 /// A module file's contents (`.ko` or `.ko.xz`), decompressed.
@@ -264,6 +330,54 @@ mod tests {
             Some("7.3.4+deb13-amd64 SMP preempt mod_unload ")
         );
         assert_eq!(modinfo_field(info, "magic"), None, "whole keys only");
+    }
+
+    /// A relocatable ELF64 with sections `""`, `.text`, `__mcount_loc` and
+    /// `.shstrtab`, its section headers at the end.
+    fn tiny_module() -> Vec<u8> {
+        let names = b"\0.text\0__mcount_loc\0.shstrtab\0";
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        let strtab_at = elf.len() as u64;
+        elf.extend_from_slice(names);
+        let shoff = elf.len() as u64;
+        elf[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+        elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        elf[0x3c..0x3e].copy_from_slice(&4u16.to_le_bytes());
+        elf[0x3e..0x40].copy_from_slice(&3u16.to_le_bytes());
+        for name in [0u32, 1, 7, 20] {
+            let mut sh = [0u8; 64];
+            sh[..4].copy_from_slice(&name.to_le_bytes());
+            sh[0x18..0x20].copy_from_slice(&strtab_at.to_le_bytes());
+            elf.extend_from_slice(&sh);
+        }
+        elf
+    }
+
+    #[test]
+    fn modules_lose_their_ftrace_sites_and_signature_only() {
+        let plain = tiny_module();
+        let mut signed = plain.clone();
+        signed.extend_from_slice(&[0xaa; 300]);
+        signed.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+        signed.extend_from_slice(&300u32.to_be_bytes());
+        signed.extend_from_slice(SIG_MAGIC);
+        for module in [plain.clone(), signed] {
+            let quick = quick_to_load(module);
+            assert_eq!(quick.len(), plain.len(), "the signature is gone");
+            assert_eq!(section_name_at(&quick, b"__mcount_loc"), None);
+            let at = section_name_at(&quick, b"__mcount_off").expect("renamed in place");
+            assert_eq!(at, 64 + 7);
+            let mut back = quick.clone();
+            back[at..at + 12].copy_from_slice(b"__mcount_loc");
+            assert_eq!(back, plain, "nothing else changed");
+        }
+        assert_eq!(quick_to_load(b"not an ELF".to_vec()), b"not an ELF");
+        assert_eq!(
+            quick_to_load(SIG_MAGIC.to_vec()),
+            SIG_MAGIC,
+            "too short to be signed"
+        );
     }
 
     fn fake(deps: &[(&str, &[&str])]) -> impl FnMut(&str) -> Result<Lookup, InitramfsError> {
