@@ -263,6 +263,7 @@ fn probe_kvm(facts: &HostFacts, guest: &Path, limit: Duration) -> Probe {
         // is what makes KVM unusable under kvm_pvm.
         boot: qemu::Boot::Pvh {
             kernel: PathBuf::from(guest),
+            firmware: qemu::Firmware::Machine,
         },
         append: "checks=boot.smoke".into(),
         devices: vec![],

@@ -324,7 +324,7 @@ fn plan_test(
         .collect();
     // A virtual lane's test left to `auto` is planned again by the agent,
     // VM included; here its VM is never started.
-    let vm = vm_config(m, t, accel.unwrap_or(Accel::Tcg), inputs, devices);
+    let vm = vm_config(m, t, accel.unwrap_or(Accel::Tcg), inputs, devices, with_vf);
     let env_file = inputs.scratch_dir.join(format!("{id}.env"));
     // Inside a virtual lane's boot the agent decides (its host, its KVM).
     let here = accel.filter(|_| boot.is_none());
@@ -498,6 +498,7 @@ fn vm_config(
     accel: Accel,
     inputs: &Inputs<'_>,
     devices: Vec<VmDevice>,
+    with_vf: bool,
 ) -> VmConfig {
     let (d, host) = (&m.defaults, inputs.host);
     let machine = t.machine.or(d.machine).unwrap_or(MachineType::Q35);
@@ -523,7 +524,7 @@ fn vm_config(
             .or(d.smp.as_ref())
             .map(|s| *s.get_ref())
             .unwrap_or(1),
-        boot: guest_boot(machine, inputs.guest),
+        boot: guest_boot(machine, inputs.guest, with_vf || !devices.is_empty()),
         append: guest_cmdline(t),
         devices,
     }
@@ -575,16 +576,26 @@ fn test_kind(checks: &[String], with_vf: bool) -> TestKind {
 
 /// How the guest boots on `machine`: on microvm straight from the ROM image
 /// beside `guest` when it was built (no firmware, so the boot costs little
-/// more than QEMU's own start), elsewhere the PVH ELF through the firmware,
-/// which also assigns the PCI resources checks on q35 and pc rely on.
-pub fn guest_boot(machine: MachineType, guest: &Path) -> qemu::Boot {
+/// more than QEMU's own start), elsewhere the PVH ELF through firmware: on
+/// q35 and pc SeaBIOS where the guest has `pci_devices` of its own (an NVMe,
+/// a VF), whose resources it assigns, else qboot, which starts sooner.
+pub fn guest_boot(machine: MachineType, guest: &Path, pci_devices: bool) -> qemu::Boot {
     let rom = qemu::rom_image_for(guest);
-    if machine == MachineType::Microvm && rom.exists() {
-        qemu::Boot::Rom { image: rom }
-    } else {
-        qemu::Boot::Pvh {
-            kernel: guest.to_path_buf(),
-        }
+    let kernel = guest.to_path_buf();
+    match machine {
+        MachineType::Microvm if rom.exists() => qemu::Boot::Rom { image: rom },
+        MachineType::Microvm => qemu::Boot::Pvh {
+            kernel,
+            firmware: qemu::Firmware::Machine,
+        },
+        _ => qemu::Boot::Pvh {
+            kernel,
+            firmware: if pci_devices {
+                qemu::Firmware::Machine
+            } else {
+                qemu::Firmware::Qboot
+            },
+        },
     }
 }
 
@@ -882,19 +893,28 @@ requires = { host_kernel = ">=6.12" }
         let dir = std::env::temp_dir().join(format!("ukci-rom-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let guest = dir.join("ukci-guest");
-        let pvh = qemu::Boot::Pvh {
+        let pvh = |firmware| qemu::Boot::Pvh {
             kernel: guest.clone(),
+            firmware,
         };
-        assert_eq!(guest_boot(MachineType::Microvm, &guest), pvh);
+        let (machine, qboot) = (qemu::Firmware::Machine, qemu::Firmware::Qboot);
+        assert_eq!(
+            guest_boot(MachineType::Microvm, &guest, false),
+            pvh(machine)
+        );
         std::fs::write(dir.join("ukci-guest.rom"), b"rom").unwrap();
         assert_eq!(
-            guest_boot(MachineType::Microvm, &guest),
+            guest_boot(MachineType::Microvm, &guest, true),
             qemu::Boot::Rom {
                 image: dir.join("ukci-guest.rom")
             }
         );
-        assert_eq!(guest_boot(MachineType::Q35, &guest), pvh);
-        assert_eq!(guest_boot(MachineType::Pc, &guest), pvh);
+        // SeaBIOS assigns PCI resources; a guest without PCI devices of its
+        // own does without its POST.
+        assert_eq!(guest_boot(MachineType::Q35, &guest, true), pvh(machine));
+        assert_eq!(guest_boot(MachineType::Pc, &guest, true), pvh(machine));
+        assert_eq!(guest_boot(MachineType::Q35, &guest, false), pvh(qboot));
+        assert_eq!(guest_boot(MachineType::Pc, &guest, false), pvh(qboot));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

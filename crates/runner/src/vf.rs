@@ -59,7 +59,7 @@ pub fn vf_vm(ctx: &HostCheckContext, config: &SecretFile, append: &str) -> VmCon
         memory: plan::DEFAULT_MEMORY,
         smp: 1,
         pit: true,
-        boot: plan::guest_boot(MachineType::Q35, &ctx.guest),
+        boot: plan::guest_boot(MachineType::Q35, &ctx.guest, true),
         append: append.into(),
         devices: vec![VmDevice::ReadConfig {
             fd: config.raw_fd(),

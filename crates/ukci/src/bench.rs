@@ -178,7 +178,7 @@ fn host_rows(layout: &Layout, runs: usize) -> Result<()> {
         let mut boots: Vec<(MachineType, Boot)> =
             [MachineType::Microvm, MachineType::Q35, MachineType::Pc]
                 .into_iter()
-                .map(|m| (m, plan::guest_boot(m, &guest)))
+                .map(|m| (m, plan::guest_boot(m, &guest, false)))
                 .collect();
         if matches!(boots[0].1, Boot::Rom { .. }) {
             boots.insert(
@@ -187,6 +187,7 @@ fn host_rows(layout: &Layout, runs: usize) -> Result<()> {
                     MachineType::Microvm,
                     Boot::Pvh {
                         kernel: guest.clone(),
+                        firmware: qemu::Firmware::Machine,
                     },
                 ),
             );
@@ -206,7 +207,7 @@ fn host_rows(layout: &Layout, runs: usize) -> Result<()> {
         }
         let v = vm(
             MachineType::Microvm,
-            plan::guest_boot(MachineType::Microvm, &guest),
+            plan::guest_boot(MachineType::Microvm, &guest, false),
             accel,
             module,
         );

@@ -145,7 +145,7 @@ fn measure(layout: &Layout, dir: &Path, runs: usize) -> Result<()> {
         memory: ByteSize::mib(128),
         smp: 1,
         pit: true,
-        boot: plan::guest_boot(MachineType::Q35, &layout.guest_image()),
+        boot: plan::guest_boot(MachineType::Q35, &layout.guest_image(), true),
         append: format!("checks=nvme.bench nvme.max-bytes={BYTES}"),
         devices: vec![VmDevice::Nvme {
             serial: "ukci-bench".into(),

@@ -159,7 +159,7 @@ fn nested_vms(guest: &Path) -> Vec<(String, VmConfig)> {
                 memory: ByteSize::mib(64),
                 smp: 1,
                 pit: qemu::machine_has_pit(machine, accel, Some(plan::VHOST_ACCEL)),
-                boot: plan::guest_boot(machine, guest),
+                boot: plan::guest_boot(machine, guest, false),
                 append: "checks=boot.smoke".into(),
                 devices: vec![],
             };
