@@ -29,7 +29,8 @@ fn main() {
 
 /// The checkout this xtask belongs to.
 fn root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    root.canonicalize().unwrap_or(root)
 }
 
 /// Builds the `ukci` binary and becomes it, with `args`; returns only when

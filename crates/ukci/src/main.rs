@@ -170,7 +170,10 @@ fn exit_table() -> String {
 }
 
 fn layout() -> Layout {
+    // The checkout this binary was built in, named plainly: reports and
+    // reproducers show paths under it.
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let root = root.canonicalize().unwrap_or(root);
     Layout {
         root,
         reports: None,
