@@ -121,26 +121,23 @@ pub fn run_one(t: &PlannedTest, host: &HostCheckContext, mut on_line: impl FnMut
             detail: None,
         }]);
     }
-    let kut = t
-        .kut
-        .as_ref()
-        .filter(|_| t.kind == TestKind::KvmUnitTest)
-        .map(|k| crate::kut::run(k, t.vm.accel, t.vm.smp, t.timeout, &mut on_line));
-    let fin = match (&kut, t.kind) {
-        (Some((_, fin)), _) => fin.clone(),
-        (None, TestKind::HostChecks) => host_checks(t, host),
-        (None, TestKind::GuestWithVf) => {
-            vf::run_guest_with_vf(host, &t.vm, t.timeout, &mut on_line)
+    // A kvm-unit-tests test is judged as the tree's scripts judge it.
+    let (fin, kut_results) = match &t.kind {
+        TestKind::KvmUnitTest(k) => {
+            let (judged, fin) = crate::kut::run(k, t.vm.accel, t.vm.smp, t.timeout, &mut on_line);
+            (fin, Some(judged))
         }
-        (None, _) => qemu::run(&t.vm, t.timeout, on_line),
+        TestKind::HostChecks => (host_checks(t, host), None),
+        TestKind::GuestWithVf => (
+            vf::run_guest_with_vf(host, &t.vm, t.timeout, &mut on_line),
+            None,
+        ),
+        TestKind::Guest => (qemu::run(&t.vm, t.timeout, on_line), None),
     };
     for s in &t.scratch {
         let _ = std::fs::remove_file(&s.path);
     }
-    let mut judged = match kut {
-        Some((judged, _)) => judged,
-        None => outcome::judge(&t.test, &t.checks, &fin),
-    };
+    let mut judged = kut_results.unwrap_or_else(|| outcome::judge(&t.test, &t.checks, &fin));
     let expects: Vec<Expect<'_>> = t
         .expects
         .iter()

@@ -142,7 +142,7 @@ pub struct ScratchImage {
 }
 
 /// What a test runs, and so how the executor runs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TestKind {
     /// Guest checks in a VM.
     Guest,
@@ -152,13 +152,13 @@ pub enum TestKind {
     /// Host checks, run in the runner itself, not in a VM.
     HostChecks,
     /// A kvm-unit-tests test, run as the tree's `x86/run` runs it.
-    KvmUnitTest,
+    KvmUnitTest(Box<KutRun>),
 }
 
 impl TestKind {
     /// Whether the test uses the host's PF (at most one such test at a time).
-    pub fn uses_pf(self) -> bool {
-        self != TestKind::Guest
+    pub fn uses_pf(&self) -> bool {
+        matches!(self, TestKind::GuestWithVf | TestKind::HostChecks)
     }
 }
 
@@ -177,9 +177,6 @@ pub struct PlannedTest {
     pub kind: TestKind,
     /// Set for a test of a virtual lane: the boot it runs in.
     pub boot: Option<VirtualBoot>,
-    /// Set for a kvm-unit-tests test ([`TestKind::KvmUnitTest`]): what runs
-    /// instead of ukci's guest.
-    pub kut: Option<KutRun>,
 }
 
 /// One kvm-unit-tests test's run, as planned.
@@ -338,7 +335,7 @@ fn plan_test(
         test: t.name.get_ref().clone(),
         manifest: m.path.clone(),
         kind: match kut {
-            Some(_) => TestKind::KvmUnitTest,
+            Some(k) => TestKind::KvmUnitTest(Box::new(k)),
             None => test_kind(&checks, with_vf),
         },
         checks,
@@ -353,7 +350,6 @@ fn plan_test(
         env,
         scratch,
         boot: boot.cloned(),
-        kut,
     }
 }
 
@@ -818,7 +814,10 @@ requires = { host_kernel = ">=6.12" }
     #[test]
     fn a_virtual_suite_plans_every_test_once_per_kernel() {
         let p = virtual_plan(VIRTUAL);
-        let got: Vec<_> = p.iter().map(|t| (t.id(), t.env.label(), t.kind)).collect();
+        let got: Vec<_> = p
+            .iter()
+            .map(|t| (t.id(), t.env.label(), t.kind.clone()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -937,5 +936,20 @@ requires = { host_kernel = ">=6.12" }
                 "needs KVM: /dev/kvm cannot be opened: No such file or directory".into()
             )
         );
+    }
+
+    #[test]
+    fn only_tests_that_take_the_pf_run_one_at_a_time() {
+        assert!(TestKind::GuestWithVf.uses_pf() && TestKind::HostChecks.uses_pf());
+        assert!(!TestKind::Guest.uses_pf());
+        let kut = KutRun {
+            dir: "/t".into(),
+            test_dir: "/t/x86".into(),
+            test: CfgTest::default(),
+            env_file: "/s/env".into(),
+            qemu_version: String::new(),
+            host_kernel: String::new(),
+        };
+        assert!(!TestKind::KvmUnitTest(Box::new(kut)).uses_pf());
     }
 }

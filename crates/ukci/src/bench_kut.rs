@@ -89,15 +89,10 @@ fn tempdir() -> Result<std::path::PathBuf> {
 
 /// `cargo xtask test` of a manifest taking `tests` from the tree.
 fn ukci(tree: &Path, tests: &[String], scratch: &Path) -> Result<Timed> {
-    let list: Vec<String> = tests.iter().map(|t| format!("\"{t}\"")).collect();
     let manifest = scratch.join("kut.toml");
     std::fs::write(
         &manifest,
-        format!(
-            "[suite]\nname = \"kut\"\n[kvm-unit-tests]\ndir = \"{}\"\ntests = [{}]\n",
-            tree.display(),
-            list.join(", ")
-        ),
+        ukci_runner::manifest::kut::manifest_text(tree, tests),
     )?;
     let reports = scratch.join("reports");
     let args: Vec<OsString> = vec![

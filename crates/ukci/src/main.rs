@@ -413,25 +413,24 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
     }
     let plan = session::make_plan(layout, &manifests, &opts);
     for t in &plan {
-        let what = match &t.decision {
-            ukci_runner::plan::Decision::Run if t.kut.is_some() => format!(
-                "run   kvm-unit-tests {} {} smp={} timeout={}s",
-                t.kut
-                    .as_ref()
-                    .and_then(|k| k.test.file.as_deref())
-                    .unwrap_or(""),
-                t.env.accel_word(),
-                t.vm.smp,
-                t.timeout.as_secs_f64()
-            ),
-            ukci_runner::plan::Decision::Run => format!(
+        let what = match (&t.decision, &t.kind) {
+            (ukci_runner::plan::Decision::Run, ukci_runner::plan::TestKind::KvmUnitTest(k)) => {
+                format!(
+                    "run   kvm-unit-tests {} {} smp={} timeout={}s",
+                    k.test.file.as_deref().unwrap_or(""),
+                    t.env.accel_word(),
+                    t.vm.smp,
+                    t.timeout.as_secs_f64()
+                )
+            }
+            (ukci_runner::plan::Decision::Run, _) => format!(
                 "run   {} {} cpu={} timeout={}s",
                 t.vm.machine.qemu_name(),
                 t.env.accel_word(),
                 t.vm.cpu,
                 t.timeout.as_secs_f64()
             ),
-            ukci_runner::plan::Decision::Skip(why) => format!("skip  {why}"),
+            (ukci_runner::plan::Decision::Skip(why), _) => format!("skip  {why}"),
         };
         let lane = t
             .boot

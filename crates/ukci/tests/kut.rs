@@ -145,15 +145,10 @@ fn result_lines(log: &str) -> usize {
 
 /// `cargo xtask test` of a manifest taking `TESTS` from the tree.
 fn ukci(tree: &Path, dir: &Path) -> BTreeMap<String, Seen> {
-    let list: Vec<String> = TESTS.iter().map(|t| format!("\"{t}\"")).collect();
     let manifest = dir.join("kut-compare.toml");
     std::fs::write(
         &manifest,
-        format!(
-            "[suite]\nname = \"kut\"\n[kvm-unit-tests]\ndir = \"{}\"\ntests = [{}]\n",
-            tree.display(),
-            list.join(", ")
-        ),
+        ukci_runner::manifest::kut::manifest_text(tree, TESTS),
     )
     .unwrap();
     let reports = dir.join("reports");

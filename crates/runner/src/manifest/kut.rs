@@ -14,6 +14,18 @@ use ukci_kut::select;
 /// Overrides `dir` of every `[kvm-unit-tests]` table.
 pub const DIR_ENV: &str = "UKCI_KVM_UNIT_TESTS";
 
+/// A manifest of suite `kut` that runs `tests` of the tree at `dir`, its
+/// strings quoted as TOML quotes them.
+pub fn manifest_text(dir: &Path, tests: &[impl AsRef<str>]) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let tests: Vec<String> = tests.iter().map(|t| quote(t.as_ref())).collect();
+    format!(
+        "[suite]\nname = \"kut\"\n[kvm-unit-tests]\ndir = {}\ntests = [{}]\n",
+        quote(&dir.to_string_lossy()),
+        tests.join(", ")
+    )
+}
+
 /// `[kvm-unit-tests]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,6 +256,7 @@ impl Suite {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::time::Duration;
 
     /// A built tree in a temporary folder, and a manifest beside it.
@@ -332,5 +345,14 @@ mod tests {
             e[2].contains("m.toml:6:8: test = \"q\" matches no test"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_written_manifest_keeps_its_strings_whatever_they_hold() {
+        let text = super::manifest_text(Path::new("/t/a \"b\"\\c"), &["x*", "y"]);
+        let t: toml::Table = toml::from_str(&text).unwrap();
+        let k = t["kvm-unit-tests"].as_table().unwrap();
+        assert_eq!(k["dir"].as_str(), Some("/t/a \"b\"\\c"));
+        assert_eq!(k["tests"].as_array().unwrap().len(), 2);
     }
 }
