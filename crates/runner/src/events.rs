@@ -1,5 +1,6 @@
-//! Events: the one interface between executors (exec.rs, lane.rs, vf.rs,
-//! hostcheck) and reporters (terminal.rs, junit.rs). Executors send
+//! Events: the one interface between executors (exec.rs, kut.rs, lane.rs,
+//! vf.rs, hostcheck) and reporters (terminal.rs, junit.rs, html.rs,
+//! reproduce.rs). Executors send
 //! [`Event`]s; a finished test is a [`TestRun`]. Inside a virtual host the
 //! agent sends its finished tests to the runner outside as [`WireRun`] lines.
 

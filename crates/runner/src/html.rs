@@ -16,11 +16,14 @@ use crate::events::TestRun;
 use crate::outcome::{Outcome, SubResult};
 use crate::plan::PlannedTest;
 use crate::reproduce::{self, Rerun};
+use crate::rundir;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use std::collections::BTreeMap;
 
 /// The outcomes, worst first: the order of the summary.
 pub const OUTCOMES: [&str; 6] = ["error", "fail", "xpass", "skip", "xfail", "pass"];
+/// The outcomes that did not go as expected, worst first.
+const UNEXPECTED: [&str; 3] = ["error", "fail", "xpass"];
 
 /// The page of a run.
 pub fn report(
@@ -83,7 +86,7 @@ pub fn report(
                     p.legend {
                         "Each cell is one result in one environment: hover for the reason, click to expand. "
                         "Tests whose every result went as expected are collapsed. "
-                        "Links open the test's log; the JUnit is " a href="junit.xml" { "junit.xml" } "."
+                        "Links open the test's log; the JUnit is " a href=(rundir::JUNIT) { (rundir::JUNIT) } "."
                     }
                 }
                 main {
@@ -139,7 +142,7 @@ fn test(s: &Suite<'_>, t: &Test<'_>, rerun: &Rerun) -> Markup {
                     @match t.cells.get(env.as_str()) {
                         Some(c) => {
                             a.cell.status.{ "o-" (c.counts.status()) }
-                                href=(href(&format!("logs/{}", c.planned.log_path().display())))
+                                href=(href(&format!("{}/{}", rundir::LOGS, c.planned.log_path().display())))
                                 title="open the log" {
                                 (c.counts.describe())
                             }
@@ -201,7 +204,7 @@ fn result_cell(r: &SubResult) -> Markup {
 
 /// "All 120 results as expected", or what did not go so.
 fn verdict(total: &Counts) -> String {
-    let bad = total.get("error") + total.get("fail") + total.get("xpass");
+    let bad: usize = UNEXPECTED.iter().map(|o| total.get(o)).sum();
     if bad == 0 {
         format!("All {} results as expected.", total.sum())
     } else {
@@ -250,9 +253,7 @@ impl Counts {
     /// A test's color, as the terminal words it: the worst failure if
     /// there is one, `skip` when nothing else ran, else `pass`.
     fn status(&self) -> &'static str {
-        let failed = ["error", "fail", "xpass"]
-            .into_iter()
-            .find(|o| self.get(o) > 0);
+        let failed = UNEXPECTED.into_iter().find(|o| self.get(o) > 0);
         match failed {
             Some(o) => o,
             None if self.sum() > 0 && self.get("skip") == self.sum() => "skip",

@@ -32,10 +32,7 @@ pub fn run(
     let (append, extra) = match words {
         Ok(w) => w,
         Err(e) => {
-            return (
-                verdict_only(&name, &decode::Verdict::skipped(e), true),
-                not_run(),
-            );
+            return (only(&name, Outcome::Error(e)), not_run());
         }
     };
     if let Some(cond) = k
@@ -46,10 +43,7 @@ pub fn run(
         && command::disabled(cond, accel, &k.dir)
     {
         let why = format!("disabled because: {cond}");
-        return (
-            verdict_only(&name, &decode::Verdict::skipped(why), false),
-            not_run(),
-        );
+        return (only(&name, Outcome::Skip(why)), not_run());
     }
     let env = command::environment(accel, &k.qemu_version, &k.host_kernel);
     if let Some(dir) = k.env_file.parent() {
@@ -57,7 +51,7 @@ pub fn run(
     }
     if let Err(e) = std::fs::write(&k.env_file, env) {
         let err = format!("cannot write {}: {e}", k.env_file.display());
-        return (error_only(&name, err), not_run());
+        return (only(&name, Outcome::Error(err)), not_run());
     }
     let mut cmd = TestCommand {
         kernel: decode::NO_FILE.into(),
@@ -75,17 +69,19 @@ pub fn run(
     }
     if let Some(why) = decode::premature_failure(&log) {
         let _ = std::fs::remove_file(&k.env_file);
-        return (
-            verdict_only(&name, &decode::Verdict::skipped(why), false),
-            probe,
-        );
+        return (only(&name, Outcome::Skip(why)), probe);
     }
     cmd.kernel = k.test_dir.join(k.test.file.as_deref().unwrap_or_default());
     let fin = supervise::run(crate::qemu::QEMU.as_ref(), &cmd.args(), timeout, |l| {
         on_line(l)
     });
     let _ = std::fs::remove_file(&k.env_file);
-    let shown_timeout = k.test.timeout.clone().unwrap_or_else(|| "90s".into());
+    // As the cfg wrote it, or the scripts' default.
+    let shown_timeout = k
+        .test
+        .timeout
+        .clone()
+        .unwrap_or_else(|| format!("{}s", ukci_kut::cfg::DEFAULT_TIMEOUT.as_secs()));
     let verdict = decode::verdict(&fin.end, &fin.stdout, &fin.stderr, &shown_timeout);
     (results(&name, &fin.stdout, &verdict), fin)
 }
@@ -159,13 +155,8 @@ pub fn word_of(results: &[SubResult]) -> Word {
     }
 }
 
-fn verdict_only(test: &str, v: &decode::Verdict, error: bool) -> Judged {
-    let outcome = match (v.word, error) {
-        (_, true) => Outcome::Error(v.why.clone()),
-        (Word::Skip, _) => Outcome::Skip(v.why.clone()),
-        (Word::Pass, _) => Outcome::Pass,
-        (Word::Fail, _) => Outcome::Fail(v.why.clone()),
-    };
+/// A test's one result, named after it: it ended before any line of its own.
+fn only(test: &str, outcome: Outcome) -> Judged {
     Judged {
         results: vec![SubResult {
             name: test.to_string(),
@@ -174,10 +165,6 @@ fn verdict_only(test: &str, v: &decode::Verdict, error: bool) -> Judged {
         }],
         infos: vec![],
     }
-}
-
-fn error_only(test: &str, why: String) -> Judged {
-    verdict_only(test, &decode::Verdict::skipped(why), true)
 }
 
 fn not_run() -> Finished {

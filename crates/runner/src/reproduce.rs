@@ -4,7 +4,6 @@
 //! testcase's system-err, the head of the test's log, the HTML page.
 
 use crate::events::TestRun;
-use crate::outcome::Outcome;
 use crate::plan::{PlannedTest, TestKind};
 use std::path::PathBuf;
 
@@ -67,12 +66,7 @@ pub fn qemu_line(t: &PlannedTest, run: &TestRun) -> String {
 /// Whether a run has a result that did not go as expected: what a
 /// reproducer is printed for.
 pub fn needs_reproducer(run: &TestRun) -> bool {
-    run.judged.results.iter().any(|r| {
-        matches!(
-            r.outcome,
-            Outcome::Fail(_) | Outcome::Xpass(_) | Outcome::Error(_)
-        )
-    })
+    run.judged.results.iter().any(|r| !r.outcome.as_expected())
 }
 
 #[cfg(test)]

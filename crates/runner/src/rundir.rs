@@ -109,6 +109,8 @@ pub fn is_run_scratch(dir: &Path) -> bool {
 pub const JUNIT: &str = "junit.xml";
 /// The report for people, beside it.
 pub const HTML: &str = "index.html";
+/// The folder of the tests' logs, beside them.
+pub const LOGS: &str = "logs";
 
 /// Whether a folder in `reports/` is a run's report that was never finished:
 /// named like a run (`20261124-131502-12345`) and without its JUnit file.

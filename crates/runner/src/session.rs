@@ -793,10 +793,10 @@ fn write_reports(
     runs: &[Option<TestRun>],
     rerun: &Rerun,
 ) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir.join("logs"))?;
+    std::fs::create_dir_all(dir.join(rundir::LOGS))?;
     for (t, run) in plan.iter().zip(runs) {
         let Some(run) = run else { continue };
-        let path = dir.join("logs").join(t.log_path());
+        let path = dir.join(rundir::LOGS).join(t.log_path());
         if let Some(folder) = path.parent() {
             std::fs::create_dir_all(folder)?;
         }

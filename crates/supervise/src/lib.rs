@@ -408,6 +408,24 @@ fn wait_for_exit(pid: i32, left: Duration) {
     );
 }
 
+/// Whether an executable file `program` is in a folder of `$PATH`: whether
+/// starting it by name can work.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            std::fs::metadata(d.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Whether this process runs as root (what installing packages and making
+/// chroots need).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 /// Whether any process of group `pgid` is still running (zombies, which
 /// only wait to be reaped by their new parent, do not count).
 pub fn group_alive(pgid: i32) -> bool {

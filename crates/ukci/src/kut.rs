@@ -23,7 +23,9 @@ pub fn shared_tree(layout: &Layout) -> Result<Option<PathBuf>, String> {
 /// Without the tarball the manifests' own `dir` applies.
 pub fn provide_tree(layout: &Layout, manifests: &[PathBuf]) -> Result<(), String> {
     let wanted = manifests.iter().any(|p| {
-        std::fs::read_to_string(p).is_ok_and(|t| t.lines().any(|l| l.trim() == "[kvm-unit-tests]"))
+        std::fs::read_to_string(p).is_ok_and(|t| {
+            toml::from_str::<toml::Table>(&t).is_ok_and(|t| t.contains_key("kvm-unit-tests"))
+        })
     });
     if !wanted || std::env::var_os(DIR_ENV).is_some() {
         return Ok(());

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use ukci_runner::envmatch::Version;
 use ukci_runner::exitcode;
 use ukci_runner::session::Layout;
+use ukci_runner::supervise::{is_root, on_path};
 use ukci_runner::{host, qemu};
 use xshell::{Shell, cmd};
 
@@ -18,7 +19,28 @@ const BACKPORTS: &str = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites:
 /// One missing prerequisite.
 struct Lack {
     what: String,
-    fix: &'static str,
+    fix: Fix,
+}
+
+/// What `setup` does about a [`Lack`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fix {
+    /// Installs QEMU from bookworm-backports.
+    Qemu,
+    /// Adds the guest's Rust target.
+    RustTarget,
+    /// Installs one of [`PACKAGES`].
+    Package,
+}
+
+impl Fix {
+    fn text(self) -> &'static str {
+        match self {
+            Fix::Qemu => "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
+            Fix::RustTarget => "cargo xtask setup (runs rustup target add x86_64-unknown-none)",
+            Fix::Package => "cargo xtask setup (installs it with apt-get)",
+        }
+    }
 }
 
 /// Debian packages a host needs beside QEMU: the program that tells one is
@@ -42,15 +64,15 @@ fn lacks(layout: &Layout) -> Vec<Lack> {
     match qemu.version {
         None => v.push(Lack {
             what: format!("{} is not installed", qemu::QEMU),
-            fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
+            fix: Fix::Qemu,
         }),
         Some(ver) if ver < Version(MIN_QEMU.to_vec()) => v.push(Lack {
             what: format!("QEMU {ver} is too old: vfio-pci has no vf-token before the QEMU 10 of bookworm-backports"),
-            fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
+            fix: Fix::Qemu,
         }),
         Some(ver) if !qemu.vf_token => v.push(Lack {
             what: format!("QEMU {ver} has no vf-token property on vfio-pci (checked with -device vfio-pci,help)"),
-            fix: "cargo xtask setup (installs qemu-system-x86 from bookworm-backports)",
+            fix: Fix::Qemu,
         }),
         Some(_) => {}
     }
@@ -59,13 +81,13 @@ fn lacks(layout: &Layout) -> Vec<Lack> {
             what:
                 "the Rust target x86_64-unknown-none is not installed (the guest is built for it)"
                     .into(),
-            fix: "cargo xtask setup (runs rustup target add x86_64-unknown-none)",
+            fix: Fix::RustTarget,
         });
     }
     for (program, package, why) in missing_packages() {
         v.push(Lack {
             what: format!("{package} is not installed ({program}: {why})"),
-            fix: "cargo xtask setup (installs it with apt-get)",
+            fix: Fix::Package,
         });
     }
     v
@@ -140,27 +162,6 @@ fn rustup_lists_target() -> bool {
     );
     fin.end == ukci_runner::supervise::End::Exited(0)
         && fin.stdout.lines().any(|l| l.trim() == crate::guest::TARGET)
-}
-
-/// Whether an executable file `name` is in a folder of `$PATH`.
-fn on_path(name: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|d| {
-            std::fs::metadata(d.join(name))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-    })
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc_geteuid() == 0 }
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 /// Before a test run: set up what is missing when allowed to (root or CI),
@@ -255,7 +256,7 @@ pub fn doctor(layout: &Layout) -> i32 {
     } else {
         out!();
         for l in &missing {
-            out!("missing: {}\n    fix: {}", l.what, l.fix);
+            out!("missing: {}\n    fix: {}", l.what, l.fix.text());
         }
         exitcode::HOST
     }
@@ -341,20 +342,15 @@ pub fn setup(layout: &Layout, ci: bool) -> Result<()> {
 
 fn install_missing(layout: &Layout, sh: &Shell) -> Result<()> {
     let missing = lacks(layout);
-    if missing
-        .iter()
-        .any(|l| l.what.contains("x86_64-unknown-none"))
-    {
+    let needs = |fix: Fix| missing.iter().any(|l| l.fix == fix);
+    if needs(Fix::RustTarget) {
         out!("setup: rustup target add {}", crate::guest::TARGET);
         let t = crate::guest::TARGET;
         cmd!(sh, "rustup target add {t}")
             .run()
             .context("rustup target add failed")?;
     }
-    let need_apt = missing
-        .iter()
-        .any(|l| !l.what.contains("x86_64-unknown-none"));
-    if !need_apt {
+    if !needs(Fix::Qemu) && !needs(Fix::Package) {
         out!("setup: nothing else to install");
         return Ok(());
     }

@@ -59,11 +59,6 @@ fn dom_counts(dom: &str) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
     (cells, summary)
 }
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
 /// Chromium on `page` with `what` (`--dump-dom`, `--screenshot=…`), its
 /// own fresh profile and nothing that reaches the network; under a hard
 /// limit. Its stdout.
@@ -121,7 +116,7 @@ fn report_folder(scratch: &Path) -> PathBuf {
 
 #[test]
 fn html_report_in_a_browser_shows_the_junit_counts() {
-    if !on_path(CHROMIUM) {
+    if !ukci_runner::supervise::on_path(CHROMIUM) {
         let why = "chromium is not installed (`cargo xtask setup --ci` installs it)";
         assert!(std::env::var_os("UKCI_REQUIRE_CHROMIUM").is_none(), "{why}");
         return eprintln!("skipping: {why}");

@@ -238,10 +238,6 @@ impl PfDriver {
         self.ctrl.bdf()
     }
 
-    pub fn controller(&mut self) -> &mut Controller {
-        &mut self.ctrl
-    }
-
     fn virt(&mut self, act: VirtAction, rt: Resource, cntlid: u16, nr: u16) -> Result<Completion> {
         // VQ and VI, spelled as these errors always have.
         let rt_name = match rt {

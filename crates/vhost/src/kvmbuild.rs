@@ -369,22 +369,6 @@ fn fix_kvm_makefile(text: &str, tree: &Path) -> Option<String> {
     (seen == (true, true)).then(|| out.join("\n") + "\n")
 }
 
-/// Whether `program` is an executable file in a `PATH` directory.
-fn on_path(program: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|d| {
-            fs::metadata(d.join(program))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-    })
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 // ---------------------------------------------------------------------------
 // The build.
 
@@ -419,7 +403,7 @@ pub fn build(
     let inputs = prepare_kernel(
         cache_root, &kvm, kernel, package, version, &series, progress,
     )?;
-    let place = if on_path(&inputs.compiler.program) {
+    let place = if supervise::on_path(&inputs.compiler.program) {
         Place::Host
     } else {
         Place::Chroot
@@ -442,7 +426,7 @@ pub fn build(
     }
     let root_fs = match place {
         Place::Host => None,
-        Place::Chroot if !is_root() => {
+        Place::Chroot if !supervise::is_root() => {
             return Err(KvmBuildError::NeedsRoot {
                 kernel: described,
                 compiler: inputs.compiler.text.clone(),

@@ -190,7 +190,7 @@ fn die_here() -> ! {
     unreachable!("SIGKILL ends the process")
 }
 
-/// The child side (`cargo xtask crash-point`): a VF run that stops at
+/// The child side (`ukci crash-point`): a VF run that stops at
 /// `point`, says so, and dies there by SIGKILL. Its token comes from the
 /// parent in `token_file` (an inherited sealed memfd), so the parent's
 /// end-of-run scan knows it.
