@@ -63,6 +63,42 @@ impl Word {
             Word::Skip => "SKIP",
         }
     }
+
+    fn from_str(s: &str) -> Option<Word> {
+        [Word::Pass, Word::Fail, Word::Skip]
+            .into_iter()
+            .find(|w| w.as_str() == s)
+    }
+}
+
+/// One verdict line of `run_tests.sh` itself — `FAIL name (why)`, coloured
+/// on a terminal — as its word, the test's name and what the parentheses
+/// say; `None` for any other line.
+pub fn run_tests_line(line: &str) -> Option<(Word, String, String)> {
+    let plain = strip_ansi(line);
+    let (word, rest) = plain.split_once(' ')?;
+    let word = Word::from_str(word)?;
+    let (name, why) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+    let why = why.trim().trim_start_matches('(').trim_end_matches(')');
+    Some((word, name.to_string(), why.to_string()))
+}
+
+/// `s` without its terminal escape sequences (`ESC [ ... letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A test's verdict as `run` prints it.
@@ -340,5 +376,19 @@ mod tests {
             premature_failure(bad).as_deref(),
             Some("qemu-system-x86_64: -cpu host: CPU model 'host' requires KVM or HVF")
         );
+    }
+
+    #[test]
+    fn run_tests_sh_lines_are_read_with_or_without_colour() {
+        assert_eq!(
+            run_tests_line("\u{1b}[31mFAIL\u{1b}[0m access (timeout; duration=90s)"),
+            Some((Word::Fail, "access".into(), "timeout; duration=90s".into()))
+        );
+        assert_eq!(
+            run_tests_line("PASS smptest (1 tests)"),
+            Some((Word::Pass, "smptest".into(), "1 tests".into()))
+        );
+        assert_eq!(run_tests_line("make: Nothing to be done"), None);
+        assert_eq!(run_tests_line("BUILD_HEAD=1da1819e"), None);
     }
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use ukci_kut::decode;
 use ukci_runner::session::Layout;
 use ukci_runner::supervise::{self, End};
 
@@ -160,16 +161,11 @@ fn run_tests_sh(tree: &Path, tests: &[String], scratch: &Path) -> Result<Timed> 
         tests: BTreeSet::new(),
         timed_out: BTreeSet::new(),
     };
-    for line in fin.stdout.lines() {
-        // `\e[31mFAIL\e[0m name (timeout; duration=90s)`
-        let mut words = line.split_whitespace();
-        let (Some(_), Some(name)) = (words.next(), words.next()) else {
-            continue;
-        };
-        timed.tests.insert(name.to_string());
-        if line.contains("(timeout; duration=") {
-            timed.timed_out.insert(name.to_string());
+    for (_, name, why) in fin.stdout.lines().filter_map(decode::run_tests_line) {
+        if why.starts_with("timeout; duration=") {
+            timed.timed_out.insert(name.clone());
         }
+        timed.tests.insert(name);
     }
     Ok(timed)
 }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use ukci_kut::decode::run_tests_line;
 use ukci_runner::supervise::{self, End};
 
 fn root() -> PathBuf {
@@ -93,40 +94,15 @@ fn run_tests_sh(tree: &Path, logs: &Path) -> BTreeMap<String, Seen> {
         fin.stderr
     );
     let mut out = BTreeMap::new();
-    for line in fin.stdout.lines() {
-        let plain = strip_ansi(line);
-        let mut words = plain.split_whitespace();
-        let (Some(verdict), Some(name)) = (words.next(), words.next()) else {
-            continue;
-        };
-        if !["PASS", "FAIL", "SKIP"].contains(&verdict) {
-            continue;
-        }
+    for (verdict, name, _) in fin.stdout.lines().filter_map(run_tests_line) {
         let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
         out.insert(
-            name.to_string(),
+            name,
             Seen {
-                verdict: verdict.to_string(),
+                verdict: verdict.as_str().to_string(),
                 results: result_lines(&log),
             },
         );
-    }
-    out
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
     }
     out
 }
