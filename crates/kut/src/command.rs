@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ukci_supervise::End;
-use ukci_supervise::qemu_opts::Opts;
+use ukci_supervise::qemu_opts::{Args, Opts};
 
 /// What `x86/run` needs to start one test.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,28 +33,20 @@ impl TestCommand {
     /// $pci_testdev -machine accel=$ACCEL -kernel FILE -smp N [-append ARGS]
     /// EXTRA -initrd ENV`.
     pub fn args(&self) -> Vec<OsString> {
-        let mut a: Vec<OsString> = vec!["--no-reboot".into(), "-nodefaults".into()];
-        let pair = |a: &mut Vec<OsString>, flag: &str, v: OsString| {
-            a.push(flag.into());
-            a.push(v);
-        };
-        pair(
-            &mut a,
-            "-global",
-            Opts::pair("kvm-pit.lost_tick_policy", "discard").into(),
-        );
-        pair(&mut a, "-device", Opts::new("pc-testdev").into());
-        pair(
-            &mut a,
+        let mut a = Args::default();
+        a.flag("--no-reboot");
+        a.flag("-nodefaults");
+        a.pair("-global", Opts::pair("kvm-pit.lost_tick_policy", "discard"));
+        a.pair("-device", Opts::new("pc-testdev"));
+        a.pair(
             "-device",
             Opts::new("isa-debug-exit")
                 .set("iobase", format_args!("{DEBUG_EXIT_PORT:#x}"))
-                .set("iosize", "0x4")
-                .into(),
+                .set("iosize", "0x4"),
         );
-        pair(&mut a, "-display", "none".into());
-        pair(&mut a, "-serial", "stdio".into());
-        pair(&mut a, "-device", Opts::new("pci-testdev").into());
+        a.pair("-display", "none");
+        a.pair("-serial", "stdio");
+        a.pair("-device", Opts::new("pci-testdev"));
         // ACCEL_PROPS follow the name as the user wrote them.
         let (name, props) = self.accel.split_once(',').unwrap_or((&self.accel, ""));
         let mut machine: OsString = Opts::pair("accel", name).into();
@@ -62,18 +54,18 @@ impl TestCommand {
             machine.push(",");
             machine.push(props);
         }
-        pair(&mut a, "-machine", machine);
-        pair(&mut a, "-kernel", self.kernel.clone().into());
-        pair(&mut a, "-smp", self.smp.to_string().into());
+        a.pair("-machine", machine);
+        a.pair("-kernel", &self.kernel);
+        a.pair("-smp", self.smp.to_string());
         if !self.append.is_empty() {
-            a.push("-append".into());
-            a.extend(self.append.iter().map(OsString::from));
+            a.flag("-append");
+            a.words(&self.append);
         }
-        a.extend(self.extra.iter().map(OsString::from));
+        a.words(&self.extra);
         if let Some(env) = &self.initrd {
-            pair(&mut a, "-initrd", env.into());
+            a.pair("-initrd", env);
         }
-        a
+        a.into_vec()
     }
 }
 

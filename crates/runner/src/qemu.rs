@@ -10,7 +10,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ukci_protocol::exit::{ISA_DEBUG_EXIT_PORT, ISA_DEBUG_EXIT_SIZE};
-use ukci_supervise::qemu_opts::{self, Opts, SriovNvme};
+use ukci_supervise::qemu_opts::{self, Args, Opts, SriovNvme};
 use ukci_vhost::accel::Accel;
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -178,7 +178,7 @@ impl VmConfig {
                 }
             }
         }
-        a.0
+        a.into_vec()
     }
 }
 
@@ -219,19 +219,6 @@ impl VmDevice {
                 }
             }
         }
-    }
-}
-
-#[derive(Default)]
-struct Args(Vec<OsString>);
-
-impl Args {
-    fn flag(&mut self, f: &str) {
-        self.0.push(f.into());
-    }
-    fn pair(&mut self, f: &str, v: impl AsRef<std::ffi::OsStr>) {
-        self.0.push(f.into());
-        self.0.push(v.as_ref().to_owned());
     }
 }
 

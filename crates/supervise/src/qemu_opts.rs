@@ -177,6 +177,33 @@ pub fn split(opts: &str) -> (String, Vec<(String, String)>) {
     (head, pairs)
 }
 
+/// A QEMU command line (without the program) as it is built: flags, and
+/// flags with their value, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Args(Vec<OsString>);
+
+impl Args {
+    /// A flag alone (`-no-reboot`).
+    pub fn flag(&mut self, flag: &str) {
+        self.0.push(flag.into());
+    }
+
+    /// A flag and its value (`-device` and an [`Opts`], `-kernel` and a path).
+    pub fn pair(&mut self, flag: &str, value: impl AsRef<std::ffi::OsStr>) {
+        self.0.push(flag.into());
+        self.0.push(value.as_ref().to_owned());
+    }
+
+    /// Words as they are (a test's extra parameters).
+    pub fn words<S: Into<OsString>>(&mut self, words: impl IntoIterator<Item = S>) {
+        self.0.extend(words.into_iter().map(Into::into));
+    }
+
+    pub fn into_vec(self) -> Vec<OsString> {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

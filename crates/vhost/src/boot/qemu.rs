@@ -4,72 +4,48 @@ use std::ffi::OsString;
 
 use std::path::PathBuf;
 
-use ukci_supervise::qemu_opts::{Opts, SriovNvme};
+use ukci_supervise::qemu_opts::{Args, Opts, SriovNvme};
 
 use super::{Accel, BootConfig, kernel_cmdline};
 
 /// The QEMU arguments (without the program).
 pub fn qemu_args(cfg: &BootConfig) -> Vec<OsString> {
-    let mut a: Vec<OsString> = Vec::new();
-    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&[
-        "-name",
-        Opts::new(format_args!("ukci-vhost {}", cfg.name)).as_str(),
-    ]);
+    let mut a = Args::default();
+    a.pair("-name", Opts::new(format_args!("ukci-vhost {}", cfg.name)));
     match cfg.accel {
         // One TCG thread runs both vCPUs in turn. Multi-threaded TCG raced
         // here: QEMU 10.0.2 aborted in iotlb_to_section while the host
         // enabled VFs, and a host lost a timer interrupt for good. With two
         // virtual hosts on two cores the single thread is also faster.
-        Accel::Tcg => push(&[
-            "-machine",
-            "q35",
-            "-accel",
-            "tcg,thread=single,tb-size=512",
-            "-cpu",
-            "max",
-        ]),
+        Accel::Tcg => {
+            a.pair("-machine", "q35");
+            a.pair("-accel", "tcg,thread=single,tb-size=512");
+            a.pair("-cpu", "max");
+        }
         // With KVM the interrupt remapping of intel-iommu needs a split irqchip.
-        Accel::Kvm => push(&[
-            "-machine",
-            "q35,kernel-irqchip=split",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host,-arch-capabilities",
-        ]),
+        Accel::Kvm => {
+            a.pair("-machine", "q35,kernel-irqchip=split");
+            a.pair("-accel", "kvm");
+            a.pair("-cpu", "host,-arch-capabilities");
+        }
     }
-    push(&[
-        "-smp",
-        &cfg.cpus.to_string(),
-        "-m",
-        &format!("{}M", cfg.memory_mib),
-    ]);
-    push(&[
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]);
-    push(&[
-        "-chardev",
-        "stdio,id=console,signal=off",
-        "-serial",
-        "chardev:console",
-    ]);
+    a.pair("-smp", cfg.cpus.to_string());
+    a.pair("-m", format!("{}M", cfg.memory_mib));
+    a.flag("-nodefaults");
+    a.flag("-no-user-config");
+    a.pair("-display", "none");
+    a.flag("-no-reboot");
+    a.pair("-chardev", "stdio,id=console,signal=off");
+    a.pair("-serial", "chardev:console");
     // qboot instead of SeaBIOS: it loads the kernel from fw_cfg and jumps to
     // it, without SeaBIOS's POST (~0.2 s under TCG before the kernel starts).
     // It assigns no PCI resources; Linux does (pcibios_assign_resources),
     // the root port's windows and the NVMe's SR-IOV VF BARs included.
-    push(&["-bios", "qboot.rom"]);
-    push(&["-device", "intel-iommu,intremap=on,caching-mode=on"]);
-    push(&["-kernel"]);
-    a.push(cfg.vmlinuz.clone().into());
-    a.push("-initrd".into());
-    a.push(cfg.initramfs.clone().into());
-    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-    push(&["-append", &kernel_cmdline(cfg)]);
+    a.pair("-bios", "qboot.rom");
+    a.pair("-device", "intel-iommu,intremap=on,caching-mode=on");
+    a.pair("-kernel", &cfg.vmlinuz);
+    a.pair("-initrd", &cfg.initramfs);
+    a.pair("-append", kernel_cmdline(cfg));
 
     let t = &cfg.topology;
     let namespaces: Vec<PathBuf> = (1..=t.namespaces).map(|n| cfg.namespace_image(n)).collect();
@@ -84,11 +60,10 @@ pub fn qemu_args(cfg: &BootConfig) -> Vec<OsString> {
         msix_qsize: t.msix_qsize,
         namespaces: &namespaces,
     };
-    let mut push = |flag: &str, o: Opts| a.extend([flag.into(), o.into()]);
     for (flag, o) in nvme.args() {
-        push(flag, o);
+        a.pair(flag, o);
     }
-    push(
+    a.pair(
         "-virtfs",
         Opts::new("local")
             .set("path", cfg.host_root.display())
@@ -96,14 +71,14 @@ pub fn qemu_args(cfg: &BootConfig) -> Vec<OsString> {
             .set("security_model", "none")
             .set("readonly", "on"),
     );
-    push(
+    a.pair(
         "-virtfs",
         Opts::new("local")
             .set("path", cfg.results_dir.display())
             .set("mount_tag", "results")
             .set("security_model", "none"),
     );
-    a
+    a.into_vec()
 }
 
 #[cfg(test)]
