@@ -88,12 +88,11 @@ pub fn expand(value: &str, dir: &Path) -> Result<Vec<String>, String> {
         Ok(words) => Ok(words),
         Err(_) if !value.contains(['`', '$']) => Err(format!("unbalanced quotes in `{value}`")),
         Err(_) => {
-            let script = format!(
-                "cd \"$1\" || exit 2\nset -- {value}\nfor w do printf '%s\\0' \"$w\"; done"
-            );
-            let fin = ukci_supervise::run(
+            let script = format!("set -- {value}\nfor w do printf '%s\\0' \"$w\"; done");
+            let fin = ukci_supervise::run_in(
+                dir,
                 "sh".as_ref(),
-                &["-c".into(), script.into(), "sh".into(), dir.into()],
+                &["-c".into(), script.into()],
                 Duration::from_secs(10),
                 |_| {},
             );
@@ -115,14 +114,11 @@ pub fn expand(value: &str, dir: &Path) -> Result<Vec<String>, String> {
 /// Whether a cfg's `disabled_if` holds: `run` evaluates it with `eval` in
 /// bash; here bash runs it in `dir` with the run's `ACCEL` and `TARGET`.
 pub fn disabled(condition: &str, accel: &str, dir: &Path) -> bool {
-    let script = format!("cd \"$1\" || exit 2\n{condition}");
     let args: Vec<OsString> = vec![
         "-c".into(),
-        format!("export ACCEL={accel} TARGET=qemu; {script}").into(),
-        "bash".into(),
-        dir.into(),
+        format!("export ACCEL={accel} TARGET=qemu; {condition}").into(),
     ];
-    let fin = ukci_supervise::run("bash".as_ref(), &args, Duration::from_secs(10), |_| {});
+    let fin = ukci_supervise::run_in(dir, "bash".as_ref(), &args, Duration::from_secs(10), |_| {});
     fin.end == End::Exited(0)
 }
 

@@ -102,17 +102,8 @@ pub fn prepare(tarball: &Path, cache: &Path, progress: impl Fn(&str)) -> Result<
 
 /// Runs one build step in `dir` under supervision.
 fn run_in(dir: &Path, program: &str, args: &[String], timeout: Duration) -> Result<(), String> {
-    // `sh -c 'cd DIR && exec PROGRAM "$@"'`: the supervisor starts programs
-    // in its own working directory.
-    let mut argv: Vec<std::ffi::OsString> = vec![
-        "-c".into(),
-        "cd \"$1\" && shift && exec \"$@\"".into(),
-        "sh".into(),
-        dir.into(),
-        program.into(),
-    ];
-    argv.extend(args.iter().map(Into::into));
-    let fin = ukci_supervise::run("sh".as_ref(), &argv, timeout, |_| {});
+    let argv: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    let fin = ukci_supervise::run_in(dir, program.as_ref(), &argv, timeout, |_| {});
     match fin.end {
         End::Exited(0) => Ok(()),
         end => {

@@ -11,6 +11,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,7 +133,18 @@ pub fn run(
     timeout: Duration,
     on_line: impl FnMut(&str),
 ) -> Finished {
-    spawn_and_wait(program, args, timeout, None, &[], on_line)
+    spawn_and_wait(program, args, None, timeout, None, &[], on_line)
+}
+
+/// [`run`] in the working directory `dir`.
+pub fn run_in(
+    dir: &Path,
+    program: &OsStr,
+    args: &[OsString],
+    timeout: Duration,
+    on_line: impl FnMut(&str),
+) -> Finished {
+    spawn_and_wait(program, args, Some(dir), timeout, None, &[], on_line)
 }
 
 /// [`run`], with an earlier deadline until the `ready` line has appeared.
@@ -143,7 +155,7 @@ pub fn run_with(
     ready: Option<Ready<'_>>,
     on_line: impl FnMut(&str),
 ) -> Finished {
-    spawn_and_wait(program, args, timeout, ready, &[], on_line)
+    spawn_and_wait(program, args, None, timeout, ready, &[], on_line)
 }
 
 /// [`run`], with the descriptors `inherit` (close-on-exec here) open in
@@ -156,24 +168,31 @@ pub fn run_inheriting(
     timeout: Duration,
     on_line: impl FnMut(&str),
 ) -> Finished {
-    spawn_and_wait(program, args, timeout, None, inherit, on_line)
+    spawn_and_wait(program, args, None, timeout, None, inherit, on_line)
 }
 
 fn spawn_and_wait(
     program: &OsStr,
     args: &[OsString],
+    dir: Option<&Path>,
     timeout: Duration,
     ready: Option<Ready<'_>>,
     inherit: &[RawFd],
     on_line: impl FnMut(&str),
 ) -> Finished {
     let start = Instant::now();
-    let command_line = shell_words::join(
+    let mut command_line = shell_words::join(
         std::iter::once(program)
             .chain(args.iter().map(OsString::as_os_str))
             .map(OsStr::to_string_lossy),
     );
-    let mut guard = match spawn(command(program, args, inherit), program) {
+    if let Some(d) = dir {
+        command_line = format!(
+            "cd {} && {command_line}",
+            shell_words::quote(&d.to_string_lossy())
+        );
+    }
+    let mut guard = match spawn(command(program, args, inherit, dir), program) {
         Ok(g) => g,
         Err(why) => {
             return Finished {
@@ -233,9 +252,12 @@ fn spawn_and_wait(
 
 /// `program args` in its own process group, with no stdin, its output
 /// piped, killed when this thread dies, and `inherit` open across exec.
-fn command(program: &OsStr, args: &[OsString], inherit: &[RawFd]) -> Command {
+fn command(program: &OsStr, args: &[OsString], inherit: &[RawFd], dir: Option<&Path>) -> Command {
     let inherit = inherit.to_vec();
     let mut cmd = Command::new(program);
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -568,5 +590,14 @@ mod tests {
         f.write_all(text.as_bytes()).unwrap();
         f.rewind().unwrap();
         f
+    }
+
+    #[test]
+    fn a_process_can_start_in_a_folder_of_its_own() {
+        let dir = std::env::temp_dir().canonicalize().unwrap();
+        let f = run_in(&dir, OsStr::new("pwd"), &[], Duration::from_secs(5), |_| {});
+        assert_eq!(f.end, End::Exited(0));
+        assert_eq!(f.stdout.trim(), dir.to_string_lossy());
+        assert!(f.command.starts_with("cd "), "{}", f.command);
     }
 }

@@ -138,16 +138,18 @@ fn ukci(tree: &Path, tests: &[String], scratch: &Path) -> Result<Timed> {
 
 /// `ACCEL=tcg ./run_tests.sh -j 2 [tests]` in the tree.
 fn run_tests_sh(tree: &Path, tests: &[String], scratch: &Path) -> Result<Timed> {
-    let script = "cd \"$1\" && shift && exec env ACCEL=tcg unittest_log_dir=\"$0\" ./run_tests.sh -j 2 \"$@\"";
+    let mut log_dir: OsString = "unittest_log_dir=".into();
+    log_dir.push(scratch.join("logs"));
     let mut args: Vec<OsString> = vec![
-        "-c".into(),
-        script.into(),
-        scratch.join("logs").into(),
-        tree.into(),
+        "ACCEL=tcg".into(),
+        log_dir,
+        "./run_tests.sh".into(),
+        "-j".into(),
+        "2".into(),
     ];
     args.extend(tests.iter().map(Into::into));
     let start = Instant::now();
-    let fin = supervise::run("bash".as_ref(), &args, LIMIT, |_| {});
+    let fin = supervise::run_in(tree, "env".as_ref(), &args, LIMIT, |_| {});
     let wall = start.elapsed();
     if !matches!(fin.end, End::Exited(_)) {
         return Err(anyhow!(

@@ -82,11 +82,23 @@ fn shared_tree() -> Option<PathBuf> {
 
 /// `ACCEL=tcg ./run_tests.sh -j 2 TESTS...` in the tree, its logs in `logs`.
 fn run_tests_sh(tree: &Path, logs: &Path) -> BTreeMap<String, Seen> {
-    let script = "cd \"$1\" && shift && exec env ACCEL=tcg unittest_log_dir=\"$0\" ./run_tests.sh -j 2 \"$@\"";
-    let mut args: Vec<std::ffi::OsString> =
-        vec!["-c".into(), script.into(), logs.into(), tree.into()];
+    let mut log_dir: std::ffi::OsString = "unittest_log_dir=".into();
+    log_dir.push(logs);
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "ACCEL=tcg".into(),
+        log_dir,
+        "./run_tests.sh".into(),
+        "-j".into(),
+        "2".into(),
+    ];
     args.extend(TESTS.iter().map(Into::into));
-    let fin = supervise::run("bash".as_ref(), &args, Duration::from_secs(900), |_| {});
+    let fin = supervise::run_in(
+        tree,
+        "env".as_ref(),
+        &args,
+        Duration::from_secs(900),
+        |_| {},
+    );
     assert!(
         matches!(fin.end, End::Exited(_)),
         "{:?}: {}",
