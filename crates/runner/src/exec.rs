@@ -25,10 +25,13 @@ pub enum Work {
 }
 
 /// Groups the plan into work. Virtual boots come first: they take longest.
+/// Local tests follow longest first, by their timeout: a test declared to
+/// need long (kvm-unit-tests' `sieve`, `timeout = 180`) starts at once
+/// instead of last, where it would end the run alone on one worker.
 pub fn work_items(plan: &[PlannedTest]) -> Vec<Work> {
     let mut boots: Vec<Vec<usize>> = Vec::new();
     let mut serial = Vec::new();
-    let mut local = Vec::new();
+    let mut local: Vec<usize> = Vec::new();
     for (i, t) in plan.iter().enumerate() {
         match (&t.boot, &t.decision) {
             (Some(b), Decision::Run) => {
@@ -41,15 +44,16 @@ pub fn work_items(plan: &[PlannedTest]) -> Vec<Work> {
                 }
             }
             (None, Decision::Run) if t.kind.uses_pf() => serial.push(i),
-            _ => local.push(Work::Local(i)),
+            _ => local.push(i),
         }
     }
+    local.sort_by_key(|&i| std::cmp::Reverse(plan[i].timeout));
     let serial = (!serial.is_empty()).then_some(Work::Serial(serial));
     boots
         .into_iter()
         .map(Work::Boot)
         .chain(serial)
-        .chain(local)
+        .chain(local.into_iter().map(Work::Local))
         .collect()
 }
 
@@ -194,4 +198,46 @@ fn create_scratch(t: &PlannedTest) -> Result<(), String> {
         f.set_len(s.size.bytes()).map_err(fail)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests::plan_of;
+
+    #[test]
+    fn local_tests_start_longest_first_in_manifest_order_otherwise() {
+        let text = r#"
+[defaults]
+machine = "microvm"
+timeout = "10s"
+
+[[test]]
+name = "short"
+checks = ["boot.smoke"]
+timeout = "5s"
+
+[[test]]
+name = "a"
+checks = ["boot.smoke"]
+
+[[test]]
+name = "long"
+checks = ["boot.smoke"]
+timeout = "3m"
+
+[[test]]
+name = "b"
+checks = ["boot.smoke"]
+"#;
+        let plan = plan_of(text, Default::default());
+        let order: Vec<&str> = work_items(&plan)
+            .iter()
+            .map(|w| match w {
+                Work::Local(i) => plan[*i].test.as_str(),
+                other => panic!("{other:?} in a local plan"),
+            })
+            .collect();
+        assert_eq!(order, ["long", "a", "b", "short"]);
+    }
 }

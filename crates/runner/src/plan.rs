@@ -652,7 +652,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn plan_of(text: &str, opts: PlanOptions) -> Vec<PlannedTest> {
+    pub(crate) fn plan_of(text: &str, opts: PlanOptions) -> Vec<PlannedTest> {
         let m = manifest::parse(Path::new("manifests/s.toml"), text).unwrap();
         plan(
             &[m],
