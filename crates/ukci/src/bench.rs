@@ -22,9 +22,20 @@ use ukci_runner::units::ByteSize;
 use ukci_runner::{exitcode, outcome};
 use ukci_vhost::accel::Accel;
 
-struct Stats {
-    min: Duration,
-    median: Duration,
+/// The fastest and the middle of a set of measurements.
+pub(crate) struct Stats {
+    pub min: Duration,
+    pub median: Duration,
+}
+
+impl Stats {
+    pub fn of(mut samples: Vec<Duration>) -> Option<Stats> {
+        samples.sort();
+        Some(Stats {
+            min: *samples.first()?,
+            median: samples[samples.len() / 2],
+        })
+    }
 }
 
 fn measure(runs: usize, mut f: impl FnMut() -> bool) -> Option<Stats> {
@@ -36,11 +47,7 @@ fn measure(runs: usize, mut f: impl FnMut() -> bool) -> Option<Stats> {
         }
         v.push(t.elapsed());
     }
-    v.sort();
-    Some(Stats {
-        min: v[0],
-        median: v[v.len() / 2],
-    })
+    Stats::of(v)
 }
 
 fn ms(d: Duration) -> f64 {
