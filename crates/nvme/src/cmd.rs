@@ -71,6 +71,14 @@ pub enum Resource {
     Interrupt = 1,
 }
 
+/// What ukci's PF driver gives each secondary controller (VF) it brings
+/// online: two queue resources (the admin queue and one I/O queue pair's
+/// worth, as the guest's driver uses) and one interrupt resource. A PF
+/// emulated for ukci offers at least `vfs` times these as flexible
+/// resources (`sriov_vq_flexible`, `sriov_vi_flexible`).
+pub const VF_QUEUES: u16 = 2;
+pub const VF_VECTORS: u16 = 1;
+
 /// A submission queue entry. Fields the builders do not name stay zero.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Command {

@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use ukci_nvme::cmd::{VF_QUEUES, VF_VECTORS};
 use ukci_protocol::exit::{ISA_DEBUG_EXIT_PORT, ISA_DEBUG_EXIT_SIZE};
 use ukci_supervise::qemu_opts::{self, Args, Opts, SriovNvme};
 use ukci_vhost::accel::Accel;
@@ -207,8 +208,8 @@ impl VmDevice {
                         serial,
                         nqn: None,
                         vfs: *sriov_max_vfs,
-                        vq_flexible: 2 * vfs,
-                        vi_flexible: vfs,
+                        vq_flexible: u32::from(VF_QUEUES) * vfs,
+                        vi_flexible: u32::from(VF_VECTORS) * vfs,
                         max_ioqpairs: 2 * vfs + 4,
                         msix_qsize: vfs + 8,
                         namespaces: std::slice::from_ref(image),

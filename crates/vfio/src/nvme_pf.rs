@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use ukci_nvme::cmd::{Resource, VirtAction};
+use ukci_nvme::cmd::{Resource, VF_QUEUES, VF_VECTORS, VirtAction};
 use ukci_nvme::identify::{self, ControllerData, PrimaryCtrlCaps, SecondaryCtrl};
 use ukci_nvme::{Command, Completion, Config, regs};
 
@@ -182,10 +182,6 @@ impl std::fmt::Display for Timings {
         Ok(())
     }
 }
-
-/// Resources given to each secondary controller: admin + one I/O queue, one vector.
-pub const VF_QUEUES: u16 = 2;
-pub const VF_VECTORS: u16 = 1;
 
 /// The userspace PF driver: owns the PF's VFIO device (and thereby its VF
 /// token) for as long as it lives.

@@ -1,5 +1,7 @@
 //! The emulated SR-IOV NVMe controller's resources, and the limits QEMU puts on them.
 
+use ukci_nvme::cmd::{VF_QUEUES, VF_VECTORS};
+
 /// The emulated SR-IOV NVMe controller (QEMU's `nvme` with `sriov_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -20,13 +22,13 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Enough flexible resources for `vfs` VFs with one I/O queue pair and one
-    /// interrupt each (2 VQ, 1 VI per VF), one 64 MiB namespace.
+    /// Enough flexible resources for `vfs` VFs as ukci's PF driver brings
+    /// them online ([`VF_QUEUES`], [`VF_VECTORS`] each), one 64 MiB namespace.
     pub fn with_vfs(vfs: u16) -> Self {
         Topology {
             vfs,
-            vq_flexible: 2 * u32::from(vfs),
-            vi_flexible: u32::from(vfs),
+            vq_flexible: u32::from(VF_QUEUES) * u32::from(vfs),
+            vi_flexible: u32::from(VF_VECTORS) * u32::from(vfs),
             max_ioqpairs: 64,
             msix_qsize: 65,
             namespaces: 1,
