@@ -9,6 +9,7 @@ use crate::manifest::MachineType;
 use crate::plan;
 use crate::qemu::{self, VmConfig, VmDevice};
 use crate::supervise::{End, Finished};
+use std::path::Path;
 use std::time::Duration;
 use ukci_vfio::checks::{PfUnderTest, pf_on_vfio};
 use ukci_vfio::nvme_pf::PfDriver;
@@ -51,7 +52,7 @@ pub fn with_vf<T>(
 }
 
 /// A guest VM on q35 with one VF, its token in a sealed config file.
-pub fn vf_vm(ctx: &HostCheckContext, config: &SecretFile, append: &str) -> VmConfig {
+pub fn vf_vm(guest: &Path, config: &SecretFile, append: &str) -> VmConfig {
     VmConfig {
         machine: MachineType::Q35,
         accel: Accel::Tcg,
@@ -59,7 +60,7 @@ pub fn vf_vm(ctx: &HostCheckContext, config: &SecretFile, append: &str) -> VmCon
         memory: plan::DEFAULT_MEMORY,
         smp: 1,
         pit: true,
-        boot: plan::guest_boot(MachineType::Q35, &ctx.guest, true),
+        boot: plan::guest_boot(MachineType::Q35, guest, true),
         append: append.into(),
         devices: vec![VmDevice::ReadConfig {
             fd: config.raw_fd(),
@@ -93,7 +94,7 @@ pub fn run_guest_with_vf(
     };
     let mut target = PfUnderTest {
         host: &mut host,
-        pf,
+        pf: pf.clone(),
     };
     let res = with_vf(&mut target, |vf, token| {
         let file = token.sealed_config(|t| vf_config(vf, Some(t)))?;
@@ -101,7 +102,14 @@ pub fn run_guest_with_vf(
         vm.devices.push(VmDevice::ReadConfig { fd: file.raw_fd() });
         Ok::<_, std::io::Error>(qemu::run(&vm, timeout, on_line))
     });
-    let _ = host.restore();
+    // A PF not put back is the run's error, whatever the guest said: the
+    // journal keeps what is left for `ukci restore` and the next run.
+    if let Err(e) = host.put_back() {
+        return failed(format!(
+            "putting the PF {pf} back failed after the VM: {e}; run `ukci restore` (journal {})",
+            ctx.journal.display()
+        ));
+    }
     match res {
         Ok(Ok(fin)) => fin,
         Ok(Err(e)) => failed(format!("token config file: {e}")),

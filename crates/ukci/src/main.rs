@@ -143,8 +143,6 @@ enum Cmd {
         journal: PathBuf,
         #[arg(long)]
         guest: PathBuf,
-        #[arg(long)]
-        scratch: PathBuf,
         /// The token, in a descriptor inherited from the parent.
         #[arg(long)]
         token_file: PathBuf,
@@ -291,14 +289,12 @@ fn run(cli: Cli) -> i32 {
             pf,
             journal,
             guest,
-            scratch,
             token_file,
         } => Ok(ukci_runner::hostcheck::vf_token::crash_child(
             &point,
             &pf,
             &journal,
             &guest,
-            &scratch,
             &token_file,
         )),
         Cmd::Agent {

@@ -103,6 +103,25 @@ impl Host {
         Ok(report)
     }
 
+    /// [`Self::restore`] where only the end matters: every function as it
+    /// was, or an error that says what was left (the journal keeps it for
+    /// the next run and `ukci restore`).
+    pub fn put_back(&mut self) -> std::result::Result<(), String> {
+        match self.restore() {
+            Err(e) => Err(e.to_string()),
+            Ok(r) => match r.left.first() {
+                None => Ok(()),
+                Some(first) => Err(format!(
+                    "not put back: {first}{}",
+                    match r.left.len() {
+                        1 => String::new(),
+                        n => format!(" and {} more journal entries", n - 1),
+                    }
+                )),
+            },
+        }
+    }
+
     /// Binds `bdf` to `driver`: unbinds its current driver, sets
     /// `driver_override` so no other driver takes it, then binds. A refused
     /// probe comes back with its errno (e.g. EBUSY) and kernel message.
@@ -274,6 +293,15 @@ mod tests {
         host.set_numvfs(PF, 1).unwrap();
         let rep = host.restore().unwrap();
         assert_eq!(rep.left.len(), 1, "{rep:?}");
+        assert_eq!(sys.attr(PF, "sriov_numvfs").unwrap(), "0");
+        // Where only the end matters, the line left is an error.
+        host.set_numvfs(PF, 1).unwrap();
+        assert_eq!(
+            host.put_back(),
+            Err(format!(
+                "not put back: line 3: `driver_override {PF} ?%zz`: unreadable"
+            ))
+        );
         assert_eq!(sys.attr(PF, "sriov_numvfs").unwrap(), "0");
         let now = fs::read_to_string(&jp).unwrap();
         assert!(now.starts_with(&text), "{now}");

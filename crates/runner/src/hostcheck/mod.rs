@@ -77,7 +77,7 @@ pub fn run(checks: &[String], ctx: &HostCheckContext) -> String {
                     }
                 }
             }
-            if let Err(e) = host.restore() {
+            if let Err(e) = host.put_back() {
                 r.check(false, "restore", format_args!("{e}"));
             }
         }

@@ -37,7 +37,7 @@ fn run_vf_guest(
     token: &Token,
     on_line: &mut dyn FnMut(&str),
 ) -> (Finished, Option<u32>) {
-    let vm = vf_vm(ctx, config, append);
+    let vm = vf_vm(&ctx.guest, config, append);
     let mut leak = None;
     let mut scanned = false;
     let fin = qemu::run(&vm, VF_GUEST_TIMEOUT, |l| {
@@ -68,7 +68,7 @@ pub fn qemu_honours_token(
                     r.check(false, case, format_args!("config file: {e}"));
                 }
                 Ok(file) => {
-                    let vm = vf_vm(ctx, &file, "checks=boot.smoke");
+                    let vm = vf_vm(&ctx.guest, &file, "checks=boot.smoke");
                     let fin = qemu::run(&vm, VF_GUEST_TIMEOUT, |_| {});
                     let msg = fin
                         .stderr
@@ -194,14 +194,7 @@ fn die_here() -> ! {
 /// `point`, says so, and dies there by SIGKILL. Its token comes from the
 /// parent in `token_file` (an inherited sealed memfd), so the parent's
 /// end-of-run scan knows it.
-pub fn crash_child(
-    point: &str,
-    pf: &str,
-    journal: &Path,
-    guest: &Path,
-    scratch: &Path,
-    token_file: &Path,
-) -> i32 {
+pub fn crash_child(point: &str, pf: &str, journal: &Path, guest: &Path, token_file: &Path) -> i32 {
     let Ok((mut host, _)) = Host::open(Sysfs::system(), journal, &[pf]) else {
         return 2;
     };
@@ -233,19 +226,12 @@ pub fn crash_child(
     if point == "after-vfs" {
         die_here();
     }
-    let ctx = HostCheckContext {
-        pf: Some(pf.into()),
-        pf_source: String::new(),
-        journal: journal.into(),
-        scratch: scratch.into(),
-        guest: guest.into(),
-    };
     let Ok(file) = drv.token().sealed_config(|t| vf_config(&vfs[0].0, Some(t))) else {
         return 7;
     };
     // A guest that reports, then stays up without a verdict: the child
     // dies at its first line, and QEMU with it (the parent-death signal).
-    let vm = vf_vm(&ctx, &file, "checks=selftest.no-exit");
+    let vm = vf_vm(guest, &file, "checks=selftest.no-exit");
     qemu::run(&vm, VF_GUEST_TIMEOUT, |_| die_here());
     8
 }
@@ -284,8 +270,6 @@ pub fn crash_recovery(
             journal.clone().into(),
             "--guest".into(),
             ctx.guest.clone().into(),
-            "--scratch".into(),
-            ctx.scratch.clone().into(),
             "--token-file".into(),
             token::proc_fd_path(token_file.raw_fd()).into(),
         ]
