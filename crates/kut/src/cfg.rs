@@ -61,6 +61,11 @@ pub const KEYS: &[&str] = &[
 /// The default of `timeout` (`scripts/runtime.bash`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The limit of a test whose cfg says `timeout = 0`. timeout(1) then sets
+/// none and `run_tests.sh` waits for as long as the test runs; every process
+/// ukci starts has a limit, so such a test gets this generous one.
+pub const UNLIMITED_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// The group that keeps a test out of a default run.
 pub const NODEFAULT: &str = "nodefault";
 
@@ -194,12 +199,15 @@ pub fn parse_timeout(v: &str) -> Option<Duration> {
 }
 
 impl CfgTest {
-    /// The timeout `run_tests.sh` gives it.
+    /// The timeout `run_tests.sh` gives it ([`UNLIMITED_TIMEOUT`] for none).
     pub fn timeout(&self) -> Result<Duration, String> {
         match &self.timeout {
             None => Ok(DEFAULT_TIMEOUT),
-            Some(v) => parse_timeout(v)
-                .ok_or_else(|| format!("timeout = {v} is not a timeout(1) duration")),
+            Some(v) => match parse_timeout(v) {
+                Some(d) if d.is_zero() => Ok(UNLIMITED_TIMEOUT),
+                Some(d) => Ok(d),
+                None => Err(format!("timeout = {v} is not a timeout(1) duration")),
+            },
         }
     }
 
@@ -296,6 +304,15 @@ test_args = \"10000000 `date +%s`\"
         assert_eq!(parse_timeout("2h"), Some(Duration::from_secs(7200)));
         assert_eq!(parse_timeout("soon"), None);
         assert_eq!(parse_timeout("-1"), None);
+        let with = |v: &str| CfgTest {
+            timeout: Some(v.into()),
+            ..CfgTest::default()
+        };
+        assert_eq!(with("30").timeout(), Ok(Duration::from_secs(30)));
+        // timeout(1) reads 0 as no limit; ukci's is long instead of none.
+        assert_eq!(with("0").timeout(), Ok(UNLIMITED_TIMEOUT));
+        assert_eq!(with("0s").timeout(), Ok(UNLIMITED_TIMEOUT));
+        assert!(with("soon").timeout().is_err());
         let t = CfgTest {
             smp: Some("$MAX_SMP".into()),
             ..CfgTest::default()
