@@ -3,7 +3,7 @@
 
 use crate::events::{Event, TestRun};
 use crate::outcome::Outcome;
-use crate::plan::PlannedTest;
+use crate::plan::{Decision, PlannedTest, TestKind};
 use crate::reproduce::{self, Rerun};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::{BTreeMap, HashMap};
@@ -157,6 +157,49 @@ impl Counts {
     }
 }
 
+/// `ukci list`: per test, where it runs and how (or why it is skipped), its
+/// checks and its expectations; then what `accel = "auto"` chose.
+pub fn plan_listing(plan: &[PlannedTest]) -> String {
+    let mut s = String::new();
+    for t in plan {
+        let what = match (&t.decision, &t.kind) {
+            (Decision::Run, TestKind::KvmUnitTest(k)) => format!(
+                "run   kvm-unit-tests {} {} smp={} timeout={}s",
+                k.test.file.as_deref().unwrap_or(""),
+                t.env.accel_word(),
+                t.vm.smp,
+                t.timeout.as_secs_f64()
+            ),
+            (Decision::Run, _) => format!(
+                "run   {} {} cpu={} timeout={}s",
+                t.vm.machine.qemu_name(),
+                t.env.accel_word(),
+                t.vm.cpu,
+                t.timeout.as_secs_f64()
+            ),
+            (Decision::Skip(why), _) => format!("skip  {why}"),
+        };
+        let lane = t
+            .boot
+            .as_ref()
+            .map_or(String::new(), |b| format!(" @ {}", b.label()));
+        s.push_str(&format!("{:<36} {what}\n", format!("{}{lane}", t.id())));
+        s.push_str(&format!("{:<36}   checks: {}\n", "", t.checks.join(", ")));
+        for e in &t.expects {
+            let kind = if e.known_bug { "kfail" } else { "xfail" };
+            s.push_str(&format!("{:<36}   {kind} {}: {}\n", "", e.result, e.reason));
+        }
+    }
+    if let Some(t) = plan.first() {
+        s.push_str(&format!(
+            "\naccel auto: {} ({})\n",
+            t.env.accel_word(),
+            t.env.accel_reason
+        ));
+    }
+    s
+}
+
 /// The table at the end of a run.
 pub fn summary(plan: &[PlannedTest], runs: &[Option<TestRun>]) -> String {
     let mut by_suite: BTreeMap<String, Counts> = BTreeMap::new();
@@ -213,4 +256,55 @@ pub fn reproducers(plan: &[PlannedTest], runs: &[Option<TestRun>], rerun: &Rerun
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests::plan_of;
+
+    #[test]
+    fn the_plan_listing_says_how_each_test_runs_or_why_not() {
+        let plan = plan_of(
+            r#"
+[defaults]
+machine = "microvm"
+timeout = "5s"
+
+[[test]]
+name = "runs"
+checks = ["boot.smoke", "fault.selftest"]
+
+[[test]]
+name = "old"
+checks = ["boot.smoke"]
+requires = { qemu = ">=99.0" }
+
+[[expect]]
+test = "runs"
+result = "fault.selftest: *"
+outcome = "xfail"
+reason = "why it fails"
+"#,
+            Default::default(),
+        );
+        let text = plan_listing(&plan);
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        assert!(
+            lines[0].starts_with("s.runs ")
+                && lines[0].ends_with("run   microvm tcg cpu=max timeout=5s"),
+            "{text}"
+        );
+        assert_eq!(lines[1].trim(), "checks: boot.smoke, fault.selftest");
+        assert_eq!(lines[2].trim(), "xfail fault.selftest: *: why it fails");
+        assert!(
+            lines[3].starts_with("s.old ")
+                && lines[3].contains("skip  needs QEMU >=99.0, this run has 10.0.2"),
+            "{text}"
+        );
+        assert_eq!(
+            lines.last(),
+            Some(&"accel auto: tcg (auto: probe timed out)")
+        );
+    }
 }

@@ -408,43 +408,6 @@ fn list(layout: &Layout, sel: Selection) -> i32 {
         }
     }
     let plan = session::make_plan(layout, &manifests, &opts);
-    for t in &plan {
-        let what = match (&t.decision, &t.kind) {
-            (ukci_runner::plan::Decision::Run, ukci_runner::plan::TestKind::KvmUnitTest(k)) => {
-                format!(
-                    "run   kvm-unit-tests {} {} smp={} timeout={}s",
-                    k.test.file.as_deref().unwrap_or(""),
-                    t.env.accel_word(),
-                    t.vm.smp,
-                    t.timeout.as_secs_f64()
-                )
-            }
-            (ukci_runner::plan::Decision::Run, _) => format!(
-                "run   {} {} cpu={} timeout={}s",
-                t.vm.machine.qemu_name(),
-                t.env.accel_word(),
-                t.vm.cpu,
-                t.timeout.as_secs_f64()
-            ),
-            (ukci_runner::plan::Decision::Skip(why), _) => format!("skip  {why}"),
-        };
-        let lane = t
-            .boot
-            .as_ref()
-            .map_or(String::new(), |b| format!(" @ {}", b.label()));
-        out!("{:<36} {what}", format!("{}{lane}", t.id()));
-        out!("{:<36}   checks: {}", "", t.checks.join(", "));
-        for e in &t.expects {
-            let kind = if e.known_bug { "kfail" } else { "xfail" };
-            out!("{:<36}   {kind} {}: {}", "", e.result, e.reason);
-        }
-    }
-    if let Some(t) = plan.first() {
-        out!(
-            "\naccel auto: {} ({})",
-            t.env.accel_word(),
-            t.env.accel_reason
-        );
-    }
+    out!("{}", ukci_runner::terminal::plan_listing(&plan).trim_end());
     exitcode::OK
 }
