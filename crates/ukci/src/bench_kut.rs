@@ -3,10 +3,12 @@
 //! own `run_tests.sh -j 2`, wall time. Under TCG a few tests run into
 //! their cfg timeout and bound both runners alike, so both run once more
 //! on the tests that finished within their timeout; the goal (ukci at
-//! least 3× faster) is set on those.
+//! least 3× faster) is set on those. A last row runs the short ones alone
+//! (under two seconds each under ukci), where what each runner adds per
+//! test shows rather than the guests' own time.
 
 use anyhow::{Result, anyhow};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,11 +21,17 @@ const GOAL: f64 = 3.0;
 /// Longer than the whole default set takes under TCG on two cores.
 const LIMIT: Duration = Duration::from_secs(3600);
 
+/// Tests under this long each (in ukci's run of the whole set) make the
+/// row of short tests, where the runners' own costs per test show.
+const SHORT: Duration = Duration::from_secs(2);
+
 struct Timed {
     wall: Duration,
     /// Every test the runner reported, and those that hit their timeout.
     tests: BTreeSet<String>,
     timed_out: BTreeSet<String>,
+    /// Per test, the time of its results (ukci's JUnit; empty for run_tests.sh).
+    took: BTreeMap<String, Duration>,
 }
 
 pub fn run(layout: &Layout) -> Result<()> {
@@ -55,6 +63,11 @@ pub fn run(layout: &Layout) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let short: Vec<String> = finishing
+        .iter()
+        .filter(|t| ours.took.get(*t).is_some_and(|d| *d < SHORT))
+        .cloned()
+        .collect();
     let ours = ukci(&tree, &finishing, &scratch)?;
     let theirs = run_tests_sh(&tree, &finishing, &scratch)?;
     row(
@@ -62,6 +75,14 @@ pub fn run(layout: &Layout) -> Result<()> {
         &ours,
         &theirs,
         Some(GOAL),
+    );
+    let ours = ukci(&tree, &short, &scratch)?;
+    let theirs = run_tests_sh(&tree, &short, &scratch)?;
+    row(
+        &format!("{} of them under {} s each", short.len(), SHORT.as_secs()),
+        &ours,
+        &theirs,
+        None,
     );
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
@@ -117,6 +138,7 @@ fn ukci(tree: &Path, tests: &[String], scratch: &Path) -> Result<Timed> {
         wall,
         tests: BTreeSet::new(),
         timed_out: BTreeSet::new(),
+        took: BTreeMap::new(),
     };
     for case in junit.split("<testcase ").skip(1) {
         let tag = case.split('>').next().unwrap_or("");
@@ -131,6 +153,13 @@ fn ukci(tree: &Path, tests: &[String], scratch: &Path) -> Result<Timed> {
         if body.contains("timeout; duration=") && body.contains("<error") {
             timed.timed_out.insert(test.to_string());
         }
+        let secs = tag
+            .split(" time=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        *timed.took.entry(test.to_string()).or_default() += Duration::from_secs_f64(secs);
         timed.tests.insert(test.to_string());
     }
     Ok(timed)
@@ -162,6 +191,7 @@ fn run_tests_sh(tree: &Path, tests: &[String], scratch: &Path) -> Result<Timed> 
         wall,
         tests: BTreeSet::new(),
         timed_out: BTreeSet::new(),
+        took: BTreeMap::new(),
     };
     for (_, name, why) in fin.stdout.lines().filter_map(decode::run_tests_line) {
         if why.starts_with("timeout; duration=") {
