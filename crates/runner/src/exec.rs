@@ -1,6 +1,7 @@
 //! Execution: runs the plan's VMs, `jobs` at a time, and emits events.
 //! Executors never format output; reporters consume the events.
 
+use crate::durations::History;
 use crate::events::{Event, TestRun};
 use crate::hostcheck;
 use crate::hostconfig::HostCheckContext;
@@ -25,10 +26,11 @@ pub enum Work {
 }
 
 /// Groups the plan into work. Virtual boots come first: they take longest.
-/// Local tests follow longest first, by their timeout: a test declared to
-/// need long (kvm-unit-tests' `sieve`, `timeout = 180`) starts at once
-/// instead of last, where it would end the run alone on one worker.
-pub fn work_items(plan: &[PlannedTest]) -> Vec<Work> {
+/// Local tests follow longest first: by how long they took last time on
+/// this machine, else by their timeout (a test declared to need long, as
+/// kvm-unit-tests' `sieve` with `timeout = 180`, starts at once instead of
+/// last, where it would end the run alone on one worker).
+pub fn work_items(plan: &[PlannedTest], history: &History) -> Vec<Work> {
     let mut boots: Vec<Vec<usize>> = Vec::new();
     let mut serial = Vec::new();
     let mut local: Vec<usize> = Vec::new();
@@ -47,7 +49,8 @@ pub fn work_items(plan: &[PlannedTest]) -> Vec<Work> {
             _ => local.push(i),
         }
     }
-    local.sort_by_key(|&i| std::cmp::Reverse(plan[i].timeout));
+    let expected = |t: &PlannedTest| history.get(&t.history_key()).unwrap_or(t.timeout);
+    local.sort_by_key(|&i| std::cmp::Reverse(expected(&plan[i])));
     let serial = (!serial.is_empty()).then_some(Work::Serial(serial));
     boots
         .into_iter()
@@ -58,8 +61,14 @@ pub fn work_items(plan: &[PlannedTest]) -> Vec<Work> {
 }
 
 /// Runs every planned test and sends its events; returns when all are done.
-pub fn execute(plan: &[PlannedTest], jobs: usize, lane: &LaneContext, events: Sender<Event>) {
-    let work = work_items(plan);
+pub fn execute(
+    plan: &[PlannedTest],
+    jobs: usize,
+    lane: &LaneContext,
+    history: &History,
+    events: Sender<Event>,
+) {
+    let work = work_items(plan, history);
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
@@ -204,6 +213,7 @@ fn create_scratch(t: &PlannedTest) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::plan::tests::plan_of;
+    use std::time::Duration;
 
     #[test]
     fn local_tests_start_longest_first_in_manifest_order_otherwise() {
@@ -231,13 +241,25 @@ name = "b"
 checks = ["boot.smoke"]
 "#;
         let plan = plan_of(text, Default::default());
-        let order: Vec<&str> = work_items(&plan)
-            .iter()
-            .map(|w| match w {
-                Work::Local(i) => plan[*i].test.as_str(),
-                other => panic!("{other:?} in a local plan"),
-            })
-            .collect();
-        assert_eq!(order, ["long", "a", "b", "short"]);
+        let order = |history: &History| -> Vec<String> {
+            work_items(&plan, history)
+                .iter()
+                .map(|w| match w {
+                    Work::Local(i) => plan[*i].test.clone(),
+                    other => panic!("{other:?} in a local plan"),
+                })
+                .collect()
+        };
+        assert_eq!(order(&History::default()), ["long", "a", "b", "short"]);
+        // What they took last time wins over what they declare.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("durations.tsv");
+        let took = |name: &str, secs| {
+            let t = plan.iter().find(|t| t.test == name).unwrap();
+            (t.history_key(), Duration::from_secs(secs))
+        };
+        History::record(&path, [took("long", 1), took("short", 4), took("b", 2)]);
+        // a: no history, so its 10 s timeout.
+        assert_eq!(order(&History::load(&path)), ["a", "short", "b", "long"]);
     }
 }

@@ -2,6 +2,7 @@
 //! reports. See ARCHITECTURE.md for the map.
 
 pub mod diag;
+pub mod durations;
 pub mod envmatch;
 pub mod events;
 pub mod exec;

@@ -206,6 +206,11 @@ impl PlannedTest {
     pub fn id(&self) -> String {
         format!("{}.{}", self.suite, self.test)
     }
+
+    /// Its key in the durations history: the test in its environment.
+    pub fn history_key(&self) -> String {
+        format!("{}@{}", self.id(), self.env.label())
+    }
 }
 
 /// Whether the test `id` is selected by `--filter`: a glob with `*` or `?`

@@ -1,6 +1,7 @@
 //! One `cargo xtask test` run: manifests → plan → execute → reports.
 
 use crate::diag::Diagnostics;
+use crate::durations::{self, History};
 use crate::events::{self, Event, TestRun, WireRun};
 use crate::exec;
 use crate::host::{self, AccelChoice, HostFacts};
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::Duration;
 use ukci_vfio::journal::Why;
 use ukci_vhost::accel::Accel;
 use ukci_vhost::kernel::{Kernel, KernelSpec, KernelStore, Refresh};
@@ -439,7 +441,9 @@ fn run_tests_steps(
             guest: layout.guest_image(),
         },
     };
-    let runs = execute_with_progress(&plan, opts, &lane);
+    let history_file = layout.cache().join(durations::FILE);
+    let runs = execute_with_progress(&plan, opts, &lane, &History::load(&history_file));
+    History::record(&history_file, took_here(&plan, &runs));
     let scanned = [dir.as_path(), scratch_dir.path()];
     if crate::supervise::interrupted() {
         eprintln!("interrupted: no report was written");
@@ -542,18 +546,33 @@ fn plan_run(
     Ok(plan)
 }
 
+/// How long each test that ran its VM on this host took, by history key
+/// (tests in virtual hosts run one boot each; their order is the boot's).
+fn took_here(plan: &[PlannedTest], runs: &[Option<TestRun>]) -> Vec<(String, Duration)> {
+    plan.iter()
+        .zip(runs)
+        .filter(|(t, _)| t.boot.is_none())
+        .filter_map(|(t, r)| {
+            let r = r.as_ref()?;
+            r.end.as_ref()?;
+            Some((t.history_key(), r.elapsed))
+        })
+        .collect()
+}
+
 /// Executes the plan while the terminal shows its progress; each test's
 /// run, by its place in the plan.
 fn execute_with_progress(
     plan: &[PlannedTest],
     opts: &TestOptions,
     lane: &LaneContext,
+    history: &History,
 ) -> Vec<Option<TestRun>> {
     let mut runs: Vec<Option<TestRun>> = vec![None; plan.len()];
     let mut term = terminal::Terminal::new(plan);
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
-        s.spawn(|| exec::execute(plan, opts.jobs, lane, tx));
+        s.spawn(|| exec::execute(plan, opts.jobs, lane, history, tx));
         for mut e in rx {
             // Marked before any reporter sees it: the result lines and the
             // summary count the same outcomes.
@@ -625,7 +644,7 @@ pub fn run_agent(layout: &Layout, manifest: &Path, tests: &[String], results: &P
     let jobs = 1;
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
-        s.spawn(|| exec::execute(&plan, jobs, &lane_ctx, tx));
+        s.spawn(|| exec::execute(&plan, jobs, &lane_ctx, &History::default(), tx));
         for e in rx {
             if let Event::Started { idx } = e {
                 println!("\n{}{}", events::STARTED, plan[idx].id());

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 /// Each module's role: what it may import is decided by it.
 const ROLES: &[(&str, Role)] = &[
     ("diag", Role::Value),
+    ("durations", Role::Value),
     ("units", Role::Value),
     ("exitcode", Role::Value),
     ("rundir", Role::Value),

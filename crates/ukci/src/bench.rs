@@ -316,7 +316,7 @@ fn cr_manifests(layout: &Layout, runs: usize) {
         let (tx, rx) = mpsc::channel();
         let mut done: Vec<Option<TestRun>> = vec![None; plan.len()];
         std::thread::scope(|s| {
-            s.spawn(|| exec::execute(&plan, 2, &lane, tx));
+            s.spawn(|| exec::execute(&plan, 2, &lane, &Default::default(), tx));
             for e in rx {
                 if let Event::Finished { idx, run } = e {
                     done[idx] = Some(*run);
