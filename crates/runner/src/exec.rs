@@ -33,7 +33,7 @@ pub enum Work {
 pub fn work_items(plan: &[PlannedTest], history: &History) -> Vec<Work> {
     let mut boots: Vec<Vec<usize>> = Vec::new();
     let mut serial = Vec::new();
-    let mut local: Vec<usize> = Vec::new();
+    let mut local = Vec::new();
     for (i, t) in plan.iter().enumerate() {
         match (&t.boot, &t.decision) {
             (Some(b), Decision::Run) => {

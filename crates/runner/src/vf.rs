@@ -106,7 +106,7 @@ pub fn run_guest_with_vf(
     // journal keeps what is left for `ukci restore` and the next run.
     if let Err(e) = host.put_back() {
         return failed(format!(
-            "putting the PF {pf} back failed after the VM: {e}; run `ukci restore` (journal {})",
+            "putting the PF {pf} back failed after the VM: {e}; run `cargo xtask restore` (journal {})",
             ctx.journal.display()
         ));
     }

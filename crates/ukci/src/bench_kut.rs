@@ -153,15 +153,15 @@ fn ukci(tree: &Path, tests: &[String], scratch: &Path) -> Result<Timed> {
         if body.contains("timeout; duration=") && body.contains("<error") {
             timed.timed_out.insert(test.to_string());
         }
-        let secs = tag
-            .split(" time=\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        *timed.took.entry(test.to_string()).or_default() += Duration::from_secs_f64(secs);
         timed.tests.insert(test.to_string());
     }
+    timed.took = crate::bench_vhost::test_times(&junit)
+        .into_iter()
+        .filter_map(|(_, class, secs)| {
+            let test = class.strip_prefix("kut.")?;
+            Some((test.to_string(), Duration::from_secs_f64(secs)))
+        })
+        .collect();
     Ok(timed)
 }
 

@@ -339,7 +339,7 @@ pub fn vf_token(layout: &Layout) -> Result<()> {
 }
 
 /// (suite, classname, seconds) from a JUnit report, in order.
-fn test_times(xml: &str) -> Vec<(String, String, f64)> {
+pub(crate) fn test_times(xml: &str) -> Vec<(String, String, f64)> {
     let attr = |tag: &str, name: &str| -> Option<String> {
         let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
         Some(tag[start..].split('"').next()?.to_string())
